@@ -1,0 +1,138 @@
+"""The `vldistill` command: run | validate | eval | data.
+
+Heavy libraries (Lightning, matplotlib) load inside the commands that need them, so
+`vldistill validate` and `vldistill --help` stay quick.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from vldistill.errors import VldistillError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Distil large vision-language models into small, fast students.")
+data_app = typer.Typer(no_args_is_help=True, help="Generate and export built-in data.")
+app.add_typer(data_app, name="data")
+console = Console(highlight=False)
+
+RecipeArg = Annotated[Optional[Path], typer.Argument(
+    help="recipe YAML; omitted: the built-in default (recipes/default.yaml)")]
+SetOption = Annotated[Optional[list[str]], typer.Option(
+    "--set", help="override a recipe field: --set distill.transfer_fraction=0.5")]
+
+
+def _fail(error: Exception) -> None:
+    console.print(f"[bold red]error:[/] {error}")
+    raise typer.Exit(code=2)
+
+
+@app.command()
+def validate(recipe: RecipeArg = None, set_: SetOption = None) -> None:
+    """Check a recipe without running it; prints the resolved recipe."""
+    from vldistill.config import dump_recipe, load_recipe
+
+    try:
+        resolved = load_recipe(recipe, set_ or [])
+    except VldistillError as error:
+        _fail(error)
+    console.print(dump_recipe(resolved), markup=False)
+    console.print(f"[green]recipe {recipe or '(built-in default)'} is valid[/]")
+
+
+def print_results(results: dict) -> None:
+    from vldistill.report.results import HEADER, gain_line, table_rows
+
+    table = Table(title=f"vldistill run {results['recipe']} (seeds {results['seeds']})")
+    for column in HEADER:
+        table.add_column(column, justify="left" if column == "model" else "right")
+    for cells in table_rows(results):
+        table.add_row(*cells)
+    console.print(table)
+    if line := gain_line(results):
+        console.print(line)
+
+
+@app.command()
+def run(recipe: RecipeArg = None, set_: SetOption = None) -> None:
+    """Run a recipe: data, teacher, students with and without KD, evaluation, report."""
+    start = time.perf_counter()
+    from vldistill.config import load_recipe
+
+    try:
+        resolved = load_recipe(recipe, set_ or [])
+        from vldistill.pipeline import run_recipe
+        from vldistill.report.results import results_dict, write_report
+
+        result = run_recipe(resolved)
+    except VldistillError as error:
+        _fail(error)
+    if not _is_global_zero():
+        return
+    results = results_dict(result)
+    report = write_report(results, result.run_dir)
+    print_results(results)
+    console.print(f"report: {report}  results: {result.run_dir / 'results.json'}")
+    console.print(f"main job wall time: {time.perf_counter() - start:.1f} s")
+
+
+def _is_global_zero() -> bool:
+    import os
+
+    return os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
+
+
+@app.command("eval")
+def evaluate(checkpoint: Annotated[Path, typer.Argument(help="a .safetensors checkpoint")]) -> None:
+    """Evaluate a saved model on the validation split of the data it was trained with."""
+    from vldistill.evaluate_checkpoint import evaluate_checkpoint
+
+    try:
+        metrics = evaluate_checkpoint(checkpoint)
+    except VldistillError as error:
+        _fail(error)
+    table = Table(title=f"{checkpoint}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for name, value in metrics.items():
+        table.add_row(name, f"{value:,.2f}" if isinstance(value, float) else str(value))
+    console.print(table)
+
+
+@data_app.command("shapesworld")
+def data_shapesworld(
+        out: Annotated[Path, typer.Option("--out", help="folder to write the export into")],
+        recipe: Annotated[Optional[Path], typer.Option(help="take ShapesWorld settings from "
+                                                       "this recipe")] = None,
+        set_: SetOption = None) -> None:
+    """Export ShapesWorld in the VQAv2 layout (questions/annotations JSON, images/, depth/),
+    plus facts.jsonl and captions.jsonl."""
+    from vldistill.config import load_recipe
+    from vldistill.data.export import export_shapesworld
+    from vldistill.data.shapesworld import load_shapesworld
+
+    try:
+        settings = load_recipe(recipe, set_ or []).data.shapesworld
+        start = time.perf_counter()
+        world = load_shapesworld(settings, progress=True)
+        written = export_shapesworld(world, out)
+    except VldistillError as error:
+        _fail(error)
+    for name, path in written.items():
+        console.print(f"{name}: {path}")
+    console.print(f"exported ShapesWorld ({', '.join(f'{k}: {len(v.samples)} questions' for k, v in world.splits.items())}) in {time.perf_counter() - start:.1f} s")
+
+
+def main() -> None:
+    app(prog_name="vldistill")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

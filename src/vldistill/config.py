@@ -1,0 +1,313 @@
+"""The recipe: one validated description of a run. YAML in, every bad field reported at once.
+
+Recipes are data (names and numbers only, STYLE.md). Model hyper-parameters are validated
+against the model's own config class, loss hyper-parameters against the loss's signature.
+Command-line overrides use dotted paths: ``--set distill.terms.1.temperature=4``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator,
+                      model_validator)
+
+from vldistill.data.shapesworld import ShapesWorldSettings
+from vldistill.errors import RecipeError
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelSettings(Strict):
+    """A registered model and its hyper-parameters (checked against its config class)."""
+
+    name: str = "vqa_attention"
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check_params(self) -> ModelSettings:
+        from vldistill.models import MODELS
+
+        if self.name not in MODELS:
+            raise ValueError(f"unknown model {self.name!r}; valid: {', '.join(MODELS.names())}")
+        config_class = MODELS.get(self.name).config_class
+        unknown = sorted(set(self.params) - set(config_class.model_fields))
+        if unknown:
+            raise ValueError(f"model {self.name!r} has no parameter(s) {', '.join(unknown)}; "
+                             f"valid: {', '.join(config_class.model_fields)}")
+        config_class(**self.params)   # raises with the field, the value and the allowed range
+        return self
+
+
+class OptimSettings(Strict):
+    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
+    lr: float = Field(3e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    schedule: Literal["constant", "cosine", "linear"] = "cosine"
+    warmup_steps: int = Field(50, ge=0)
+
+
+class TrainSettings(Strict):
+    max_steps: int = Field(1500, ge=1)
+    images_per_batch: int = Field(32, ge=1)
+    val_every_n_steps: int = Field(500, ge=1)
+    early_stopping_patience: int | None = Field(
+        None, ge=1, description="validations without improvement before stopping; None: off")
+    optim: OptimSettings = Field(default_factory=OptimSettings)
+
+
+class TeacherSettings(Strict):
+    model: ModelSettings = Field(default_factory=lambda: ModelSettings(params={"width": 64}))
+    train: TrainSettings = Field(default_factory=TrainSettings)
+    checkpoint: Path | None = Field(
+        None, description="a teacher .safetensors from an earlier run: load it, skip training")
+
+
+class StudentSettings(Strict):
+    model: ModelSettings = Field(default_factory=lambda: ModelSettings(params={"width": 16}))
+    train: TrainSettings = Field(default_factory=TrainSettings)
+
+
+class LossTermSettings(BaseModel):
+    """One weighted term: ``{loss: kd, weight: 0.25, temperature: 2.0}``; extra keys are the
+    loss's own hyper-parameters, checked against its signature."""
+
+    model_config = ConfigDict(extra="allow")
+
+    loss: str
+    weight: float = Field(1.0, ge=0)
+    name: str | None = Field(None, description="log name; defaults to the loss name")
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+    @model_validator(mode="after")
+    def _check_loss(self) -> LossTermSettings:
+        from vldistill.distill.losses import LOSSES, loss_parameters
+
+        if self.loss not in LOSSES:
+            raise ValueError(f"unknown loss {self.loss!r}; valid: {', '.join(LOSSES.names())}")
+        valid = loss_parameters(self.loss)
+        unknown = sorted(set(self.params) - set(valid))
+        if unknown:
+            raise ValueError(f"loss {self.loss!r} has no parameter(s) {', '.join(unknown)}; "
+                             f"valid: {', '.join(valid) or '(none)'}")
+        return self
+
+
+def _default_terms() -> list[LossTermSettings]:
+    # As the VizWiz seed (003): 0.75 * BCE + 0.25 * T^2 * KL at T = 2.
+    return [LossTermSettings(loss="vqa_bce", weight=0.75),
+            LossTermSettings(loss="kd", weight=0.25, temperature=2.0)]
+
+
+class DistillSettings(Strict):
+    terms: list[LossTermSettings] = Field(default_factory=_default_terms)
+    transfer_fraction: float = Field(
+        0.5, ge=0, lt=1, description="share of each distillation batch drawn from the "
+        "unlabelled transfer set")
+    baseline: bool = Field(True, description="also train the student without distillation")
+
+    @field_validator("terms")
+    @classmethod
+    def _unique_names(cls, terms: list[LossTermSettings]) -> list[LossTermSettings]:
+        names = [t.name or t.loss for t in terms]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"loss terms {duplicates} appear twice; give each a distinct "
+                             "`name`.")
+        if not terms:
+            raise ValueError("at least one loss term is needed, e.g. {loss: vqa_bce}")
+        return terms
+
+
+class VQAFiles(Strict):
+    """A dataset in the VQAv2 / OK-VQA layout."""
+
+    questions: Path
+    annotations: Path
+    images: Path
+    pattern: str | None = Field(None, description="image file name, e.g. "
+                                "'COCO_train2014_{image_id:012d}.jpg'; None: guess")
+
+
+class DataSettings(Strict):
+    source: Literal["shapesworld", "vqa"] = "shapesworld"
+    shapesworld: ShapesWorldSettings = Field(default_factory=ShapesWorldSettings)
+    train: VQAFiles | None = None
+    val: VQAFiles | None = None
+    image_size: int = Field(64, ge=8, description="images are resized to this (vqa source)")
+    labelled_images: int | None = Field(
+        500, ge=1, description="images of the training split whose answers the student may "
+        "use; None: all. The teacher trains on the whole training split.")
+    transfer_images: int | None = Field(
+        None, ge=0, description="unlabelled transfer images for the student (the rest of the "
+        "training split, questions without answers); None: all of the rest, 0: none")
+    answer_vocab_min_count: int = Field(1, ge=1)
+    answer_vocab_max_size: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _files_for_vqa(self) -> DataSettings:
+        if self.source == "vqa" and (self.train is None or self.val is None):
+            raise ValueError("data.source 'vqa' needs data.train and data.val, each with "
+                             "questions, annotations and images paths")
+        return self
+
+
+class TrainerSettings(Strict):
+    """Lightning Trainer settings shared by every training run of the recipe."""
+
+    accelerator: str = "cpu"
+    devices: int | str = 1
+    strategy: str = "auto"
+    num_nodes: int = Field(1, ge=1)
+    precision: Literal["32-true", "32", "16-mixed", "bf16-mixed", "bf16-true"] = "32-true"
+    accumulate_grad_batches: int = Field(1, ge=1)
+    gradient_clip_val: float | None = Field(None, gt=0)
+    num_threads: int | None = Field(None, ge=1, description="torch CPU threads; None: keep")
+    progress_bar: bool = True
+    log_every_n_steps: int = Field(50, ge=1)
+
+
+class EvalSettings(Strict):
+    batch_images: int = Field(64, ge=1)
+    latency_repeats: int = Field(50, ge=1)
+    throughput_images: int = Field(32, ge=1, description="images per batch for throughput")
+
+
+class Recipe(Strict):
+    name: str = "default"
+    seeds: list[int] = Field(default_factory=lambda: [0, 1], min_length=1)
+    output_dir: Path = Path("runs")
+    data: DataSettings = Field(default_factory=DataSettings)
+    teacher: TeacherSettings = Field(default_factory=TeacherSettings)
+    student: StudentSettings = Field(default_factory=StudentSettings)
+    distill: DistillSettings = Field(default_factory=DistillSettings)
+    trainer: TrainerSettings = Field(default_factory=TrainerSettings)
+    eval: EvalSettings = Field(default_factory=EvalSettings)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading, overrides and error reporting
+
+
+def _valid_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """The field names of the schema level at ``loc`` (for 'unknown key' messages)."""
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int) or not (isinstance(current, type)
+                                         and issubclass(current, BaseModel)):
+            continue
+        field = current.model_fields.get(part)
+        if field is None:
+            break
+        annotation = field.annotation
+        candidates = [annotation, *getattr(annotation, "__args__", ())]
+        nested = [c for c in candidates for c in (c, *getattr(c, "__args__", ()))
+                  if isinstance(c, type) and issubclass(c, BaseModel)]
+        current = nested[0] if nested else None
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return list(current.model_fields)
+    return []
+
+
+def _format_errors(error: ValidationError, source: str) -> str:
+    lines = [f"recipe {source} has {error.error_count()} problem(s):"]
+    for item in error.errors():
+        loc = tuple(item["loc"])
+        where = ".".join(str(p) for p in loc) or "(top level)"
+        if item["type"] == "extra_forbidden":
+            valid = _valid_keys(Recipe, loc[:-1])
+            lines.append(f"  - {where}: unknown key. Valid keys here: {', '.join(valid)}")
+            continue
+        message = item["msg"].removeprefix("Value error, ")
+        given = item.get("input")
+        shown = "" if isinstance(given, dict) else f" (got {given!r})"
+        lines.append(f"  - {where}: {message}{shown}")
+    lines.append("Fix these fields in the file or with --set path.to.field=value; "
+                 "`vldistill validate RECIPE` checks a recipe without running it.")
+    return "\n".join(lines)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"a.b.c=value"`` -> (["a", "b", "c"], YAML-parsed value)."""
+    if "=" not in text:
+        raise RecipeError(f"override {text!r} is not of the form path.to.field=value "
+                          "(e.g. --set distill.transfer_fraction=0.5)")
+    path, value = text.split("=", 1)
+    if not path or any(not part for part in path.split(".")):
+        raise RecipeError(f"override {text!r} has an empty field name in {path!r}")
+    return path.split("."), yaml.safe_load(value) if value else ""
+
+
+def apply_override(data: dict[str, Any], path: list[str], value: Any) -> None:
+    node: Any = data
+    for depth, part in enumerate(path[:-1]):
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise RecipeError(f"override {'.'.join(path)}: {'.'.join(path[:depth])} is a "
+                                  f"list of {len(node)}; use an index 0..{len(node) - 1}")
+            node = node[int(part)]
+        else:
+            node = node.setdefault(part, {})
+            if not isinstance(node, (dict, list)):
+                raise RecipeError(f"override {'.'.join(path)}: {'.'.join(path[:depth + 1])} "
+                                  f"is a value ({node!r}), not a section")
+    last = path[-1]
+    if isinstance(node, list):
+        if not last.isdigit() or int(last) >= len(node):
+            raise RecipeError(f"override {'.'.join(path)}: index {last!r} is not in the list")
+        node[int(last)] = value
+    else:
+        node[last] = value
+
+
+def recipe_from_dict(data: dict[str, Any], source: str = "<dict>",
+                     overrides: list[str] = ()) -> Recipe:
+    data = _as_plain(data)
+    for text in overrides:
+        apply_override(data, *parse_override(text))
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as error:
+        raise RecipeError(_format_errors(error, source)) from None
+
+
+def _as_plain(data: Any) -> dict[str, Any]:
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise RecipeError(f"a recipe is a mapping of sections (data, teacher, student, ...), "
+                          f"got {type(data).__name__}")
+    return yaml.safe_load(yaml.safe_dump(data))   # a deep copy of plain types
+
+
+def load_recipe(path: str | Path | None = None, overrides: list[str] = ()) -> Recipe:
+    """Load and validate a recipe file (None: the built-in default recipe)."""
+    if path is None:
+        return recipe_from_dict({}, "(built-in default)", overrides)
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"recipe file {path} does not exist; pass a YAML file such as "
+                          "recipes/default.yaml")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise RecipeError(f"recipe {path} is not valid YAML{where}: "
+                          f"{getattr(error, 'problem', error)}") from None
+    except UnicodeDecodeError as error:
+        raise RecipeError(f"recipe {path} is not UTF-8 text (byte {error.start}); save it as "
+                          "UTF-8") from None
+    return recipe_from_dict(_as_plain(data) if data is not None else {}, str(path), overrides)
+
+
+def dump_recipe(recipe: Recipe) -> str:
+    """The fully resolved recipe as YAML (saved next to checkpoints and reports)."""
+    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)

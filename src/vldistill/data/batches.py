@@ -1,0 +1,157 @@
+"""Torch datasets, collation and batch sampling for training and evaluation.
+
+Questions are grouped by image: one dataset item is one image with all its questions, so the
+image encoder runs once per image however many questions it has (DESIGN.md: most of the cost is
+in the image stem). A batch is the dict the distillation step expects (see
+vldistill.distill.step): ``inputs``, ``targets``, ``labelled``, plus ``meta`` for evaluation.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from vldistill.data.answers import AnswerVocab
+from vldistill.data.sample import ImageStore, Sample
+from vldistill.data.tokenizer import QuestionTokenizer
+
+
+def group_by_image(samples: Sequence[Sample]) -> list[list[Sample]]:
+    """Samples grouped by image id, groups in order of first appearance."""
+    groups: dict[Any, list[Sample]] = {}
+    for sample in samples:
+        groups.setdefault(sample.image_id, []).append(sample)
+    return list(groups.values())
+
+
+class VQAImageDataset(Dataset):
+    """Item i: one image (3, H, W) uint8 with its questions, tokenised, and soft targets.
+
+    ``labelled=False`` makes every question unlabelled (a transfer set: only teacher terms
+    apply); otherwise a question is labelled when it has answers.
+    """
+
+    def __init__(self, samples: Sequence[Sample], images: ImageStore, answer_vocab: AnswerVocab,
+                 tokenizer: QuestionTokenizer, *, labelled: bool = True) -> None:
+        if not samples:
+            raise ValueError("VQAImageDataset got no samples; check the data split or subset "
+                             "size in the recipe.")
+        self.groups = group_by_image(samples)
+        self.images = images
+        self.answer_vocab = answer_vocab
+        self.tokens = [[tokenizer.encode(s.question) for s in group] for group in self.groups]
+        self.labelled = [[labelled and s.labelled for s in group] for group in self.groups]
+        self.targets = [[answer_vocab.targets(s.answers) if flag else ([], [])
+                         for s, flag in zip(group, flags)]
+                        for group, flags in zip(self.groups, self.labelled)]
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    @property
+    def num_questions(self) -> int:
+        return sum(len(group) for group in self.groups)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        group = self.groups[index]
+        rgb = self.images.rgb(group[0].image_id)                         # (H, W, 3) uint8
+        return {
+            "image": torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1),
+            "tokens": self.tokens[index],
+            "targets": self.targets[index],
+            "labelled": self.labelled[index],
+            "samples": group,
+        }
+
+
+class VQACollator:
+    """Stacks image items into the batch dict; targets become dense (N_q, num_answers)."""
+
+    def __init__(self, num_answers: int) -> None:
+        self.num_answers = num_answers
+
+    def __call__(self, items: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        tokens = [t for item in items for t in item["tokens"]]
+        image_index = [i for i, item in enumerate(items) for _ in item["tokens"]]
+        lengths = torch.tensor([len(t) for t in tokens], dtype=torch.long)
+        padded = torch.zeros(len(tokens), int(lengths.max()), dtype=torch.long)
+        targets = torch.zeros(len(tokens), self.num_answers)
+        row = 0
+        for item in items:
+            for ids, (indices, scores) in zip(item["tokens"], item["targets"]):
+                padded[row, :len(ids)] = torch.tensor(ids)
+                targets[row, indices] = torch.tensor(scores, dtype=torch.float32)
+                row += 1
+        return {
+            "inputs": {"images": torch.stack([item["image"] for item in items]),
+                       "question_tokens": padded, "question_lengths": lengths,
+                       "image_index": torch.tensor(image_index, dtype=torch.long)},
+            "targets": targets,
+            "labelled": torch.tensor([f for item in items for f in item["labelled"]]),
+            "meta": {"samples": [s for item in items for s in item["samples"]]},
+        }
+
+
+class MixedBatchSampler(Sampler[list[int]]):
+    """Batches of images drawn from a labelled set and, optionally, a transfer set.
+
+    Indices address ``ConcatDataset([labelled, transfer])``. One epoch walks the labelled set
+    once in a seeded random order, ``labelled_per_batch`` images per batch, and fills the rest of
+    each batch from a fresh seeded permutation of the transfer set. Every batch is full (the last
+    wraps around). With several processes each rank takes every ``world_size``-th batch of the
+    same plan, and the plan is cut to a multiple of ``world_size`` so all ranks step together.
+    The epoch advances on every ``__iter__`` (or explicitly through ``set_epoch``).
+    """
+
+    def __init__(self, num_labelled: int, num_transfer: int, images_per_batch: int,
+                 transfer_fraction: float = 0.0, *, seed: int = 0, rank: int = 0,
+                 world_size: int = 1) -> None:
+        if num_labelled < 1:
+            raise ValueError("MixedBatchSampler needs at least one labelled image.")
+        if not 0.0 <= transfer_fraction < 1.0:
+            raise ValueError(f"transfer_fraction must be in [0, 1), got {transfer_fraction}")
+        use_transfer = num_transfer > 0 and transfer_fraction > 0
+        self.transfer_per_batch = round(images_per_batch * transfer_fraction) if use_transfer else 0
+        self.labelled_per_batch = max(1, images_per_batch - self.transfer_per_batch)
+        self.num_labelled, self.num_transfer = num_labelled, num_transfer
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        batches = math.ceil(num_labelled / self.labelled_per_batch)
+        self.num_batches = max(world_size, batches - batches % world_size) // world_size
+        self.epoch = 0
+        self._explicit_epoch = False
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch, self._explicit_epoch = epoch, True
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def plan(self, epoch: int) -> list[list[int]]:
+        """All batches of an epoch, for all ranks."""
+        rng = np.random.default_rng([self.seed, epoch])
+        total = self.num_batches * self.world_size
+        labelled = np.resize(rng.permutation(self.num_labelled), total * self.labelled_per_batch)
+        labelled = labelled.reshape(total, self.labelled_per_batch)
+        if not self.transfer_per_batch:
+            return labelled.tolist()
+        transfer = np.resize(rng.permutation(self.num_transfer), total * self.transfer_per_batch)
+        transfer = transfer.reshape(total, self.transfer_per_batch) + self.num_labelled
+        return np.concatenate([labelled, transfer], axis=1).tolist()
+
+    def __iter__(self) -> Iterator[list[int]]:
+        epoch = self.epoch
+        if not self._explicit_epoch:
+            self.epoch += 1
+        self._explicit_epoch = False
+        yield from self.plan(epoch)[self.rank::self.world_size]
+
+
+def sequential_batches(num_items: int, batch_size: int) -> list[list[int]]:
+    """Fixed, ordered batches for evaluation."""
+    return [list(range(i, min(i + batch_size, num_items)))
+            for i in range(0, num_items, batch_size)]

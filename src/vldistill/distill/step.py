@@ -1,0 +1,96 @@
+"""The distillation step: student + frozen teacher + weighted loss terms, a plain nn.Module.
+
+The Lightning module only calls it and logs what it returns, so the same step serves the CLI,
+the Python API and any user loop.
+
+A batch is a dict:
+    inputs:          model inputs, a dict (called as model(**inputs)) or a tuple (model(*inputs))
+    teacher_inputs:  optional, when the teacher reads a different view or modality
+    targets:         (N, ...) targets of the task loss (rows of unlabelled examples are ignored)
+    labelled:        (N,) bool; task terms see only labelled rows, teacher terms see every row
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from vldistill.distill.losses import LossTerm
+from vldistill.models.outputs import ModelOutput, as_model_output
+
+
+@dataclass(frozen=True)
+class WeightedTerm:
+    name: str
+    weight: float
+    term: LossTerm
+
+
+def call_model(model: nn.Module, inputs: Mapping[str, Any] | Sequence[Any]) -> ModelOutput:
+    """Run a model on batch inputs (dict -> keywords, tuple/list -> positional)."""
+    if isinstance(inputs, Mapping):
+        return as_model_output(model(**inputs))
+    return as_model_output(model(*inputs))
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    """Freeze a teacher: no gradients and eval mode (the step keeps it in eval mode)."""
+    model.requires_grad_(False)
+    return model.eval()
+
+
+class DistillationStep(nn.Module):
+    """Computes ``{"loss": weighted sum, "<term>": unweighted term value, ...}`` for a batch."""
+
+    def __init__(self, student: nn.Module, terms: Sequence[WeightedTerm],
+                 teacher: nn.Module | None = None) -> None:
+        super().__init__()
+        if not terms:
+            raise ValueError("DistillationStep needs at least one loss term, e.g. "
+                             "[WeightedTerm('vqa_bce', 1.0, VQABCELoss())].")
+        names = [t.name for t in terms]
+        if len(set(names)) != len(names):
+            raise ValueError(f"loss term names must be unique, got {names}")
+        needs_teacher = [t.name for t in terms if t.term.needs_teacher]
+        if needs_teacher and teacher is None:
+            raise ValueError(f"loss term(s) {needs_teacher} need a teacher but none was given; "
+                             "pass teacher=... or drop those terms.")
+        self.student = student
+        self.teacher = freeze(teacher) if teacher is not None else None
+        self.terms = nn.ModuleDict({t.name: t.term for t in terms})
+        self.weights = {t.name: float(t.weight) for t in terms}
+        self._uses_teacher = bool(needs_teacher)
+
+    def train(self, mode: bool = True) -> DistillationStep:
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()   # frozen: BatchNorm/dropout stay in inference mode
+        return self
+
+    def teacher_output(self, batch: Mapping[str, Any]) -> ModelOutput | None:
+        if self.teacher is None or not self._uses_teacher:
+            return None
+        with torch.no_grad():
+            return call_model(self.teacher, batch.get("teacher_inputs", batch["inputs"]))
+
+    def forward(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        student = call_model(self.student, batch["inputs"])
+        teacher = self.teacher_output(batch)
+        labelled, targets = batch["labelled"], batch["targets"]
+        losses: dict[str, torch.Tensor] = {}
+        total = student.logits.new_zeros((), dtype=torch.float32)
+        for name, term in self.terms.items():
+            if term.needs_labels:
+                value = term(student.select(labelled),
+                             teacher.select(labelled) if teacher is not None else None,
+                             targets[labelled])
+            else:
+                value = term(student, teacher, targets)
+            losses[name] = value.detach()
+            total = total + self.weights[name] * value
+        losses["loss"] = total
+        return losses

@@ -1,0 +1,58 @@
+"""Efficiency: parameters, latency at batch 1, throughput. Measured, never estimated.
+
+Timings on a shared CPU are noisy: compare models measured in the same process, one after the
+other, and read ratios rather than absolute numbers.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from vldistill.distill.step import call_model
+
+
+@dataclass(frozen=True)
+class Efficiency:
+    parameters: int
+    latency_ms: float              # median wall time of one example (batch 1)
+    throughput: float              # examples per second at the throughput batch size
+    throughput_batch: int          # examples per throughput batch
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@torch.inference_mode()
+def _median_seconds(model: nn.Module, inputs: Mapping[str, Any] | Sequence[Any],
+                    repeats: int, warmup: int = 3) -> float:
+    for _ in range(warmup):
+        call_model(model, inputs)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call_model(model, inputs)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def measure(model: nn.Module, single_inputs: Mapping[str, Any] | Sequence[Any],
+            batch_inputs: Mapping[str, Any] | Sequence[Any], batch_examples: int,
+            repeats: int = 50) -> Efficiency:
+    """Latency of ``single_inputs`` (one example) and throughput of ``batch_inputs``
+    (``batch_examples`` examples), both as medians over ``repeats`` runs."""
+    model.eval()
+    latency = _median_seconds(model, single_inputs, repeats)
+    batch_seconds = _median_seconds(model, batch_inputs, max(3, repeats // 5))
+    return Efficiency(count_parameters(model), latency * 1000.0,
+                      batch_examples / batch_seconds, batch_examples)

@@ -1,0 +1,35 @@
+"""`vldistill eval CHECKPOINT`: rebuild a saved model and score it on its validation split."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from vldistill.config import DataSettings
+from vldistill.data.answers import AnswerVocab
+from vldistill.data.batches import VQACollator, VQAImageDataset
+from vldistill.data.tokenizer import QuestionTokenizer
+from vldistill.errors import DataError
+from vldistill.eval.efficiency import count_parameters
+from vldistill.eval.evaluators import VQAEvaluator, predict
+from vldistill.models.checkpoint import build_from_checkpoint, load_checkpoint
+from vldistill.pipeline_data import load_splits
+
+
+def evaluate_checkpoint(path: Path, batch_images: int = 64) -> dict[str, Any]:
+    checkpoint = load_checkpoint(path)
+    missing = {"answer_vocab", "question_vocab", "data"} - set(checkpoint.extra)
+    if missing:
+        raise DataError(f"checkpoint {path} lacks {sorted(missing)} in its metadata, so the "
+                        "data it was trained on is unknown; it was not saved by `vldistill run`.")
+    model = build_from_checkpoint(checkpoint)
+    answer_vocab = AnswerVocab.from_json(checkpoint.extra["answer_vocab"])
+    tokenizer = QuestionTokenizer.from_json(checkpoint.extra["question_vocab"])
+    settings = DataSettings.model_validate(checkpoint.extra["data"])
+    _, _, val, val_images = load_splits(settings)
+    dataset = VQAImageDataset(val, val_images, answer_vocab, tokenizer)
+    predictions = predict(model, dataset, VQACollator(len(answer_vocab)),
+                          VQAEvaluator(answer_vocab), batch_images)
+    return {"role": checkpoint.extra.get("role", "?"), "model": checkpoint.model_name,
+            "parameters": count_parameters(model), "questions": dataset.num_questions,
+            **predictions.metrics}

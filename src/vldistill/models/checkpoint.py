@@ -1,0 +1,90 @@
+"""Model checkpoints in safetensors, with everything needed to rebuild the model.
+
+The metadata (strings only, a safetensors rule) records the registered model name and params,
+the answer vocabulary and the question vocabulary, so ``vldistill eval CHECKPOINT`` needs nothing
+else. Writes are atomic: a temporary file in the same folder, fsync, then rename, so a reader
+never sees a half-written checkpoint and the previous one survives a crash mid-write.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from vldistill.errors import DataError, MissingFileError
+
+FORMAT = "vldistill.model.v1"
+
+
+@dataclass(frozen=True)
+class ModelCheckpoint:
+    state_dict: dict[str, torch.Tensor]
+    model_name: str
+    model_params: dict[str, Any]
+    sizes: dict[str, int]
+    extra: dict[str, Any]
+
+
+def atomic_write(path: Path, write: callable) -> None:
+    """Call ``write(temporary_path)``, fsync it, then rename it over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(temporary)
+        with open(temporary, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def save_model(path: Path, model: nn.Module, model_name: str, model_params: dict[str, Any],
+               sizes: dict[str, int], extra: dict[str, Any] | None = None) -> Path:
+    """Save weights + rebuild information. ``extra`` must be JSON-serialisable."""
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    metadata = {"format": FORMAT, "model_name": model_name,
+                "model_params": json.dumps(model_params), "sizes": json.dumps(sizes),
+                "extra": json.dumps(extra or {})}
+    atomic_write(Path(path), lambda tmp: save_file(state, str(tmp), metadata=metadata))
+    return Path(path)
+
+
+def load_checkpoint(path: str | Path) -> ModelCheckpoint:
+    """Read a checkpoint written by :func:`save_model` (safetensors: nothing is unpickled)."""
+    path = Path(path)
+    if not path.is_file():
+        raise MissingFileError(f"checkpoint {path} does not exist; pass a .safetensors file "
+                               "from a run folder, e.g. runs/default/checkpoints/"
+                               "student-kd-seed0.safetensors")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            state = {key: handle.get_tensor(key) for key in handle.keys()}
+    except (SafetensorError, OSError, ValueError) as error:
+        raise DataError(f"checkpoint {path} is not a readable safetensors file ({error}); it "
+                        "may be truncated or corrupt: re-export it or use another "
+                        "checkpoint.") from None
+    if metadata.get("format") != FORMAT:
+        raise DataError(f"checkpoint {path} has format {metadata.get('format')!r}, expected "
+                        f"{FORMAT!r}: it was not written by vldistill's save_model.")
+    try:
+        return ModelCheckpoint(state, metadata["model_name"], json.loads(metadata["model_params"]),
+                               json.loads(metadata["sizes"]), json.loads(metadata["extra"]))
+    except (KeyError, json.JSONDecodeError) as error:
+        raise DataError(f"checkpoint {path} has damaged metadata ({error}); re-save it.") from None
+
+
+def build_from_checkpoint(checkpoint: ModelCheckpoint) -> nn.Module:
+    from vldistill.models import build_model
+
+    model = build_model(checkpoint.model_name, checkpoint.model_params, **checkpoint.sizes)
+    model.load_state_dict(checkpoint.state_dict)
+    return model.eval()

@@ -1,0 +1,186 @@
+"""The built-in answer-classification VQA network, used as teacher and as student.
+
+Read top to bottom. The shape that learned ShapesWorld quickly in the prototype (DESIGN.md,
+"What makes distillation pay off") and that this follows:
+
+    image (N_img, 3, H, W) uint8
+      -> conv stem down to a G x G grid, xy coordinates appended, 1x1 projection
+      -> grid (N_img, G*G, D)
+    question tokens (N_q, L)
+      -> embedding -> GRU -> q (N_q, D)
+    `hops` rounds of `heads` question-guided attention over the grid of each question's image;
+    each head reads out the attended feature, the attended xy, a soft count and a max score,
+    plus pairwise dx/dy between heads (without it, left/right stays at chance)
+      -> state update after each hop
+      -> MLP -> answer logits (N_q, num_answers)
+
+Several questions share one image, so the stem (most of the cost) runs once per image and
+``image_index`` (N_q,) says which image each question is about.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from vldistill.models.outputs import ModelOutput
+
+
+class VQANetConfig(BaseModel):
+    """Sizes of :class:`VQANet`. ``width`` sets almost all of the parameter count."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    width: int = Field(64, ge=4, description="channels of the stem and attention dimension D")
+    word_dim: int = Field(32, ge=2, description="word embedding size")
+    grid: int = Field(16, ge=2, description="side G of the attention grid")
+    heads: int = Field(2, ge=1, description="attention heads per hop")
+    hops: int = Field(2, ge=1, description="rounds of question-guided attention")
+    mlp_dim: int = Field(128, ge=4, description="hidden size of the answer MLP")
+
+
+def _coordinate_grid(side: int) -> torch.Tensor:
+    """(side*side, 2) xy coordinates in [-1, 1], row-major like a flattened feature map."""
+    axis = torch.linspace(-1.0, 1.0, side)
+    y, x = torch.meshgrid(axis, axis, indexing="ij")
+    return torch.stack([x.flatten(), y.flatten()], dim=-1)
+
+
+class ConvStem(nn.Module):
+    """uint8 image (N, 3, H, W) -> features (N, G*G, D) with xy coordinates mixed in."""
+
+    def __init__(self, width: int, grid: int) -> None:
+        super().__init__()
+        half = max(width // 2, 4)
+        self.convs = nn.Sequential(
+            nn.Conv2d(3, half, 3, stride=2, padding=1), nn.BatchNorm2d(half), nn.ReLU(),
+            nn.Conv2d(half, width, 3, stride=2, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
+            nn.Conv2d(width, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
+        )
+        self.pool = nn.AdaptiveAvgPool2d(grid)
+        self.project = nn.Linear(width + 2, width)
+        self.register_buffer("coords", _coordinate_grid(grid), persistent=False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.float() / 255.0 - 0.5                              # (N, 3, H, W)
+        x = self.pool(self.convs(x))                                   # (N, D, G, G)
+        x = x.flatten(2).transpose(1, 2)                               # (N, G*G, D)
+        coords = self.coords.expand(x.shape[0], -1, -1)                # (N, G*G, 2)
+        return F.relu(self.project(torch.cat([x, coords], dim=-1)))   # (N, G*G, D)
+
+
+class QuestionEncoder(nn.Module):
+    """token ids (N, L), 0 = padding -> final GRU state (N, D)."""
+
+    def __init__(self, vocab_size: int, word_dim: int, width: int) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab_size, word_dim, padding_idx=0)
+        self.gru = nn.GRU(word_dim, width, batch_first=True)
+
+    def forward(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        packed = nn.utils.rnn.pack_padded_sequence(
+            self.embed(tokens), lengths.clamp(min=1).cpu(), batch_first=True,
+            enforce_sorted=False)
+        _, hidden = self.gru(packed)                                   # (1, N, D)
+        return hidden[0]
+
+
+class QuestionSlots:
+    """Where each question sits when questions are packed per image.
+
+    Attention is computed per image with one batched matmul over all its questions
+    ((N_img, Q*h, D) @ (N_img, D, G*G)) instead of gathering the grid once per question, which
+    made a step ~3x slower on CPU (many tiny matmuls plus a large gather and its backward).
+    """
+
+    def __init__(self, image_index: torch.Tensor, num_images: int) -> None:
+        counts = torch.bincount(image_index, minlength=num_images)          # (N_img,)
+        starts = torch.cumsum(counts, 0) - counts
+        order = torch.argsort(image_index, stable=True)
+        slot = torch.empty_like(image_index)
+        slot[order] = torch.arange(len(image_index), device=image_index.device) - starts[
+            image_index[order]]
+        self.image_index, self.slot = image_index, slot
+        self.num_images, self.per_image = num_images, int(counts.max()) if len(counts) else 0
+
+    def pack(self, x: torch.Tensor) -> torch.Tensor:
+        """(N_q, h, D) -> (N_img, Q*h, D), zero where an image has fewer questions."""
+        packed = x.new_zeros(self.num_images, self.per_image, *x.shape[1:])
+        packed[self.image_index, self.slot] = x
+        return packed.flatten(1, 2)
+
+    def unpack(self, packed: torch.Tensor, heads: int) -> torch.Tensor:
+        """(N_img, Q*h, X) -> (N_q, h, X)."""
+        packed = packed.view(self.num_images, self.per_image, heads, packed.shape[-1])
+        return packed[self.image_index, self.slot]
+
+
+class AttentionHop(nn.Module):
+    """One round of `heads` question-guided attentions over the grid; updates the state."""
+
+    def __init__(self, width: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.queries = nn.Linear(width, width * heads)
+        self.readout_dim = heads * (width + 4) + 2 * (heads * (heads - 1) // 2)
+        self.update = nn.Sequential(nn.Linear(width + self.readout_dim, width), nn.ReLU(),
+                                    nn.Linear(width, width))
+
+    def forward(self, state: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+                coords: torch.Tensor, slots: QuestionSlots) -> tuple[torch.Tensor, torch.Tensor]:
+        """state (N_q, D); keys/values (N_img, G*G, D); coords (G*G, 2)
+        -> (new state (N_q, D), readout (N_q, readout_dim))."""
+        n, width = state.shape
+        queries = slots.pack(self.queries(state).view(n, self.heads, width))  # (N_img, Q*h, D)
+        scores = torch.bmm(queries, keys.transpose(1, 2)) / math.sqrt(width)  # (N_img, Q*h, GG)
+        attention = scores.softmax(dim=-1)
+        read = slots.unpack(torch.bmm(attention, values), self.heads)          # (N_q, h, D)
+        where = slots.unpack(attention @ coords, self.heads)                   # (N_q, h, 2)
+        scores = slots.unpack(scores, self.heads)                              # (N_q, h, GG)
+        count = torch.sigmoid(scores).sum(-1, keepdim=True).log1p()            # (N_q, h, 1)
+        peak = scores.amax(-1, keepdim=True)                                   # (N_q, h, 1)
+        parts = [read.flatten(1), where.flatten(1), count.flatten(1), peak.flatten(1)]
+        for i in range(self.heads):
+            for j in range(i + 1, self.heads):
+                parts.append(where[:, i] - where[:, j])                        # (N_q, 2) dx, dy
+        readout = torch.cat(parts, dim=-1)                                     # (N_q, readout)
+        return state + self.update(torch.cat([state, readout], dim=-1)), readout
+
+
+class VQANet(nn.Module):
+    """Answer-classification VQA: (images, questions) -> :class:`ModelOutput` per question."""
+
+    def __init__(self, config: VQANetConfig, num_answers: int, vocab_size: int) -> None:
+        super().__init__()
+        self.config = config
+        width = config.width
+        self.stem = ConvStem(width, config.grid)
+        self.keys = nn.Linear(width, width)
+        self.question = QuestionEncoder(vocab_size, config.word_dim, width)
+        self.hops = nn.ModuleList(AttentionHop(width, config.heads) for _ in range(config.hops))
+        readout_dim = self.hops[-1].readout_dim
+        self.head = nn.Sequential(nn.Linear(width + readout_dim, config.mlp_dim), nn.ReLU(),
+                                  nn.Linear(config.mlp_dim, num_answers))
+
+    def forward(self, images: torch.Tensor, question_tokens: torch.Tensor,
+                question_lengths: torch.Tensor, image_index: torch.Tensor) -> ModelOutput:
+        """images (N_img, 3, H, W) uint8; question_tokens (N_q, L) long; question_lengths
+        (N_q,); image_index (N_q,) long in [0, N_img)."""
+        grid = self.stem(images)                                       # (N_img, G*G, D)
+        keys = self.keys(grid)
+        question = self.question(question_tokens, question_lengths)   # (N_q, D)
+        slots = QuestionSlots(image_index, images.shape[0])
+        state, readout = question, question.new_zeros(0)
+        for hop in self.hops:
+            state, readout = hop(state, keys, grid, self.stem.coords, slots)
+        fused = torch.cat([state, readout], dim=-1)                   # (N_q, D + readout)
+        return ModelOutput(
+            logits=self.head(fused),
+            image_embeds=grid.mean(dim=1)[image_index],
+            text_embeds=question,
+            features={"image_grid": grid, "fused": fused},
+        )

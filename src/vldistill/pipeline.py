@@ -1,0 +1,222 @@
+"""The main job: `vldistill run RECIPE`.
+
+    data -> teacher (train or load) -> for each seed: student without KD, student with KD
+         -> evaluate (VQA accuracy, agreement, parameters, latency, throughput)
+         -> runs/<name>/ results.json, report.md, plot, resolved recipe, versions, checkpoints
+
+Each stage is a named function; ``run_recipe`` only calls them in order.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable
+
+import lightning as L
+import torch
+from rich.console import Console
+from torch import nn
+from torch.utils.data import ConcatDataset
+
+from vldistill import __version__
+from vldistill.config import Recipe, TrainSettings, dump_recipe
+from vldistill.data.batches import MixedBatchSampler, VQACollator, VQAImageDataset, \
+    sequential_batches
+from vldistill.distill.losses import VQABCELoss, build_loss
+from vldistill.distill.step import DistillationStep, WeightedTerm
+from vldistill.eval.efficiency import Efficiency, measure
+from vldistill.eval.evaluators import Predictions, VQAEvaluator, agreement, predict
+from vldistill.models import build_model
+from vldistill.models.checkpoint import build_from_checkpoint, load_checkpoint, save_model
+from vldistill.pipeline_data import RunData, prepare_data
+from vldistill.train.fit import LoaderModule, fit
+
+console = Console(highlight=False)
+
+
+@dataclass
+class ModelRun:
+    """One trained model: its role, seed, predictions on val and training wall time."""
+
+    role: str
+    seed: int | None
+    predictions: Predictions
+    train_time_s: float
+    checkpoint: Path | None = None
+
+
+@dataclass
+class RunResult:
+    recipe: Recipe
+    run_dir: Path
+    teacher: ModelRun
+    students: dict[str, list[ModelRun]]                # "student (no KD)" / "student (KD)"
+    efficiency: dict[str, Efficiency]
+    agreement: dict[str, list[float]] = field(default_factory=dict)
+    wall_time_s: float = 0.0
+
+
+def library_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version(), "platform": platform.platform(),
+                "vldistill": __version__}
+    for package in ("torch", "lightning", "numpy", "pydantic", "safetensors", "transformers"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def make_run_dir(recipe: Recipe) -> Path:
+    run_dir = recipe.output_dir / recipe.name
+    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    (run_dir / "recipe.yaml").write_text(dump_recipe(recipe), encoding="utf-8")
+    (run_dir / "versions.json").write_text(json.dumps(library_versions(), indent=2) + "\n")
+    return run_dir
+
+
+class VQAJob:
+    """The datasets, collation and model factory of one recipe run."""
+
+    def __init__(self, recipe: Recipe, data: RunData, run_dir: Path) -> None:
+        self.recipe, self.data, self.run_dir = recipe, data, run_dir
+        self.collate = VQACollator(len(data.answer_vocab))
+        self.val = VQAImageDataset(data.val, data.val_images, data.answer_vocab, data.tokenizer)
+        self.sizes = {"num_answers": len(data.answer_vocab), "vocab_size": len(data.tokenizer)}
+
+    def dataset(self, samples, labelled: bool = True) -> VQAImageDataset:
+        return VQAImageDataset(samples, self.data.train_images, self.data.answer_vocab,
+                               self.data.tokenizer, labelled=labelled)
+
+    def build(self, role: str) -> tuple[nn.Module, Callable[[Path, nn.Module], None]]:
+        settings = (self.recipe.teacher if role == "teacher" else self.recipe.student).model
+        model = build_model(settings.name, settings.params, **self.sizes)
+        extra = {"answer_vocab": self.data.answer_vocab.to_json(),
+                 "question_vocab": self.data.tokenizer.to_json(),
+                 "data": self.recipe.data.model_dump(mode="json"), "role": role}
+
+        def save(path: Path, trained: nn.Module) -> None:
+            save_model(path, trained, settings.name, settings.params, self.sizes, extra)
+        return model, save
+
+    def train(self, role: str, step: DistillationStep, train: TrainSettings, labelled,
+              transfer=None, transfer_fraction: float = 0.0, seed: int = 0, save=None):
+        datasets = [labelled] + ([transfer] if transfer is not None else [])
+
+        def sampler(rank: int, world_size: int) -> MixedBatchSampler:
+            return MixedBatchSampler(len(labelled), len(transfer) if transfer else 0,
+                                     train.images_per_batch, transfer_fraction, seed=seed,
+                                     rank=rank, world_size=world_size)
+        loaders = LoaderModule(ConcatDataset(datasets), sampler, self.collate, self.val,
+                               sequential_batches(len(self.val), self.recipe.eval.batch_images))
+        return fit(step, loaders, VQAEvaluator(self.data.answer_vocab), train,
+                   self.recipe.trainer, run_dir=self.run_dir, role=role, save=save)
+
+    def evaluate(self, model: nn.Module) -> Predictions:
+        return predict(model, self.val, self.collate, VQAEvaluator(self.data.answer_vocab),
+                       self.recipe.eval.batch_images)
+
+
+def task_terms(recipe: Recipe) -> list[WeightedTerm]:
+    """The label-only objective (teacher and no-KD student): the recipe's task terms at weight
+    1, or VQA BCE when the recipe has none."""
+    terms = [WeightedTerm(t.name or t.loss, 1.0, build_loss(t.loss, **t.params))
+             for t in recipe.distill.terms if build_loss(t.loss, **t.params).needs_labels]
+    return terms or [WeightedTerm("vqa_bce", 1.0, VQABCELoss())]
+
+
+def distill_terms(recipe: Recipe) -> list[WeightedTerm]:
+    return [WeightedTerm(t.name or t.loss, t.weight, build_loss(t.loss, **t.params))
+            for t in recipe.distill.terms]
+
+
+def train_teacher(job: VQAJob) -> tuple[ModelRun, nn.Module]:
+    recipe = job.recipe
+    if recipe.teacher.checkpoint is not None:
+        console.print(f"[bold]teacher[/]: loading {recipe.teacher.checkpoint}")
+        teacher = build_from_checkpoint(load_checkpoint(recipe.teacher.checkpoint))
+        run = ModelRun("teacher", None, job.evaluate(teacher), 0.0, recipe.teacher.checkpoint)
+        return run, teacher
+    seed = recipe.seeds[0]
+    L.seed_everything(seed, verbose=False)
+    model, save = job.build("teacher")
+    console.print(f"[bold]teacher[/]: training on {len(job.data.teacher_train)} labelled "
+                  f"questions, {recipe.teacher.train.max_steps} steps")
+    step = DistillationStep(model, task_terms(recipe))
+    result = job.train("teacher", step, recipe.teacher.train, job.dataset(job.data.teacher_train),
+                       seed=seed, save=save)
+    run = ModelRun("teacher", seed, job.evaluate(result.student), result.wall_time_s,
+                   job.run_dir / "checkpoints" / "teacher-last.safetensors")
+    return run, result.student
+
+
+def train_student(job: VQAJob, teacher: nn.Module | None, seed: int) -> ModelRun:
+    """A student with KD (teacher given: labelled + transfer set) or without (labels only)."""
+    recipe = job.recipe
+    role = f"student-{'kd' if teacher is not None else 'nokd'}-seed{seed}"
+    L.seed_everything(seed, verbose=False)
+    model, save = job.build("student")
+    labelled = job.dataset(job.data.labelled)
+    if teacher is None:
+        step = DistillationStep(model, task_terms(recipe))
+        result = job.train(role, step, recipe.student.train, labelled, seed=seed, save=save)
+    else:
+        transfer = job.dataset(job.data.transfer, labelled=False) if job.data.transfer else None
+        step = DistillationStep(model, distill_terms(recipe), teacher=teacher)
+        result = job.train(role, step, recipe.student.train, labelled, transfer,
+                           recipe.distill.transfer_fraction, seed=seed, save=save)
+    return ModelRun(role, seed, job.evaluate(result.student), result.wall_time_s,
+                    job.run_dir / "checkpoints" / f"{role}-last.safetensors")
+
+
+def measure_models(job: VQAJob, models: dict[str, nn.Module]) -> dict[str, Efficiency]:
+    """Latency at batch 1 (one image, one question) and throughput (questions/s) per model."""
+    single = job.collate([job.val[0]])
+    single["inputs"] = {**single["inputs"],
+                        "question_tokens": single["inputs"]["question_tokens"][:1],
+                        "question_lengths": single["inputs"]["question_lengths"][:1],
+                        "image_index": single["inputs"]["image_index"][:1]}
+    count = min(job.recipe.eval.throughput_images, len(job.val))
+    batch = job.collate([job.val[i] for i in range(count)])
+    return {name: measure(model, single["inputs"], batch["inputs"], len(batch["labelled"]),
+                          job.recipe.eval.latency_repeats) for name, model in models.items()}
+
+
+def run_recipe(recipe: Recipe) -> RunResult:
+    start = time.perf_counter()
+    if recipe.trainer.num_threads:
+        torch.set_num_threads(recipe.trainer.num_threads)
+    run_dir = make_run_dir(recipe)
+    console.print(f"[bold]vldistill run[/] {recipe.name}: seeds {recipe.seeds}, output {run_dir}")
+    data = prepare_data(recipe.data, recipe.seeds[0], progress=True)
+    console.print(f"data: {len(data.teacher_train)} teacher questions, {len(data.labelled)} "
+                  f"labelled + {len(data.transfer)} transfer questions for the student, "
+                  f"{len(data.val)} val; {len(data.answer_vocab)} answers. "
+                  f"{data.val_coverage.summary()}")
+    job = VQAJob(recipe, data, run_dir)
+    teacher, teacher_model = train_teacher(job)
+    console.print(f"teacher: val VQA accuracy {teacher.predictions.metrics['vqa_accuracy']:.2f}")
+    students: dict[str, list[ModelRun]] = {"student (no KD)": [], "student (KD)": []}
+    agreements: dict[str, list[float]] = {"student (no KD)": [], "student (KD)": []}
+    last: dict[str, nn.Module] = {}
+    for seed in recipe.seeds:
+        variants = [("student (no KD)", None)] if recipe.distill.baseline else []
+        for name, teacher_arg in variants + [("student (KD)", teacher_model)]:
+            run = train_student(job, teacher_arg, seed)
+            students[name].append(run)
+            agreements[name].append(agreement(run.predictions, teacher.predictions))
+            console.print(f"{run.role}: val VQA accuracy "
+                          f"{run.predictions.metrics['vqa_accuracy']:.2f} "
+                          f"({run.train_time_s:.0f} s)")
+        last["student"] = build_from_checkpoint(load_checkpoint(run.checkpoint))
+    efficiency = measure_models(job, {"teacher": teacher_model, "student": last["student"]})
+    students = {k: v for k, v in students.items() if v}
+    result = RunResult(recipe, run_dir, teacher, students, efficiency,
+                       {k: v for k, v in agreements.items() if v},
+                       time.perf_counter() - start)
+    return result

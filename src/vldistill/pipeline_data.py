@@ -1,0 +1,81 @@
+"""Data for a recipe run: splits, the student's labelled subset and transfer set, vocabularies.
+
+The teacher trains on the whole labelled training split; the student may use the answers of
+only ``data.labelled_images`` of those images, and sees the rest as an unlabelled transfer set
+(questions without answers), which only the teacher can label. This is the situation users are
+in: the teacher has seen far more than the student's labels cover.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from vldistill.config import DataSettings
+from vldistill.data.answers import AnswerVocab, VocabCoverage
+from vldistill.data.batches import group_by_image
+from vldistill.data.sample import ImageStore, Sample
+from vldistill.data.tokenizer import QuestionTokenizer
+from vldistill.errors import RecipeError
+
+
+@dataclass
+class RunData:
+    teacher_train: list[Sample]      # every labelled training question
+    labelled: list[Sample]           # the student's labelled subset
+    transfer: list[Sample]           # the student's unlabelled transfer set (answers removed)
+    val: list[Sample]
+    train_images: ImageStore
+    val_images: ImageStore
+    answer_vocab: AnswerVocab
+    tokenizer: QuestionTokenizer
+    val_coverage: VocabCoverage
+
+
+def load_splits(settings: DataSettings, progress: bool = False
+                ) -> tuple[list[Sample], ImageStore, list[Sample], ImageStore]:
+    """(train samples, train images, val samples, val images) for the recipe's data source."""
+    if settings.source == "shapesworld":
+        from vldistill.data.shapesworld import load_shapesworld
+
+        world = load_shapesworld(settings.shapesworld, progress=progress)
+        train, val = world.splits["train"], world.splits["val"]
+        return train.samples, train.images, val.samples, val.images
+    from vldistill.data.vqa import read_vqa
+
+    splits = []
+    for files in (settings.train, settings.val):
+        samples, images = read_vqa(files.questions, files.annotations, files.images,
+                                   pattern=files.pattern, image_size=settings.image_size)
+        splits += [samples, images]
+    return tuple(splits)  # type: ignore[return-value]
+
+
+def split_for_student(train: list[Sample], settings: DataSettings, seed: int
+                      ) -> tuple[list[Sample], list[Sample]]:
+    """The student's labelled subset and transfer set, chosen by image with a seeded shuffle."""
+    groups = group_by_image(train)
+    order = np.random.default_rng(seed).permutation(len(groups))
+    count = len(groups) if settings.labelled_images is None else settings.labelled_images
+    if count > len(groups):
+        raise RecipeError(f"data.labelled_images is {count} but the training split has only "
+                          f"{len(groups)} images; lower it or set it to null (all).")
+    labelled = [s for i in sorted(order[:count]) for s in groups[i]]
+    rest = sorted(order[count:])
+    if settings.transfer_images is not None:
+        rest = rest[:settings.transfer_images]
+    transfer = [s.unlabelled() for i in rest for s in groups[i]]
+    return labelled, transfer
+
+
+def prepare_data(settings: DataSettings, seed: int, progress: bool = False) -> RunData:
+    train, train_images, val, val_images = load_splits(settings, progress)
+    labelled, transfer = split_for_student(train, settings, seed)
+    answer_vocab = AnswerVocab.build((s.answers for s in train if s.answers),
+                                     min_count=settings.answer_vocab_min_count,
+                                     max_size=settings.answer_vocab_max_size)
+    tokenizer = QuestionTokenizer.build(s.question for s in train)
+    coverage = answer_vocab.coverage([s.answers for s in val if s.answers])
+    return RunData([s for s in train if s.answers], labelled, transfer, val, train_images,
+                   val_images, answer_vocab, tokenizer, coverage)

@@ -1,0 +1,1 @@
+"""Results table (markdown and terminal) and plots (PNG) of a run."""

@@ -1,0 +1,156 @@
+"""Turn a finished run into results.json, a table, report.md and a PNG plot.
+
+Every number comes from the RunResult: nothing here computes or assumes a figure.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+
+def summarise(values: list[float]) -> dict[str, Any]:
+    return {"mean": statistics.fmean(values), "min": min(values), "max": max(values),
+            "std": statistics.pstdev(values) if len(values) > 1 else 0.0, "per_seed": values}
+
+
+def results_dict(result: Any) -> dict[str, Any]:
+    """The JSON-serialisable summary of a pipeline RunResult (see vldistill.pipeline)."""
+    teacher_accuracy = result.teacher.predictions.metrics["vqa_accuracy"]
+    rows = [_row("teacher", [result.teacher], result.efficiency["teacher"], teacher_accuracy,
+                 None)]
+    for name, runs in result.students.items():
+        rows.append(_row(name, runs, result.efficiency["student"], teacher_accuracy,
+                         result.agreement.get(name)))
+    out: dict[str, Any] = {
+        "recipe": result.recipe.name, "seeds": result.recipe.seeds, "rows": rows,
+        "wall_time_s": result.wall_time_s,
+        "per_question_type": {row["model"]: row.pop("per_question_type") for row in rows},
+    }
+    if {"student (no KD)", "student (KD)"} <= set(result.students):
+        gains = [kd.predictions.metrics["vqa_accuracy"] - base.predictions.metrics["vqa_accuracy"]
+                 for kd, base in zip(result.students["student (KD)"],
+                                     result.students["student (no KD)"])]
+        out["kd_gain"] = {**summarise(gains), "kd_wins_every_seed": all(g > 0 for g in gains)}
+    return out
+
+
+def _row(name: str, runs: list, efficiency: Any, teacher_accuracy: float,
+         agreements: list[float] | None) -> dict[str, Any]:
+    accuracies = [run.predictions.metrics["vqa_accuracy"] for run in runs]
+    per_type: dict[str, list[float]] = {}
+    for run in runs:
+        for key, value in run.predictions.metrics.items():
+            if key.startswith("vqa_accuracy/"):
+                per_type.setdefault(key.split("/", 1)[1], []).append(value)
+    return {
+        "model": name, "seeds": [run.seed for run in runs],
+        "vqa_accuracy": summarise(accuracies),
+        "parameters": efficiency.parameters, "latency_ms": efficiency.latency_ms,
+        "throughput_qps": efficiency.throughput,
+        "kept_of_teacher_pct": 100.0 * statistics.fmean(accuracies) / teacher_accuracy
+        if teacher_accuracy else None,
+        "train_time_s": summarise([run.train_time_s for run in runs]),
+        "agreement_with_teacher_pct": summarise(agreements) if agreements else None,
+        "checkpoints": [str(run.checkpoint) if run.checkpoint else None for run in runs],
+        "per_question_type": {k: statistics.fmean(v) for k, v in sorted(per_type.items())},
+    }
+
+
+def _accuracy_cell(summary: dict[str, Any]) -> str:
+    if len(summary["per_seed"]) == 1:
+        return f"{summary['mean']:.2f}"
+    return f"{summary['mean']:.2f} ± {summary['std']:.2f} ({summary['min']:.2f}–{summary['max']:.2f})"
+
+
+HEADER = ["model", "VQA acc. (val)", "params", "latency b=1 (ms)", "throughput (q/s)",
+          "kept of teacher", "agreement w/ teacher", "train time (s)"]
+
+
+def table_rows(results: dict[str, Any]) -> list[list[str]]:
+    rows = []
+    for row in results["rows"]:
+        agreement = row["agreement_with_teacher_pct"]
+        rows.append([
+            row["model"], _accuracy_cell(row["vqa_accuracy"]), f"{row['parameters']:,}",
+            f"{row['latency_ms']:.2f}", f"{row['throughput_qps']:,.0f}",
+            f"{row['kept_of_teacher_pct']:.1f} %" if row["kept_of_teacher_pct"] else "-",
+            f"{agreement['mean']:.1f} %" if agreement else "-",
+            f"{row['train_time_s']['mean']:.0f}",
+        ])
+    return rows
+
+
+def markdown_table(results: dict[str, Any]) -> str:
+    lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    lines += ["| " + " | ".join(cells) + " |" for cells in table_rows(results)]
+    return "\n".join(lines)
+
+
+def gain_line(results: dict[str, Any]) -> str:
+    gain = results.get("kd_gain")
+    if not gain:
+        return ""
+    per_seed = ", ".join(f"{g:+.1f}" for g in gain["per_seed"])
+    verdict = "KD beats no-KD on every seed" if gain["kd_wins_every_seed"] else \
+        "KD does NOT beat no-KD on every seed"
+    return (f"KD gain over the no-KD student: {gain['mean']:+.2f} points mean "
+            f"(per seed {per_seed}; seeds {results['seeds']}). {verdict}.")
+
+
+def plot(results: dict[str, Any], path: Path) -> Path:
+    """Accuracy against parameters and against latency, error bars = min..max over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for row in results["rows"]:
+        accuracy = row["vqa_accuracy"]
+        error = [[accuracy["mean"] - accuracy["min"]], [accuracy["max"] - accuracy["mean"]]]
+        for axis, x in zip(axes, (row["parameters"], row["latency_ms"])):
+            axis.errorbar([x], [accuracy["mean"]], yerr=error, fmt="o", capsize=4,
+                          label=row["model"])
+    for axis, label in zip(axes, ("parameters", "latency at batch 1, CPU (ms)")):
+        axis.set_xscale("log")
+        axis.set_xlabel(label)
+        axis.set_ylabel("VQA accuracy, val (%)")
+        axis.grid(alpha=0.3)
+    axes[0].legend(loc="lower right")
+    figure.suptitle(f"vldistill run {results['recipe']}: accuracy vs size and latency")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+def per_type_table(results: dict[str, Any]) -> str:
+    per_type = results["per_question_type"]
+    types = sorted({t for values in per_type.values() for t in values})
+    lines = ["| question type | " + " | ".join(per_type) + " |", "|" + "---|" * (len(per_type) + 1)]
+    for name in types:
+        cells = [f"{per_type[m].get(name, float('nan')):.1f}" for m in per_type]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_report(results: dict[str, Any], run_dir: Path) -> Path:
+    (run_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    image = plot(results, run_dir / "accuracy_vs_cost.png")
+    text = "\n\n".join([
+        f"# vldistill run: {results['recipe']}",
+        markdown_table(results), gain_line(results),
+        f"Accuracy is mean ± std (min–max) over seeds {results['seeds']}; latency is the median "
+        "of one image + one question on CPU; throughput counts questions per second; whole run "
+        f"{results['wall_time_s']:.0f} s.",
+        f"![accuracy against parameters and latency]({image.name})",
+        "## VQA accuracy per question type (mean over seeds)", per_type_table(results),
+        "Files: `recipe.yaml` (resolved recipe), `versions.json`, `results.json`, "
+        "`checkpoints/`, `logs/` (TensorBoard and CSV).",
+    ])
+    path = run_dir / "report.md"
+    path.write_text(text + "\n", encoding="utf-8")
+    return path

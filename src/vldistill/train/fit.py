@@ -1,0 +1,134 @@
+"""Build a Lightning Trainer from the recipe and fit one distillation step.
+
+The same function trains the teacher (a step with only the task loss), the student without
+distillation, and the student with distillation.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback, EarlyStopping
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from vldistill.config import TrainerSettings, TrainSettings
+from vldistill.distill.step import DistillationStep
+from vldistill.train.module import DistillModule, Evaluator
+
+SaveFn = Callable[[Path, nn.Module], None]
+
+
+def quiet_lightning() -> None:
+    """Keep Lightning's start-up chatter and CPU-only advice out of the results."""
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    for pattern in (".*does not have many workers.*", ".*GPU available but not used.*",
+                    ".*Checkpoint directory.*exists and is not empty.*",
+                    ".*is smaller than the logging interval.*"):
+        warnings.filterwarnings("ignore", message=pattern)
+
+
+class LoaderModule(L.LightningDataModule):
+    """Training batches come from a sampler made per rank, validation batches in order."""
+
+    def __init__(self, train_dataset: Dataset, make_sampler: Callable[[int, int], Sampler],
+                 collate: Callable, val_dataset: Dataset | None,
+                 val_batches: Sequence[list[int]] = ()) -> None:
+        super().__init__()
+        self.train_dataset, self.make_sampler, self.collate = train_dataset, make_sampler, collate
+        self.val_dataset, self.val_batches = val_dataset, list(val_batches)
+
+    def train_dataloader(self) -> DataLoader:
+        sampler = self.make_sampler(self.trainer.global_rank, self.trainer.world_size)
+        return DataLoader(self.train_dataset, batch_sampler=sampler, collate_fn=self.collate)
+
+    def val_dataloader(self) -> DataLoader | list:
+        if self.val_dataset is None:
+            return []
+        return DataLoader(self.val_dataset, batch_sampler=self.val_batches,
+                          collate_fn=self.collate)
+
+
+class SafetensorsCheckpoint(Callback):
+    """Saves ``<role>-last.safetensors`` after each validation and at the end, and
+    ``<role>-best.safetensors`` when the monitored metric improves (rank 0 only)."""
+
+    def __init__(self, directory: Path, role: str, monitor: str, save: SaveFn) -> None:
+        self.directory, self.role, self.monitor, self.save = directory, role, monitor, save
+        self.best: float | None = None
+
+    def _save(self, trainer: L.Trainer, module: DistillModule, which: str) -> None:
+        if trainer.is_global_zero:
+            self.save(self.directory / f"{self.role}-{which}.safetensors", module.step.student)
+
+    def on_validation_end(self, trainer: L.Trainer, module: DistillModule) -> None:
+        if trainer.sanity_checking:
+            return
+        self._save(trainer, module, "last")
+        value = trainer.callback_metrics.get(self.monitor)
+        if value is not None and (self.best is None or float(value) > self.best):
+            self.best = float(value)
+            self._save(trainer, module, "best")
+
+    def on_train_end(self, trainer: L.Trainer, module: DistillModule) -> None:
+        self._save(trainer, module, "last")
+
+
+@dataclass
+class FitResult:
+    student: nn.Module
+    wall_time_s: float
+    steps: int
+    metrics: dict[str, float]
+
+
+def build_trainer(settings: TrainerSettings, train: TrainSettings, log_dir: Path, role: str,
+                  callbacks: list[Callback], has_val: bool) -> L.Trainer:
+    return L.Trainer(
+        accelerator=settings.accelerator, devices=settings.devices, strategy=settings.strategy,
+        num_nodes=settings.num_nodes, precision=settings.precision,
+        max_steps=train.max_steps, max_epochs=-1,
+        accumulate_grad_batches=settings.accumulate_grad_batches,
+        gradient_clip_val=settings.gradient_clip_val,
+        val_check_interval=train.val_every_n_steps * settings.accumulate_grad_batches
+        if has_val else None,
+        check_val_every_n_epoch=None, num_sanity_val_steps=0,
+        limit_val_batches=1.0 if has_val else 0,
+        logger=[TensorBoardLogger(log_dir, name=role, version=""),
+                CSVLogger(log_dir, name=role, version="")],
+        callbacks=callbacks, enable_checkpointing=False,
+        enable_progress_bar=settings.progress_bar, enable_model_summary=False,
+        log_every_n_steps=settings.log_every_n_steps, use_distributed_sampler=False,
+        default_root_dir=log_dir)
+
+
+def fit(step: DistillationStep, data: LoaderModule, evaluator: Evaluator, train: TrainSettings,
+        settings: TrainerSettings, *, run_dir: Path, role: str, save: SaveFn | None = None
+        ) -> FitResult:
+    """Train ``step.student`` with Lightning; returns the trained student and its wall time."""
+    quiet_lightning()
+    monitor = f"val/{evaluator.name}"
+    callbacks: list[Callback] = []
+    if save is not None:
+        callbacks.append(SafetensorsCheckpoint(run_dir / "checkpoints", role, monitor, save))
+    if train.early_stopping_patience is not None and data.val_dataset is not None:
+        callbacks.append(EarlyStopping(monitor=monitor, mode="max",
+                                       patience=train.early_stopping_patience))
+    trainer = build_trainer(settings, train, run_dir / "logs", role, callbacks,
+                            data.val_dataset is not None)
+    module = DistillModule(step, evaluator, train.optim, train.max_steps)
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=data)
+    wall = time.perf_counter() - start
+    metrics: dict[str, Any] = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    step.student.eval()
+    return FitResult(step.student, wall, trainer.global_step, metrics)

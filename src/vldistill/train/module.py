@@ -1,0 +1,89 @@
+"""The thin Lightning layer: a LightningModule that calls the distillation step and logs.
+
+Everything that decides *what* is learned lives in vldistill.distill; this file only wires the
+step into Lightning's loop (optimiser, schedule, logging, in-loop evaluation).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Protocol
+
+import lightning as L
+import torch
+
+from vldistill.config import OptimSettings
+from vldistill.distill.step import DistillationStep, call_model
+
+
+class Evaluator(Protocol):
+    """Accumulates a metric over validation batches (see vldistill.eval.evaluators)."""
+
+    name: str
+
+    def reset(self) -> None: ...
+
+    def update(self, batch: dict[str, Any], logits: torch.Tensor) -> None: ...
+
+    def compute(self) -> dict[str, float]: ...
+
+
+def lr_lambda(schedule: str, warmup_steps: int, max_steps: int):
+    """Multiplier of the base learning rate at each optimiser step."""
+    def factor(step: int) -> float:
+        if warmup_steps and step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = min(1.0, (step - warmup_steps) / max(1, max_steps - warmup_steps))
+        if schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+        if schedule == "linear":
+            return 1.0 - progress
+        return 1.0
+    return factor
+
+
+def build_optimizer(parameters: list[torch.nn.Parameter], optim: OptimSettings):
+    if optim.optimizer == "sgd":
+        return torch.optim.SGD(parameters, lr=optim.lr, momentum=0.9,
+                               weight_decay=optim.weight_decay)
+    kind = torch.optim.AdamW if optim.optimizer == "adamw" else torch.optim.Adam
+    return kind(parameters, lr=optim.lr, weight_decay=optim.weight_decay)
+
+
+class DistillModule(L.LightningModule):
+    def __init__(self, step: DistillationStep, evaluator: Evaluator, optim: OptimSettings,
+                 max_steps: int) -> None:
+        super().__init__()
+        self.step = step
+        self.evaluator = evaluator
+        self.optim = optim
+        self.max_steps = max_steps
+
+    def training_step(self, batch: dict[str, Any], batch_index: int) -> torch.Tensor:
+        losses = self.step(batch)
+        size = int(batch["labelled"].shape[0])
+        self.log_dict({f"train/{name}": value for name, value in losses.items()},
+                      batch_size=size, prog_bar=False)
+        self.log("loss", losses["loss"], batch_size=size, prog_bar=True, logger=False)
+        return losses["loss"]
+
+    def on_validation_epoch_start(self) -> None:
+        self.evaluator.reset()
+
+    def validation_step(self, batch: dict[str, Any], batch_index: int) -> None:
+        output = call_model(self.step.student, batch["inputs"])
+        self.evaluator.update(batch, output.logits)
+
+    def on_validation_epoch_end(self) -> None:
+        # Every rank evaluates the whole validation set (no distributed sampler), so the
+        # values agree across ranks without a reduction.
+        for name, value in self.evaluator.compute().items():
+            self.log(f"val/{name}", value, prog_bar=name == self.evaluator.name, sync_dist=False)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        parameters = [p for p in self.step.parameters() if p.requires_grad]
+        optimizer = build_optimizer(parameters, self.optim)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lr_lambda(self.optim.schedule, self.optim.warmup_steps, self.max_steps))
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
