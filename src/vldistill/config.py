@@ -62,14 +62,16 @@ class TrainSettings(Strict):
 
 class TeacherSettings(Strict):
     model: ModelSettings = Field(default_factory=lambda: ModelSettings(params={"width": 64}))
-    train: TrainSettings = Field(default_factory=TrainSettings)
+    train: TrainSettings = Field(default_factory=lambda: TrainSettings(
+        optim=OptimSettings(lr=1e-3)))
     checkpoint: Path | None = Field(
         None, description="a teacher .safetensors from an earlier run: load it, skip training")
 
 
 class StudentSettings(Strict):
-    model: ModelSettings = Field(default_factory=lambda: ModelSettings(params={"width": 16}))
-    train: TrainSettings = Field(default_factory=TrainSettings)
+    model: ModelSettings = Field(default_factory=lambda: ModelSettings(
+        params={"width": 16, "word_dim": 16, "mlp_dim": 32}))
+    train: TrainSettings = Field(default_factory=lambda: TrainSettings(max_steps=1000))
 
 
 class LossTermSettings(BaseModel):
@@ -101,9 +103,11 @@ class LossTermSettings(BaseModel):
 
 
 def _default_terms() -> list[LossTermSettings]:
-    # As the VizWiz seed (003): 0.75 * BCE + 0.25 * T^2 * KL at T = 2.
-    return [LossTermSettings(loss="vqa_bce", weight=0.75),
-            LossTermSettings(loss="kd", weight=0.25, temperature=2.0)]
+    # 0.5 * BCE + 0.5 * KL at T = 1. The VizWiz seed's 0.75 * BCE + 0.25 * T^2 * KL at T = 2
+    # (recipes/vizwiz_weights.yaml) also beat no-KD on both seeds in our sweep, but by
+    # +1.2 / +1.5 points; these weights gave +4.2 / +3.4 (README, "How the default was tuned").
+    return [LossTermSettings(loss="vqa_bce", weight=0.5),
+            LossTermSettings(loss="kd", weight=0.5, temperature=1.0)]
 
 
 class DistillSettings(Strict):

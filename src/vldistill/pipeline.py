@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import json
 import platform
+import sys
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
@@ -36,7 +38,7 @@ from vldistill.models.checkpoint import build_from_checkpoint, load_checkpoint, 
 from vldistill.pipeline_data import RunData, prepare_data
 from vldistill.train.fit import LoaderModule, fit
 
-console = Console(highlight=False)
+console = Console(highlight=False, width=None if sys.stdout.isatty() else 150)
 
 
 @dataclass
@@ -59,6 +61,14 @@ class RunResult:
     efficiency: dict[str, Efficiency]
     agreement: dict[str, list[float]] = field(default_factory=dict)
     wall_time_s: float = 0.0
+    world_size: int = 1
+
+
+def world_size() -> int:
+    """Processes in the run (Lightning's DDP sets up torch.distributed)."""
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 def library_versions() -> dict[str, str]:
@@ -92,6 +102,16 @@ class VQAJob:
     def dataset(self, samples, labelled: bool = True) -> VQAImageDataset:
         return VQAImageDataset(samples, self.data.train_images, self.data.answer_vocab,
                                self.data.tokenizer, labelled=labelled)
+
+    @cached_property
+    def labelled(self) -> VQAImageDataset:
+        """The student's labelled subset (built once, shared by every seed)."""
+        return self.dataset(self.data.labelled)
+
+    @cached_property
+    def transfer(self) -> VQAImageDataset | None:
+        """The student's unlabelled transfer set, or None when the recipe has none."""
+        return self.dataset(self.data.transfer, labelled=False) if self.data.transfer else None
 
     def build(self, role: str) -> tuple[nn.Module, Callable[[Path, nn.Module], None]]:
         settings = (self.recipe.teacher if role == "teacher" else self.recipe.student).model
@@ -155,23 +175,23 @@ def train_teacher(job: VQAJob) -> tuple[ModelRun, nn.Module]:
     return run, result.student
 
 
-def train_student(job: VQAJob, teacher: nn.Module | None, seed: int) -> ModelRun:
+def train_student(job: VQAJob, teacher: nn.Module | None, seed: int
+                  ) -> tuple[ModelRun, nn.Module]:
     """A student with KD (teacher given: labelled + transfer set) or without (labels only)."""
     recipe = job.recipe
     role = f"student-{'kd' if teacher is not None else 'nokd'}-seed{seed}"
     L.seed_everything(seed, verbose=False)
     model, save = job.build("student")
-    labelled = job.dataset(job.data.labelled)
     if teacher is None:
         step = DistillationStep(model, task_terms(recipe))
-        result = job.train(role, step, recipe.student.train, labelled, seed=seed, save=save)
+        result = job.train(role, step, recipe.student.train, job.labelled, seed=seed, save=save)
     else:
-        transfer = job.dataset(job.data.transfer, labelled=False) if job.data.transfer else None
         step = DistillationStep(model, distill_terms(recipe), teacher=teacher)
-        result = job.train(role, step, recipe.student.train, labelled, transfer,
+        result = job.train(role, step, recipe.student.train, job.labelled, job.transfer,
                            recipe.distill.transfer_fraction, seed=seed, save=save)
-    return ModelRun(role, seed, job.evaluate(result.student), result.wall_time_s,
-                    job.run_dir / "checkpoints" / f"{role}-last.safetensors")
+    run = ModelRun(role, seed, job.evaluate(result.student), result.wall_time_s,
+                   job.run_dir / "checkpoints" / f"{role}-last.safetensors")
+    return run, result.student
 
 
 def measure_models(job: VQAJob, models: dict[str, nn.Module]) -> dict[str, Efficiency]:
@@ -207,16 +227,15 @@ def run_recipe(recipe: Recipe) -> RunResult:
     for seed in recipe.seeds:
         variants = [("student (no KD)", None)] if recipe.distill.baseline else []
         for name, teacher_arg in variants + [("student (KD)", teacher_model)]:
-            run = train_student(job, teacher_arg, seed)
+            run, last["student"] = train_student(job, teacher_arg, seed)
             students[name].append(run)
             agreements[name].append(agreement(run.predictions, teacher.predictions))
             console.print(f"{run.role}: val VQA accuracy "
                           f"{run.predictions.metrics['vqa_accuracy']:.2f} "
                           f"({run.train_time_s:.0f} s)")
-        last["student"] = build_from_checkpoint(load_checkpoint(run.checkpoint))
     efficiency = measure_models(job, {"teacher": teacher_model, "student": last["student"]})
     students = {k: v for k, v in students.items() if v}
     result = RunResult(recipe, run_dir, teacher, students, efficiency,
                        {k: v for k, v in agreements.items() if v},
-                       time.perf_counter() - start)
+                       time.perf_counter() - start, world_size())
     return result

@@ -33,7 +33,8 @@ class VQAImageDataset(Dataset):
     """Item i: one image (3, H, W) uint8 with its questions, tokenised, and soft targets.
 
     ``labelled=False`` makes every question unlabelled (a transfer set: only teacher terms
-    apply); otherwise a question is labelled when it has answers.
+    apply); otherwise a question is labelled when it has answers. Tokens and targets are
+    encoded once here as small arrays, so collating a batch is a few array copies.
     """
 
     def __init__(self, samples: Sequence[Sample], images: ImageStore, answer_vocab: AnswerVocab,
@@ -44,11 +45,26 @@ class VQAImageDataset(Dataset):
         self.groups = group_by_image(samples)
         self.images = images
         self.answer_vocab = answer_vocab
-        self.tokens = [[tokenizer.encode(s.question) for s in group] for group in self.groups]
-        self.labelled = [[labelled and s.labelled for s in group] for group in self.groups]
-        self.targets = [[answer_vocab.targets(s.answers) if flag else ([], [])
-                         for s, flag in zip(group, flags)]
-                        for group, flags in zip(self.groups, self.labelled)]
+        self.encoded = [self._encode(group, tokenizer, labelled) for group in self.groups]
+
+    def _encode(self, group: list[Sample], tokenizer: QuestionTokenizer,
+                labelled: bool) -> dict[str, np.ndarray]:
+        ids = [tokenizer.encode(s.question) for s in group]
+        lengths = np.array([len(t) for t in ids], dtype=np.int64)
+        tokens = np.zeros((len(ids), lengths.max()), dtype=np.int64)           # (Q, L)
+        flags = np.array([labelled and s.labelled for s in group])
+        rows, columns, scores = [], [], []
+        for row, (sample, flag) in enumerate(zip(group, flags)):
+            tokens[row, :lengths[row]] = ids[row]
+            if flag:
+                indices, values = self.answer_vocab.targets(sample.answers)
+                rows += [row] * len(indices)
+                columns += indices
+                scores += values
+        return {"tokens": tokens, "lengths": lengths, "labelled": flags,
+                "target_rows": np.array(rows, dtype=np.int64),
+                "target_columns": np.array(columns, dtype=np.int64),
+                "target_scores": np.array(scores, dtype=np.float32)}
 
     def __len__(self) -> int:
         return len(self.groups)
@@ -60,13 +76,19 @@ class VQAImageDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         group = self.groups[index]
         rgb = self.images.rgb(group[0].image_id)                         # (H, W, 3) uint8
-        return {
-            "image": torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1),
-            "tokens": self.tokens[index],
-            "targets": self.targets[index],
-            "labelled": self.labelled[index],
-            "samples": group,
-        }
+        return {"image": torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1),
+                **self.encoded[index], "samples": group}
+
+
+class BatchMeta:
+    """Per-question records travelling with a batch for evaluation (not moved to a device).
+
+    A plain class on purpose: Lightning's batch transfer recurses into mappings, sequences and
+    dataclasses, and refuses frozen dataclasses such as :class:`Sample`.
+    """
+
+    def __init__(self, samples: list[Sample]) -> None:
+        self.samples = samples
 
 
 class VQACollator:
@@ -76,24 +98,27 @@ class VQACollator:
         self.num_answers = num_answers
 
     def __call__(self, items: Sequence[dict[str, Any]]) -> dict[str, Any]:
-        tokens = [t for item in items for t in item["tokens"]]
-        image_index = [i for i, item in enumerate(items) for _ in item["tokens"]]
-        lengths = torch.tensor([len(t) for t in tokens], dtype=torch.long)
-        padded = torch.zeros(len(tokens), int(lengths.max()), dtype=torch.long)
-        targets = torch.zeros(len(tokens), self.num_answers)
-        row = 0
-        for item in items:
-            for ids, (indices, scores) in zip(item["tokens"], item["targets"]):
-                padded[row, :len(ids)] = torch.tensor(ids)
-                targets[row, indices] = torch.tensor(scores, dtype=torch.float32)
-                row += 1
+        counts = [len(item["lengths"]) for item in items]
+        offsets = np.cumsum([0, *counts])
+        lengths = np.concatenate([item["lengths"] for item in items])
+        tokens = np.zeros((offsets[-1], lengths.max()), dtype=np.int64)        # (N_q, L)
+        for item, offset in zip(items, offsets):
+            tokens[offset:offset + len(item["lengths"]), :item["tokens"].shape[1]] = \
+                item["tokens"]
+        targets = torch.zeros(int(offsets[-1]), self.num_answers)
+        rows = np.concatenate([item["target_rows"] + o for item, o in zip(items, offsets)])
+        columns = np.concatenate([item["target_columns"] for item in items])
+        targets[torch.from_numpy(rows), torch.from_numpy(columns)] = torch.from_numpy(
+            np.concatenate([item["target_scores"] for item in items]))
         return {
             "inputs": {"images": torch.stack([item["image"] for item in items]),
-                       "question_tokens": padded, "question_lengths": lengths,
-                       "image_index": torch.tensor(image_index, dtype=torch.long)},
+                       "question_tokens": torch.from_numpy(tokens),
+                       "question_lengths": torch.from_numpy(lengths),
+                       "image_index": torch.from_numpy(np.repeat(np.arange(len(items)),
+                                                                 counts))},
             "targets": targets,
-            "labelled": torch.tensor([f for item in items for f in item["labelled"]]),
-            "meta": {"samples": [s for item in items for s in item["samples"]]},
+            "labelled": torch.from_numpy(np.concatenate([item["labelled"] for item in items])),
+            "meta": BatchMeta([s for item in items for s in item["samples"]]),
         }
 
 

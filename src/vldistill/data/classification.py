@@ -47,7 +47,7 @@ def collate_classification(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
     labels = torch.tensor([item["label"] for item in items], dtype=torch.long)
     labelled = torch.tensor([item["labelled"] for item in items])
     return {"inputs": (torch.stack([item["image"] for item in items]),),
-            "targets": labels.clamp(min=0), "labelled": labelled, "meta": {}}
+            "targets": labels.clamp(min=0), "labelled": labelled}
 
 
 def _load_image(path: Path, image_size: int) -> np.ndarray:

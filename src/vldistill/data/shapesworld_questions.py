@@ -8,7 +8,8 @@ variant that the official VQA normalisation maps to it ("two", "Yes", "a circle"
 does not ("gray", "unsuitable"), a few a wrong but plausible answer; the true answer always keeps
 a strict majority.
 
-Pure Python on ``random.Random`` (faster than numpy for scalar draws); deterministic per seed.
+Questions use ``random.Random`` (faster than numpy for scalar draws), annotators numpy draws in
+bulk; both are deterministic per seed.
 """
 
 from __future__ import annotations
@@ -19,14 +20,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
+
 from vldistill.data.shapesworld_render import COLOURS, PATTERNS, SHAPES, SIZES, ObjectSpec, Scene
 
 VISUAL_TYPES = ("colour", "shape", "count", "exists", "spatial", "nearest", "pattern")
 QUESTION_TYPES = VISUAL_TYPES + ("unanswerable", "knowledge")
 ANSWERS_PER_QUESTION = 10
-MIN_EXACT_ANSWERS = 6                 # the true answer, verbatim, from at least this many annotators
-DEPTH_GAP_M = 0.5                     # nearest/farthest only when the runner-up is this much farther
-SPATIAL_GAP = 0.15                    # left/right/above/below only with this gap (fraction of image)
+MIN_EXACT_ANSWERS = 6     # the true answer, verbatim, from at least this many annotators
+DEPTH_GAP_M = 0.5         # nearest/farthest only when the runner-up is this much farther
+SPATIAL_GAP = 0.15        # left/right/above/below only with this gap (fraction of the image)
 UNANSWERABLE = "unanswerable"
 
 _NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine",
@@ -71,12 +74,13 @@ class Question(NamedTuple):
 
 
 class KnowledgeBase:
-    """The facts, plus the lookups questions need: corner facts by shape, coloured items by colour."""
+    """The facts, and the lookups questions need: corner facts by shape, items by colour."""
 
     def __init__(self) -> None:
         texts = [f"A {shape} has {_NUMBER_WORDS[n] if n else 'no'} corners."
                  for shape, n in _CORNERS.items()]
-        texts += [f"{plural.capitalize()} are {colour}." for _, _, plural, colour in _COLOURED_ITEMS]
+        texts += [f"{plural.capitalize()} are {colour}."
+                  for _, _, plural, colour in _COLOURED_ITEMS]
         texts += list(_DISTRACTOR_FACTS)
         self.facts = [Fact(f"F{i + 1:03d}", text) for i, text in enumerate(texts)]
         self.corner_fact = {shape: self.facts[i].id for i, shape in enumerate(_CORNERS)}
@@ -103,7 +107,8 @@ def write_facts_jsonl(facts: list[Fact], path: str | Path) -> None:
 # ---------------------------------------------------------------------------------------------
 
 def caption(scene: Scene) -> str:
-    """Objects from left to right, e.g. "a large red striped circle left of a small blue plain square"."""
+    """Objects from left to right, e.g.
+    "a large red striped circle left of a small blue plain square"."""
     ordered = sorted(scene.objects, key=lambda o: (o.x, o.y))
     return " left of ".join(f"a {o.size} {o.colour} {o.pattern} {o.shape}" for o in ordered)
 
@@ -130,6 +135,11 @@ def _article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
 
 
+def _pick(rnd: random.Random, options: tuple | list):
+    """``rnd.choice`` without its overhead (this runs ~10^6 times per world)."""
+    return options[int(rnd.random() * len(options))]
+
+
 class SceneQuestioner:
     """Writes questions about one scene; each ``ask_<type>`` returns a Question or None when the
     scene cannot support that type unambiguously."""
@@ -140,36 +150,54 @@ class SceneQuestioner:
         self.spatial_gap = SPATIAL_GAP * image_size
         self.kb = kb
         self.rnd = rnd
+        self._same: list[list[int]] | None = None
         self.asks = {"colour": self.ask_colour, "shape": self.ask_shape, "count": self.ask_count,
                      "exists": self.ask_exists, "spatial": self.ask_spatial,
                      "nearest": self.ask_nearest, "pattern": self.ask_pattern,
                      "unanswerable": self.ask_unanswerable, "knowledge": self.ask_knowledge}
 
+    def _same_masks(self) -> list[list[int]]:
+        """``same[key][i]``: bitmask of the objects whose attribute ``key`` equals object i's."""
+        if self._same is None:
+            same = []
+            for key in range(4):
+                groups: dict[str, int] = {}
+                for j, attrs in enumerate(self.attrs):
+                    groups[attrs[key]] = groups.get(attrs[key], 0) | (1 << j)
+                same.append([groups[attrs[key]] for attrs in self.attrs])
+            self._same = same
+        return self._same
+
     def describe(self, index: int, exclude: tuple[int, ...] = ()) -> str | None:
         """A description unique in the scene ("the red star") that names none of ``exclude``."""
-        target = self.attrs[index]
-        noun_keys = () if _SHAPE in exclude else (_SHAPE,)
+        same = self._same_masks()
+        noun_mask = (1 << len(self.attrs)) - 1 if _SHAPE in exclude else same[_SHAPE][index]
+        only_me = 1 << index
         found = []
         for subset in _ADJECTIVE_SUBSETS:
-            if any(k in exclude for k in subset):
-                continue
-            keys = subset + noun_keys
-            matches = sum(1 for other in self.attrs if all(other[k] == target[k] for k in keys))
-            if matches == 1:
-                found.append(subset)
-                if len(found) == 2:
+            mask = noun_mask
+            for key in subset:
+                if key in exclude:
                     break
+                mask &= same[key][index]
+            else:
+                if mask == only_me:
+                    found.append(subset)
+                    if len(found) == 2:
+                        break
         if not found:
             return None
         subset = found[1] if len(found) == 2 and self.rnd.random() < 0.25 else found[0]
-        words = [target[k] for k in subset] + [target[_SHAPE] if noun_keys else "object"]
-        return "the " + " ".join(words)
+        target = self.attrs[index]
+        noun = "object" if _SHAPE in exclude else target[_SHAPE]
+        return "the " + " ".join([target[key] for key in subset] + [noun])
 
     def _describable(self, exclude: tuple[int, ...]) -> tuple[int, str] | None:
         """A random object with a unique description avoiding ``exclude``, and that description."""
-        order = list(range(len(self.attrs)))
-        self.rnd.shuffle(order)
-        for index in order:
+        n = len(self.attrs)
+        start = int(self.rnd.random() * n)
+        for step in range(n):
+            index = (start + step) % n
             description = self.describe(index, exclude)
             if description is not None:
                 return index, description
@@ -194,11 +222,12 @@ class SceneQuestioner:
 
     def ask_count(self) -> Question | None:
         rnd, draw = self.rnd, self.rnd.random()
-        if draw < 0.25:
+        if draw < 0.35:
             return Question("How many objects are there?", str(len(self.attrs)), "count", "number",
                             "number")
-        key = _COLOUR if draw < 0.55 else _SHAPE if draw < 0.85 else _SIZE if draw < 0.93 else _PATTERN
-        value = rnd.choice(self.attrs)[key] if rnd.random() < 0.6 else rnd.choice(_VOCAB[key])
+        key = (_COLOUR if draw < 0.55 else _SHAPE if draw < 0.75 else _SIZE if draw < 0.87
+               else _PATTERN)
+        value = _pick(rnd, self.attrs)[key] if rnd.random() < 0.6 else _pick(rnd, _VOCAB[key])
         count = sum(1 for a in self.attrs if a[key] == value)
         text = (f"How many {value}s are there?" if key == _SHAPE
                 else f"How many {value} objects are there?")
@@ -209,10 +238,10 @@ class SceneQuestioner:
         key = _COLOUR if draw < 0.7 else _SIZE if draw < 0.85 else _PATTERN
         present = {(a[key], a[_SHAPE]) for a in self.attrs}
         if rnd.random() < 0.5:
-            adjective, noun = rnd.choice(sorted(present))
+            adjective, noun = _pick(rnd, sorted(present))
         else:
             while True:    # at most 5 of >= 12 combinations are present, so this ends quickly
-                adjective, noun = rnd.choice(_VOCAB[key]), rnd.choice(SHAPES)
+                adjective, noun = _pick(rnd, _VOCAB[key]), _pick(rnd, SHAPES)
                 if (adjective, noun) not in present:
                     break
         answer = "yes" if (adjective, noun) in present else "no"
@@ -222,8 +251,9 @@ class SceneQuestioner:
     def ask_spatial(self) -> Question | None:
         n = len(self.objects)
         pairs = [(i, j) for i in range(n) for j in range(n) if i != j]
-        self.rnd.shuffle(pairs)
-        for i, j in pairs:
+        start = int(self.rnd.random() * len(pairs)) if pairs else 0
+        for step in range(len(pairs)):
+            i, j = pairs[(start + step) % len(pairs)]
             a, b = self.objects[i], self.objects[j]
             axes = [axis for axis, gap in (("x", b.x - a.x), ("y", b.y - a.y))
                     if abs(gap) >= self.spatial_gap]
@@ -232,13 +262,15 @@ class SceneQuestioner:
             first, second = self.describe(i), self.describe(j)
             if first is None or second is None:
                 continue
-            if self.rnd.choice(axes) == "x":
-                true_rel, false_rel = ("left of", "right of") if a.x < b.x else ("right of", "left of")
+            if _pick(self.rnd, axes) == "x":
+                true_rel, false_rel = (("left of", "right of") if a.x < b.x
+                                       else ("right of", "left of"))
             else:
                 true_rel, false_rel = ("above", "below") if a.y < b.y else ("below", "above")
             answer = "yes" if self.rnd.random() < 0.5 else "no"
             relation = true_rel if answer == "yes" else false_rel
-            return Question(f"Is {first} {relation} {second}?", answer, "spatial", "yes/no", "yes/no")
+            return Question(f"Is {first} {relation} {second}?", answer, "spatial", "yes/no",
+                            "yes/no")
         return None
 
     def ask_nearest(self) -> Question | None:
@@ -253,8 +285,8 @@ class SceneQuestioner:
             options.append(("farthest", order[-1]))
         if not options:
             return None
-        which, index = self.rnd.choice(options)
-        key = self.rnd.choice((_COLOUR, _SHAPE, _PATTERN))
+        which, index = _pick(self.rnd, options)
+        key = _pick(self.rnd, (_COLOUR, _SHAPE, _PATTERN))
         text = {_COLOUR: f"What colour is the {which} object?",
                 _SHAPE: f"What shape is the {which} object?",
                 _PATTERN: f"What pattern does the {which} object have?"}[key]
@@ -265,11 +297,11 @@ class SceneQuestioner:
         rnd = self.rnd
         found = self._describable(()) if rnd.random() < 0.6 else None
         if found is not None:     # a property no image shows
-            text = rnd.choice(_UNKNOWABLE).format(found[1])
+            text = _pick(rnd, _UNKNOWABLE).format(found[1])
         else:                     # an object that is not there
             present = {a[_SHAPE] for a in self.attrs}
-            missing = rnd.choice([s for s in SHAPES if s not in present])
-            text = rnd.choice(("What colour is the {}?", "What pattern does the {} have?",
+            missing = _pick(rnd, [s for s in SHAPES if s not in present])
+            text = _pick(rnd, ("What colour is the {}?", "What pattern does the {} have?",
                                "Is the {} large?")).format(missing)
         return Question(text, UNANSWERABLE, "unanswerable", "unanswerable", "unanswerable")
 
@@ -295,25 +327,31 @@ class SceneQuestioner:
         items = self.kb.coloured_items[self.attrs[index][_COLOUR]]
         if not items:
             return None
-        category, item, fact_id = self.rnd.choice(items)
+        category, item, fact_id = _pick(self.rnd, items)
         return Question(f"Which {category} has the same colour as {description}?", item,
                         "knowledge", "other", category, (fact_id,))
 
-    def questions(self, count: int, unanswerable_fraction: float,
-                  knowledge_fraction: float) -> list[Question]:
-        """``count`` distinct questions where possible: unanswerable and knowledge at their
-        fractions, the rest spread over the visual types (a type this scene cannot support
-        passes its turn to another)."""
+    def questions(self, count: int, unanswerable_fraction: float, knowledge_fraction: float,
+                  type_counts: dict[str, int]) -> list[Question]:
+        """``count`` distinct questions where the scene allows.
+
+        Unanswerable and knowledge questions come at their fractions; the rest go to the visual
+        type asked least so far (``type_counts``, shared across a split and updated here), a type
+        this scene cannot support passing its turn to the next, so the visual types stay about
+        equally frequent although some (spatial, nearest) fit fewer scenes.
+        """
         rnd, asked, seen = self.rnd, [], set()
         for _ in range(count):
             draw = rnd.random()
+            offset = int(rnd.random() * len(VISUAL_TYPES))     # random tie-break (sort is stable)
+            visual = sorted(VISUAL_TYPES[offset:] + VISUAL_TYPES[:offset],
+                            key=type_counts.__getitem__)
             if draw < unanswerable_fraction:
-                candidates = ["unanswerable"] * 4
+                candidates = ["unanswerable"] * 4 + visual
             elif draw < unanswerable_fraction + knowledge_fraction:
-                candidates = ["knowledge"] * 4
+                candidates = ["knowledge"] * 4 + visual
             else:
-                candidates = []
-            candidates += rnd.sample(VISUAL_TYPES, len(VISUAL_TYPES)) * 2
+                candidates = visual * 2
             question = None
             for question_type in candidates:
                 candidate = self.asks[question_type]()
@@ -324,6 +362,8 @@ class SceneQuestioner:
                         break
             asked.append(question)
             seen.add(question.text)
+            if question.question_type in type_counts:
+                type_counts[question.question_type] += 1
         return asked
 
 
@@ -363,27 +403,65 @@ _WRONG_POOLS: dict[str, tuple[str, ...]] = {
 }
 
 
-def annotate(question: Question, rnd: random.Random, error_rate: float,
-             synonym_rate: float) -> tuple[str, ...]:
-    """Ten annotator answers to ``question`` (see the module docstring)."""
+UNMAPPED_SHARE = 0.35    # share of the synonym answers that the VQA normalisation does not map
+
+
+def annotate(questions: list[Question], rng: np.random.Generator, error_rate: float,
+             synonym_rate: float) -> list[tuple[str, ...]]:
+    """Ten annotator answers for each question (see the module docstring).
+
+    Each annotator independently answers wrongly with probability ``error_rate`` (a plausible
+    answer of the same kind), writes a variant with probability ``synonym_rate`` (a share
+    UNMAPPED_SHARE of them one the VQA normalisation does not map), else the true answer
+    verbatim; answers are then corrected, last first, until the true answer has a strict
+    majority (MIN_EXACT_ANSWERS).
+    """
+    shape = (len(questions), ANSWERS_PER_QUESTION)
+    draw, choice = rng.random(shape), rng.random(shape)
+    unmapped_until = error_rate + synonym_rate * UNMAPPED_SHARE
+    code = np.select([draw < error_rate, draw < unmapped_until, draw < error_rate + synonym_rate],
+                     [_WRONG, _UNMAPPED, _MAPPED], _EXACT)
+    rows, cols = np.nonzero(code)             # row-major: grouped by question
+    codes, picks = code[rows, cols].tolist(), choice[rows, cols].tolist()
+    rows, cols = rows.tolist(), cols.tolist()
+    result, position, n_deviations = [], 0, len(rows)
+    for index, question in enumerate(questions):
+        truth = question.answer
+        if position == n_deviations or rows[position] != index:
+            result.append((truth,) * ANSWERS_PER_QUESTION)
+            continue
+        answers = [truth] * ANSWERS_PER_QUESTION
+        while position < n_deviations and rows[position] == index:
+            answers[cols[position]] = _deviant(question, codes[position], picks[position])
+            position += 1
+        missing = MIN_EXACT_ANSWERS - answers.count(truth)
+        for slot in range(ANSWERS_PER_QUESTION - 1, -1, -1):
+            if missing <= 0:
+                break
+            if answers[slot] != truth:
+                answers[slot] = truth
+                missing -= 1
+        result.append(tuple(answers))
+    return result
+
+
+_EXACT, _WRONG, _MAPPED, _UNMAPPED = 0, 1, 2, 3
+_WRONG_BY_TRUTH: dict[tuple[str, str], tuple[str, ...]] = {}
+
+
+def _deviant(question: Question, code: int, pick: float) -> str:
+    """The answer of an annotator who errs (``code`` _WRONG) or writes a variant.
+
+    ``pick`` in [0, 1) chooses from the pool."""
     truth = question.answer
-    wrong_pool = [w for w in _WRONG_POOLS[question.answer_kind] if w != truth]
-    mapped, unmapped = _VARIANTS.get(truth, ((), ()))
-    answers = []
-    for _ in range(ANSWERS_PER_QUESTION):
-        draw = rnd.random()
-        if draw < error_rate:
-            answers.append(rnd.choice(wrong_pool))
-        elif draw < error_rate + synonym_rate and mapped:
-            pool = unmapped if unmapped and rnd.random() < 0.35 else mapped
-            answers.append(rnd.choice(pool))
-        else:
-            answers.append(truth)
-    missing = MIN_EXACT_ANSWERS - answers.count(truth)
-    for position in range(ANSWERS_PER_QUESTION - 1, -1, -1):
-        if missing <= 0:
-            break
-        if answers[position] != truth:
-            answers[position] = truth
-            missing -= 1
-    return tuple(answers)
+    if code == _WRONG:
+        key = (question.answer_kind, truth)
+        pool = _WRONG_BY_TRUTH.get(key)
+        if pool is None:
+            pool = _WRONG_BY_TRUTH[key] = tuple(w for w in _WRONG_POOLS[key[0]] if w != truth)
+    else:
+        mapped, unmapped = _VARIANTS.get(truth, ((), ()))
+        pool = unmapped if code == _UNMAPPED and unmapped else mapped
+        if not pool:
+            return truth
+    return pool[int(pick * len(pool))]

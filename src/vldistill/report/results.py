@@ -26,7 +26,7 @@ def results_dict(result: Any) -> dict[str, Any]:
                          result.agreement.get(name)))
     out: dict[str, Any] = {
         "recipe": result.recipe.name, "seeds": result.recipe.seeds, "rows": rows,
-        "wall_time_s": result.wall_time_s,
+        "wall_time_s": result.wall_time_s, "world_size": result.world_size,
         "per_question_type": {row["model"]: row.pop("per_question_type") for row in rows},
     }
     if {"student (no KD)", "student (KD)"} <= set(result.students):
@@ -62,11 +62,12 @@ def _row(name: str, runs: list, efficiency: Any, teacher_accuracy: float,
 def _accuracy_cell(summary: dict[str, Any]) -> str:
     if len(summary["per_seed"]) == 1:
         return f"{summary['mean']:.2f}"
-    return f"{summary['mean']:.2f} ± {summary['std']:.2f} ({summary['min']:.2f}–{summary['max']:.2f})"
+    return (f"{summary['mean']:.2f} ± {summary['std']:.2f} "
+            f"[{summary['min']:.2f}–{summary['max']:.2f}]")
 
 
-HEADER = ["model", "VQA acc. (val)", "params", "latency b=1 (ms)", "throughput (q/s)",
-          "kept of teacher", "agreement w/ teacher", "train time (s)"]
+HEADER = ["model", "VQA acc. val % (mean ± std [min–max])", "params", "latency b=1 ms",
+          "throughput q/s", "kept of teacher", "agrees w/ teacher", "train time s"]
 
 
 def table_rows(results: dict[str, Any]) -> list[list[str]]:

@@ -33,7 +33,11 @@ def quiet_lightning() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     for pattern in (".*does not have many workers.*", ".*GPU available but not used.*",
                     ".*Checkpoint directory.*exists and is not empty.*",
-                    ".*is smaller than the logging interval.*"):
+                    ".*is smaller than the logging interval.*",
+                    ".*Experiment logs directory.*exists and is not empty.*",
+                    ".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*",
+                    # the frozen teacher inside the step is in eval mode on purpose
+                    ".*module\\(s\\) in eval mode at the start of training.*"):
         warnings.filterwarnings("ignore", message=pattern)
 
 

@@ -1,0 +1,99 @@
+"""Recipes: every shipped recipe validates; bad input names the field, the value and the fix."""
+
+from pathlib import Path
+
+import pytest
+
+from vldistill.config import Recipe, dump_recipe, load_recipe, recipe_from_dict
+from vldistill.errors import RecipeError
+
+RECIPES = sorted((Path(__file__).parents[1] / "recipes").glob("*.yaml"))
+
+
+def test_recipes_are_shipped():
+    assert any(p.name == "default.yaml" for p in RECIPES)
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
+def test_every_shipped_recipe_validates(path):
+    recipe = load_recipe(path)
+    assert isinstance(recipe, Recipe)
+    # the resolved recipe round-trips through YAML
+    assert recipe_from_dict(__import__("yaml").safe_load(dump_recipe(recipe))) == recipe
+
+
+def test_default_yaml_equals_builtin_default():
+    assert load_recipe(Path(__file__).parents[1] / "recipes" / "default.yaml") == load_recipe()
+
+
+def test_unknown_key_lists_valid_keys():
+    with pytest.raises(RecipeError) as error:
+        recipe_from_dict({"distill": {"temprature": 2}})
+    message = str(error.value)
+    assert "distill.temprature: unknown key" in message
+    assert "terms, transfer_fraction, baseline" in message
+
+
+def test_unknown_nested_key_lists_valid_keys():
+    with pytest.raises(RecipeError, match="teacher.train.optim.learning_rate: unknown key. "
+                                          "Valid keys here: optimizer, lr"):
+        recipe_from_dict({"teacher": {"train": {"optim": {"learning_rate": 1}}}})
+
+
+def test_wrong_type_names_field_and_value():
+    with pytest.raises(RecipeError) as error:
+        recipe_from_dict({"student": {"train": {"max_steps": "many"}}})
+    assert "student.train.max_steps" in str(error.value)
+    assert "'many'" in str(error.value)
+
+
+def test_every_error_reported_at_once():
+    with pytest.raises(RecipeError) as error:
+        recipe_from_dict({"seeds": [], "distill": {"transfer_fraction": 2.0}, "bogus": 1})
+    message = str(error.value)
+    assert "3 problem(s)" in message
+    assert "seeds" in message and "distill.transfer_fraction" in message and "bogus" in message
+
+
+def test_unknown_loss_and_loss_parameter():
+    with pytest.raises(RecipeError, match="unknown loss 'hinton'; valid: ce, kd, vqa_bce"):
+        recipe_from_dict({"distill": {"terms": [{"loss": "hinton"}]}})
+    with pytest.raises(RecipeError, match="loss 'kd' has no parameter.*temp.*valid: temperature"):
+        recipe_from_dict({"distill": {"terms": [{"loss": "kd", "temp": 4}]}})
+
+
+def test_unknown_model_parameter_lists_valid_ones():
+    with pytest.raises(RecipeError, match="no parameter\\(s\\) depth; valid: width"):
+        recipe_from_dict({"student": {"model": {"params": {"depth": 3}}}})
+
+
+def test_overrides_set_nested_fields_and_list_items():
+    recipe = load_recipe(None, ["distill.terms.1.temperature=4", "seeds=[3, 4, 5]",
+                                "data.shapesworld.train_images=100"])
+    assert recipe.distill.terms[1].params == {"temperature": 4}
+    assert recipe.seeds == [3, 4, 5]
+    assert recipe.data.shapesworld.train_images == 100
+
+
+def test_bad_override_syntax_and_index():
+    with pytest.raises(RecipeError, match="path.to.field=value"):
+        load_recipe(None, ["seeds"])
+    with pytest.raises(RecipeError, match="use an index 0..1"):
+        load_recipe(None, ["distill.terms.7.weight=1"])
+
+
+def test_missing_and_malformed_recipe_files(tmp_path):
+    with pytest.raises(RecipeError, match="does not exist"):
+        load_recipe(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data:\n  source: [unclosed\n")
+    with pytest.raises(RecipeError, match=r"bad.yaml is not valid YAML at line \d+, column \d+"):
+        load_recipe(bad)
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"name: \xff\xfe\n")
+    with pytest.raises(RecipeError, match="not UTF-8"):
+        load_recipe(binary)
+    scalar = tmp_path / "scalar.yaml"
+    scalar.write_text("42\n")
+    with pytest.raises(RecipeError, match="mapping of sections"):
+        load_recipe(scalar)

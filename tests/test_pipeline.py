@@ -1,0 +1,87 @@
+"""End to end: the tiny recipe through the whole job, checkpoints evaluated back, DDP."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from vldistill.config import load_recipe
+from vldistill.evaluate_checkpoint import evaluate_checkpoint
+from vldistill.pipeline import run_recipe
+from vldistill.report.results import results_dict, write_report
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    from pathlib import Path
+
+    out = tmp_path_factory.mktemp("runs")
+    recipe = load_recipe(Path(__file__).parents[1] / "recipes" / "tiny.yaml",
+                         [f"output_dir={out}", "seeds=[0, 1]"])
+    result = run_recipe(recipe)
+    results = results_dict(result)
+    write_report(results, result.run_dir)
+    return result, results
+
+
+def test_run_folder_has_everything(tiny_run):
+    result, _ = tiny_run
+    run_dir = result.run_dir
+    for name in ("results.json", "report.md", "accuracy_vs_cost.png", "recipe.yaml",
+                 "versions.json"):
+        assert (run_dir / name).is_file(), name
+    checkpoints = {p.name for p in (run_dir / "checkpoints").iterdir()}
+    assert {"teacher-last.safetensors", "student-kd-seed0-last.safetensors",
+            "student-nokd-seed1-last.safetensors"} <= checkpoints
+    assert (run_dir / "logs" / "teacher" / "metrics.csv").is_file()
+    assert list((run_dir / "logs" / "teacher").glob("events.out.tfevents.*"))
+    assert load_recipe(run_dir / "recipe.yaml") == result.recipe   # resolved recipe reloads
+
+
+def test_results_table_rows_and_spread(tiny_run):
+    _, results = tiny_run
+    assert [row["model"] for row in results["rows"]] == ["teacher", "student (no KD)",
+                                                         "student (KD)"]
+    kd = results["rows"][2]["vqa_accuracy"]
+    assert len(kd["per_seed"]) == 2
+    assert kd["min"] <= kd["mean"] <= kd["max"]
+    gains = results["kd_gain"]["per_seed"]
+    no_kd = results["rows"][1]["vqa_accuracy"]["per_seed"]
+    assert gains == pytest.approx([a - b for a, b in zip(kd["per_seed"], no_kd)])
+    teacher, student = results["rows"][0], results["rows"][2]
+    assert teacher["parameters"] > student["parameters"]
+    assert student["kept_of_teacher_pct"] == pytest.approx(
+        100 * kd["mean"] / teacher["vqa_accuracy"]["mean"])
+
+
+def test_eval_checkpoint_reproduces_reported_accuracy(tiny_run):
+    """`vldistill eval CHECKPOINT` rebuilds the model from the file alone and must give the
+    accuracy the run reported for it."""
+    result, results = tiny_run
+    for row_index, name in ((0, "teacher-last"), (2, "student-kd-seed1-last")):
+        metrics = evaluate_checkpoint(result.run_dir / "checkpoints" / f"{name}.safetensors")
+        reported = results["rows"][row_index]["vqa_accuracy"]["per_seed"][-1]
+        assert metrics["vqa_accuracy"] == pytest.approx(reported, abs=1e-9)
+        assert metrics["parameters"] == results["rows"][row_index]["parameters"]
+
+
+def test_report_markdown_quotes_the_table(tiny_run):
+    result, results = tiny_run
+    report = (result.run_dir / "report.md").read_text()
+    assert "| teacher |" in report and "| student (KD) |" in report
+    assert f"{results['rows'][0]['parameters']:,}" in report
+
+
+def test_ddp_two_processes_on_cpu(tmp_path, tiny_recipe_path):
+    """The path users take across GPUs and nodes: Lightning DDP, 2 processes over gloo."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    command = [sys.executable, "-m", "vldistill", "run", str(tiny_recipe_path),
+               "--set", "trainer.devices=2", "--set", "trainer.strategy=ddp",
+               "--set", f"output_dir={tmp_path}", "--set", "name=ddp"]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    results = json.loads((tmp_path / "ddp" / "results.json").read_text())
+    assert results["world_size"] == 2
+    assert "main job wall time" in done.stdout
