@@ -69,5 +69,6 @@ def test_data_export_reads_back_identically(tmp_path, tiny_recipe_path):
         for image_id in {s.image_id for s in samples}:
             assert np.array_equal(images.rgb(image_id), expected.images.rgb(image_id))
             depth = expected.images.depth(image_id)
-            assert np.allclose(images.depth(image_id), np.round(depth * 1000) / 1000, atol=1e-6)
+            assert np.allclose(images.depth(image_id), np.round(depth.astype(np.float64) * 1000) / 1000,
+                               atol=1e-5)
     assert (tmp_path / "facts.jsonl").read_text().count("\n") == len(world.facts)

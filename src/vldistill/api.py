@@ -59,16 +59,17 @@ def _as_dataset(data: Any, labelled: bool, image_size: int) -> Dataset:
 
 
 def distill(teacher: nn.Module, student: nn.Module, train: Any, val: Any = None,
-            transfer: Any = None, *, kd_weight: float = 0.25, task_weight: float = 0.75,
-            temperature: float = 2.0, transfer_fraction: float = 0.5, max_steps: int = 500,
+            transfer: Any = None, *, kd_weight: float = 0.5, task_weight: float = 0.5,
+            temperature: float = 1.0, transfer_fraction: float = 0.5, max_steps: int = 500,
             batch_size: int = 32, lr: float = 3e-3, optimizer: str = "adamw",
             schedule: str = "cosine", warmup_steps: int = 0, val_every_n_steps: int | None = None,
             image_size: int = 64, seed: int = 0, trainer: dict[str, Any] | None = None,
             output_dir: str | Path | None = None) -> DistillResult:
     """Distil ``teacher`` into ``student``; returns the trained student and its metrics.
 
-    Defaults follow the VizWiz seed: ``0.75 * task + 0.25 * T^2 * KL`` at ``T = 2``. The
-    teacher is frozen. ``trainer`` takes Lightning settings (devices, strategy, precision, ...)
+    Defaults are the default recipe's: ``0.5 * task + 0.5 * T^2 * KL`` at ``T = 1`` (the VizWiz
+    seed's ``0.75 / 0.25`` at ``T = 2`` is ``task_weight=0.75, kd_weight=0.25,
+    temperature=2``). The teacher is frozen. ``trainer`` takes Lightning settings (devices, strategy, precision, ...)
     as in a recipe's ``trainer:`` section.
     """
     train_set = _as_dataset(train, True, image_size)

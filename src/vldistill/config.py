@@ -30,16 +30,11 @@ class ModelSettings(Strict):
 
     @model_validator(mode="after")
     def _check_params(self) -> ModelSettings:
-        from vldistill.models import MODELS
+        from vldistill.models import MODELS, model_config
 
         if self.name not in MODELS:
             raise ValueError(f"unknown model {self.name!r}; valid: {', '.join(MODELS.names())}")
-        config_class = MODELS.get(self.name).config_class
-        unknown = sorted(set(self.params) - set(config_class.model_fields))
-        if unknown:
-            raise ValueError(f"model {self.name!r} has no parameter(s) {', '.join(unknown)}; "
-                             f"valid: {', '.join(config_class.model_fields)}")
-        config_class(**self.params)   # raises with the field, the value and the allowed range
+        model_config(self.name, self.params)   # names the field, the value and allowed range
         return self
 
 
@@ -271,9 +266,18 @@ def apply_override(data: dict[str, Any], path: list[str], value: Any) -> None:
         node[last] = value
 
 
+def _merged(base: Any, update: Any) -> Any:
+    """``update`` laid over ``base``: mappings merge key by key, anything else replaces."""
+    if isinstance(base, dict) and isinstance(update, dict):
+        return {**base, **{k: _merged(base.get(k), v) for k, v in update.items()}}
+    return update
+
+
 def recipe_from_dict(data: dict[str, Any], source: str = "<dict>",
                      overrides: list[str] = ()) -> Recipe:
     data = _as_plain(data)
+    if overrides:   # overrides address the resolved recipe, defaults included
+        data = _merged(Recipe().model_dump(mode="json"), data)
     for text in overrides:
         apply_override(data, *parse_override(text))
     try:

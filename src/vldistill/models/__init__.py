@@ -27,10 +27,19 @@ MODELS: Registry[ModelEntry] = Registry("model")
 MODELS.register("vqa_attention")(ModelEntry(VQANetConfig, VQANet))
 
 
+def model_config(name: str, params: dict[str, Any]) -> BaseModel:
+    """Validate a registered model's params; unknown names raise and list the valid ones."""
+    entry = MODELS.get(name)
+    unknown = sorted(set(params) - set(entry.config_class.model_fields))
+    if unknown:
+        raise ValueError(f"model {name!r} has no parameter(s) {', '.join(unknown)}; "
+                         f"valid: {', '.join(entry.config_class.model_fields)}")
+    return entry.config_class(**params)
+
+
 def build_model(name: str, params: dict[str, Any], **sizes: int) -> nn.Module:
     """Build a registered model from its recipe params and data-derived sizes."""
-    entry = MODELS.get(name)
-    return entry.build(entry.config_class(**params), **sizes)
+    return MODELS.get(name).build(model_config(name, params), **sizes)
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
@@ -38,4 +47,4 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
 
 
 __all__ = ["MODELS", "ModelEntry", "ModelOutput", "VQANet", "VQANetConfig", "as_model_output",
-           "build_model", "count_parameters"]
+           "build_model", "model_config", "count_parameters"]
