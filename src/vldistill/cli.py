@@ -13,6 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from vldistill.errors import VldistillError
@@ -53,7 +54,7 @@ def print_results(results: dict) -> None:
 
     table = Table(title=f"vldistill run {results['recipe']} (seeds {results['seeds']})")
     for column in HEADER:
-        table.add_column(column, justify="left" if column == "model" else "right")
+        table.add_column(escape(column), justify="left" if column == "model" else "right")
     for cells in table_rows(results):
         table.add_row(*cells)
     console.print(table)

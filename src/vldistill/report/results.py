@@ -115,8 +115,12 @@ def plot(results: dict[str, Any], path: Path) -> Path:
         for axis, x in zip(axes, (row["parameters"], row["latency_ms"])):
             axis.errorbar([x], [accuracy["mean"]], yerr=error, fmt="o", capsize=4,
                           label=row["model"])
+    from matplotlib.ticker import NullFormatter
+
     for axis, label in zip(axes, ("parameters", "latency at batch 1, CPU (ms)")):
         axis.set_xscale("log")
+        axis.xaxis.set_minor_formatter(NullFormatter())
+        axis.margins(x=0.15, y=0.1)
         axis.set_xlabel(label)
         axis.set_ylabel("VQA accuracy, val (%)")
         axis.grid(alpha=0.3)

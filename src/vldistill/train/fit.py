@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from vldistill.config import TrainerSettings, TrainSettings
 from vldistill.distill.step import DistillationStep
 from vldistill.train.module import DistillModule, Evaluator
+from vldistill.train.progress import StepProgressBar
 
 SaveFn = Callable[[Path, nn.Module], None]
 
@@ -121,7 +122,7 @@ def fit(step: DistillationStep, data: LoaderModule, evaluator: Evaluator, train:
     """Train ``step.student`` with Lightning; returns the trained student and its wall time."""
     quiet_lightning()
     monitor = f"val/{evaluator.name}"
-    callbacks: list[Callback] = []
+    callbacks: list[Callback] = [StepProgressBar(role, monitor)] if settings.progress_bar else []
     if save is not None:
         callbacks.append(SafetensorsCheckpoint(run_dir / "checkpoints", role, monitor, save))
     if train.early_stopping_patience is not None and data.val_dataset is not None:
