@@ -22,17 +22,16 @@ from typing import Any
 import lightning as L
 import torch
 from torch import nn
-from torch.utils.data import ConcatDataset, Dataset
+from torch.utils.data import Dataset
 
 from vldistill.config import OptimSettings, TrainerSettings, TrainSettings
-from vldistill.data.batches import MixedBatchSampler, VQACollator, VQAImageDataset, \
-    sequential_batches
+from vldistill.data.batches import VQACollator, VQAImageDataset
 from vldistill.data.classification import ClassificationDataset, collate_classification, \
     image_folder
 from vldistill.distill.losses import CrossEntropyLoss, KDLoss, VQABCELoss
 from vldistill.distill.step import DistillationStep, WeightedTerm
 from vldistill.eval.evaluators import ClassificationEvaluator, VQAEvaluator, predict
-from vldistill.train.fit import LoaderModule, fit
+from vldistill.train.fit import fit, mixed_loaders
 
 
 @dataclass
@@ -92,14 +91,9 @@ def distill(teacher: nn.Module, student: nn.Module, train: Any, val: Any = None,
     settings = TrainerSettings(**(trainer or {}))
     L.seed_everything(seed, verbose=False)
     step = DistillationStep(student, terms, teacher=teacher)
-    datasets = [train_set] + ([transfer_set] if transfer_set is not None else [])
-
-    def sampler(rank: int, world_size: int) -> MixedBatchSampler:
-        return MixedBatchSampler(len(train_set), len(transfer_set) if transfer_set else 0,
-                                 batch_size, transfer_fraction if transfer_set else 0.0,
-                                 seed=seed, rank=rank, world_size=world_size)
-    val_batches = sequential_batches(len(val_set), 64) if val_set is not None else []
-    loaders = LoaderModule(ConcatDataset(datasets), sampler, collate, val_set, val_batches)
+    loaders = mixed_loaders(train_set, transfer_set, collate, val_set,
+                            images_per_batch=batch_size, transfer_fraction=transfer_fraction,
+                            seed=seed)
     run_dir = Path(output_dir) if output_dir else Path(tempfile.mkdtemp(prefix="vldistill-"))
     result = fit(step, loaders, evaluator, train_settings, settings, run_dir=run_dir,
                  role="student")

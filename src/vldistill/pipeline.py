@@ -17,18 +17,16 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import lightning as L
 import torch
 from rich.console import Console
 from torch import nn
-from torch.utils.data import ConcatDataset
 
 from vldistill import __version__
 from vldistill.config import Recipe, TrainSettings, dump_recipe
-from vldistill.data.batches import MixedBatchSampler, VQACollator, VQAImageDataset, \
-    sequential_batches
+from vldistill.data.batches import VQACollator, VQAImageDataset
 from vldistill.distill.losses import VQABCELoss, build_loss
 from vldistill.distill.step import DistillationStep, WeightedTerm
 from vldistill.eval.efficiency import Efficiency, measure
@@ -36,7 +34,7 @@ from vldistill.eval.evaluators import Predictions, VQAEvaluator, agreement, pred
 from vldistill.models import build_model
 from vldistill.models.checkpoint import build_from_checkpoint, load_checkpoint, save_model
 from vldistill.pipeline_data import RunData, prepare_data
-from vldistill.train.fit import LoaderModule, fit
+from vldistill.train.fit import fit, mixed_loaders
 
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 150)
 
@@ -126,14 +124,10 @@ class VQAJob:
 
     def train(self, role: str, step: DistillationStep, train: TrainSettings, labelled,
               transfer=None, transfer_fraction: float = 0.0, seed: int = 0, save=None):
-        datasets = [labelled] + ([transfer] if transfer is not None else [])
-
-        def sampler(rank: int, world_size: int) -> MixedBatchSampler:
-            return MixedBatchSampler(len(labelled), len(transfer) if transfer else 0,
-                                     train.images_per_batch, transfer_fraction, seed=seed,
-                                     rank=rank, world_size=world_size)
-        loaders = LoaderModule(ConcatDataset(datasets), sampler, self.collate, self.val,
-                               sequential_batches(len(self.val), self.recipe.eval.batch_images))
+        loaders = mixed_loaders(labelled, transfer, self.collate, self.val,
+                                images_per_batch=train.images_per_batch,
+                                transfer_fraction=transfer_fraction, seed=seed,
+                                val_batch=self.recipe.eval.batch_images)
         return fit(step, loaders, VQAEvaluator(self.data.answer_vocab), train,
                    self.recipe.trainer, run_dir=self.run_dir, role=role, save=save)
 
@@ -145,8 +139,8 @@ class VQAJob:
 def task_terms(recipe: Recipe) -> list[WeightedTerm]:
     """The label-only objective (teacher and no-KD student): the recipe's task terms at weight
     1, or VQA BCE when the recipe has none."""
-    terms = [WeightedTerm(t.name or t.loss, 1.0, build_loss(t.loss, **t.params))
-             for t in recipe.distill.terms if build_loss(t.loss, **t.params).needs_labels]
+    terms = [WeightedTerm(t.name, 1.0, t.term) for t in distill_terms(recipe)
+             if t.term.needs_labels]
     return terms or [WeightedTerm("vqa_bce", 1.0, VQABCELoss())]
 
 

@@ -63,6 +63,26 @@ class LoaderModule(L.LightningDataModule):
                           collate_fn=self.collate)
 
 
+def mixed_loaders(labelled: Dataset, transfer: Dataset | None, collate: Callable,
+                  val: Dataset | None, *, images_per_batch: int, transfer_fraction: float,
+                  seed: int, val_batch: int = 64) -> LoaderModule:
+    """Training batches mixing a labelled set with an optional unlabelled transfer set
+    (see :class:`MixedBatchSampler`), and ordered validation batches."""
+    from torch.utils.data import ConcatDataset
+
+    from vldistill.data.batches import MixedBatchSampler, sequential_batches
+
+    datasets = [labelled] + ([transfer] if transfer is not None else [])
+    fraction = transfer_fraction if transfer is not None else 0.0
+
+    def sampler(rank: int, world_size: int) -> MixedBatchSampler:
+        return MixedBatchSampler(len(labelled), len(transfer) if transfer is not None else 0,
+                                 images_per_batch, fraction, seed=seed, rank=rank,
+                                 world_size=world_size)
+    val_batches = sequential_batches(len(val), val_batch) if val is not None else []
+    return LoaderModule(ConcatDataset(datasets), sampler, collate, val, val_batches)
+
+
 class SafetensorsCheckpoint(Callback):
     """Saves ``<role>-last.safetensors`` after each validation and at the end, and
     ``<role>-best.safetensors`` when the monitored metric improves (rank 0 only)."""
