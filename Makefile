@@ -9,8 +9,8 @@ STAMP := $(VENV)/.installed-stamp
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	# torch first and pinned: the CPU build is on local disk; an unpinned torch pulls CUDA.
-	$(BIN)/pip install --quiet "torch==2.13.0"
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install -qq "torch==2.13.0"
+	$(BIN)/pip install -qq -e ".[dev]"
 	touch $(STAMP)
 
 install: $(STAMP)

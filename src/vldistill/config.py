@@ -47,7 +47,10 @@ class OptimSettings(Strict):
 
 
 class TrainSettings(Strict):
-    max_steps: int = Field(1500, ge=1)
+    max_steps: int = Field(1500, ge=1, description="optimiser steps (the budget)")
+    max_epochs: int | None = Field(
+        None, ge=1, description="stop after this many passes over the labelled set, if that "
+        "comes before max_steps; None: steps only")
     images_per_batch: int = Field(32, ge=1)
     val_every_n_steps: int = Field(500, ge=1)
     early_stopping_patience: int | None = Field(

@@ -29,6 +29,7 @@ from vldistill.config import Recipe, TrainSettings, dump_recipe
 from vldistill.data.batches import VQACollator, VQAImageDataset
 from vldistill.distill.losses import VQABCELoss, build_loss
 from vldistill.distill.step import DistillationStep, WeightedTerm
+from vldistill.errors import DataError
 from vldistill.eval.efficiency import Efficiency, measure
 from vldistill.eval.evaluators import Predictions, VQAEvaluator, agreement, predict
 from vldistill.models import build_model
@@ -153,7 +154,14 @@ def train_teacher(job: VQAJob) -> tuple[ModelRun, nn.Module]:
     recipe = job.recipe
     if recipe.teacher.checkpoint is not None:
         console.print(f"[bold]teacher[/]: loading {recipe.teacher.checkpoint}")
-        teacher = build_from_checkpoint(load_checkpoint(recipe.teacher.checkpoint))
+        checkpoint = load_checkpoint(recipe.teacher.checkpoint)
+        if checkpoint.extra.get("answer_vocab") != job.data.answer_vocab.to_json():
+            raise DataError(
+                f"teacher checkpoint {recipe.teacher.checkpoint} predicts over a different "
+                f"answer vocabulary ({len(checkpoint.extra.get('answer_vocab', []))} answers) "
+                f"than this recipe's data ({len(job.data.answer_vocab)}); KD needs the same "
+                "answers. Use the data settings the teacher was trained with, or retrain it.")
+        teacher = build_from_checkpoint(checkpoint)
         run = ModelRun("teacher", None, job.evaluate(teacher), 0.0, recipe.teacher.checkpoint)
         return run, teacher
     seed = recipe.seeds[0]
@@ -217,17 +225,16 @@ def run_recipe(recipe: Recipe) -> RunResult:
     console.print(f"teacher: val VQA accuracy {teacher.predictions.metrics['vqa_accuracy']:.2f}")
     students: dict[str, list[ModelRun]] = {"student (no KD)": [], "student (KD)": []}
     agreements: dict[str, list[float]] = {"student (no KD)": [], "student (KD)": []}
-    last: dict[str, nn.Module] = {}
     for seed in recipe.seeds:
         variants = [("student (no KD)", None)] if recipe.distill.baseline else []
         for name, teacher_arg in variants + [("student (KD)", teacher_model)]:
-            run, last["student"] = train_student(job, teacher_arg, seed)
+            run, student_model = train_student(job, teacher_arg, seed)
             students[name].append(run)
             agreements[name].append(agreement(run.predictions, teacher.predictions))
             console.print(f"{run.role}: val VQA accuracy "
                           f"{run.predictions.metrics['vqa_accuracy']:.2f} "
                           f"({run.train_time_s:.0f} s)")
-    efficiency = measure_models(job, {"teacher": teacher_model, "student": last["student"]})
+    efficiency = measure_models(job, {"teacher": teacher_model, "student": student_model})
     students = {k: v for k, v in students.items() if v}
     result = RunResult(recipe, run_dir, teacher, students, efficiency,
                        {k: v for k, v in agreements.items() if v},

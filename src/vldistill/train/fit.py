@@ -121,7 +121,7 @@ def build_trainer(settings: TrainerSettings, train: TrainSettings, log_dir: Path
     return L.Trainer(
         accelerator=settings.accelerator, devices=settings.devices, strategy=settings.strategy,
         num_nodes=settings.num_nodes, precision=settings.precision,
-        max_steps=train.max_steps, max_epochs=-1,
+        max_steps=train.max_steps, max_epochs=train.max_epochs or -1,
         accumulate_grad_batches=settings.accumulate_grad_batches,
         gradient_clip_val=settings.gradient_clip_val,
         val_check_interval=train.val_every_n_steps * settings.accumulate_grad_batches
