@@ -94,3 +94,24 @@ def test_image_folder_errors_name_the_problem(tmp_path):
     (tmp_path / "cls" / "broken.png").write_bytes(b"not an image")
     with pytest.raises(DataError, match="broken.png is not a readable image"):
         image_folder(tmp_path)
+
+
+def test_api_bad_inputs_get_clear_errors():
+    from vldistill.errors import DataError, RecipeError
+
+    images, labels = halves(8, 0)
+    with pytest.raises(RecipeError, match="trainer.device: unknown key.*devices"):
+        vldistill.distill(teacher=Oracle(), student=student(), train=(images, labels),
+                          trainer={"device": 2})
+    with pytest.raises(DataError, match="differ in shape"):
+        vldistill.distill(teacher=Oracle(), student=student(), train=(images, labels),
+                          transfer=torch.rand(4, 1, 6, 6))
+
+
+def test_api_accepts_labels_as_a_list(tmp_path):
+    images, labels = halves(8, 0)
+    result = vldistill.distill(teacher=Oracle(), student=student(),
+                               train=(images, labels.tolist()), val=(images, labels),
+                               max_steps=2, batch_size=4, trainer={"progress_bar": False},
+                               output_dir=tmp_path)
+    assert result.steps == 2

@@ -56,7 +56,10 @@ def test_every_error_reported_at_once():
 
 
 def test_unknown_loss_and_loss_parameter():
-    with pytest.raises(RecipeError, match="unknown loss 'hinton'; valid: ce, kd, vqa_bce"):
+    from vldistill.distill.losses import LOSSES
+
+    with pytest.raises(RecipeError, match="unknown loss 'hinton'; valid: "
+                                          + ", ".join(LOSSES.names())):
         recipe_from_dict({"distill": {"terms": [{"loss": "hinton"}]}})
     with pytest.raises(RecipeError, match="loss 'kd' has no parameter.*temp.*valid: temperature"):
         recipe_from_dict({"distill": {"terms": [{"loss": "kd", "temp": 4}]}})
@@ -97,3 +100,27 @@ def test_missing_and_malformed_recipe_files(tmp_path):
     scalar.write_text("42\n")
     with pytest.raises(RecipeError, match="mapping of sections"):
         load_recipe(scalar)
+
+
+def test_override_does_not_merge_defaults_into_user_sections(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("student:\n  model:\n    params: {width: 8}\n")
+    plain = load_recipe(path)
+    overridden = load_recipe(path, ["name=other"])
+    assert overridden.student == plain.student
+    assert overridden.student.model.params == {"width": 8}
+
+
+def test_override_into_default_list_on_a_recipe_without_it(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("name: mine\n")
+    recipe = load_recipe(path, ["distill.terms.1.temperature=3"])
+    assert [t.loss for t in recipe.distill.terms] == ["vqa_bce", "kd"]
+    assert recipe.distill.terms[1].params == {"temperature": 3}
+
+
+def test_loss_hyper_parameter_values_are_checked():
+    with pytest.raises(RecipeError, match=r"distill.terms.1: .*temperature must be > 0"):
+        load_recipe(None, ["distill.terms.1.temperature=-1"])
+    with pytest.raises(RecipeError, match=r"distill.terms.1: loss 'kd'"):
+        load_recipe(None, ["distill.terms.1.temperature=abc"])

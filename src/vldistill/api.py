@@ -24,7 +24,8 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from vldistill.config import OptimSettings, TrainerSettings, TrainSettings
+from vldistill.config import OptimSettings, TrainerSettings, TrainSettings, recipe_from_dict
+from vldistill.errors import DataError
 from vldistill.data.batches import VQACollator, VQAImageDataset
 from vldistill.data.classification import ClassificationDataset, collate_classification, \
     image_folder
@@ -55,6 +56,20 @@ def _as_dataset(data: Any, labelled: bool, image_size: int) -> Dataset:
     raise TypeError(f"cannot use {type(data).__name__} as data; pass (images, labels) "
                     "tensors, an image tensor (unlabelled), an image-folder path, a "
                     "ClassificationDataset or a VQAImageDataset")
+
+
+def _trainer_settings(trainer: dict[str, Any] | None) -> TrainerSettings:
+    """Validate ``trainer=`` like a recipe's ``trainer:`` section (errors list valid keys)."""
+    return recipe_from_dict({"trainer": trainer or {}}, "distill(trainer=...)").trainer
+
+
+def _check_same_image_shape(*datasets: Dataset | None) -> None:
+    shapes = {tuple(d.images.shape[1:]) for d in datasets
+              if isinstance(d, ClassificationDataset)}
+    if len(shapes) > 1:
+        raise DataError(f"train, val and transfer images differ in shape (C, H, W): "
+                        f"{sorted(shapes)}; resize them to one shape (image_folder does this "
+                        "with image_size=...).")
 
 
 def distill(teacher: nn.Module, student: nn.Module, train: Any, val: Any = None,
@@ -88,7 +103,10 @@ def distill(teacher: nn.Module, student: nn.Module, train: Any, val: Any = None,
         val_every_n_steps=val_every_n_steps or max_steps,
         optim=OptimSettings(optimizer=optimizer, lr=lr, schedule=schedule,
                             warmup_steps=warmup_steps))
-    settings = TrainerSettings(**(trainer or {}))
+    settings = _trainer_settings(trainer)
+    _check_same_image_shape(train_set, val_set, transfer_set)
+    if settings.num_threads:
+        torch.set_num_threads(settings.num_threads)
     L.seed_everything(seed, verbose=False)
     step = DistillationStep(student, terms, teacher=teacher)
     loaders = mixed_loaders(train_set, transfer_set, collate, val_set,

@@ -7,6 +7,7 @@ Command-line overrides use dotted paths: ``--set distill.terms.1.temperature=4``
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any, Literal
 
@@ -88,15 +89,15 @@ class LossTermSettings(BaseModel):
 
     @model_validator(mode="after")
     def _check_loss(self) -> LossTermSettings:
-        from vldistill.distill.losses import LOSSES, loss_parameters
+        from vldistill.distill.losses import LOSSES, build_loss
 
         if self.loss not in LOSSES:
             raise ValueError(f"unknown loss {self.loss!r}; valid: {', '.join(LOSSES.names())}")
-        valid = loss_parameters(self.loss)
-        unknown = sorted(set(self.params) - set(valid))
-        if unknown:
-            raise ValueError(f"loss {self.loss!r} has no parameter(s) {', '.join(unknown)}; "
-                             f"valid: {', '.join(valid) or '(none)'}")
+        try:
+            build_loss(self.loss, **self.params)   # names unknown parameters, checks values
+        except TypeError as error:
+            raise ValueError(f"loss {self.loss!r}: {error}; check the types of "
+                             f"{sorted(self.params)}") from None
         return self
 
 
@@ -247,19 +248,28 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return path.split("."), yaml.safe_load(value) if value else ""
 
 
-def apply_override(data: dict[str, Any], path: list[str], value: Any) -> None:
+def apply_override(data: dict[str, Any], path: list[str], value: Any,
+                   defaults: dict[str, Any] | None = None) -> None:
+    """Set ``path`` in ``data``. A section the user's recipe does not have is copied from
+    ``defaults`` (the built-in recipe) first, so ``distill.terms.1.temperature=4`` works on a
+    recipe that keeps the default terms, without merging other defaults into the user's data."""
     node: Any = data
+    default: Any = defaults
     for depth, part in enumerate(path[:-1]):
+        here = ".".join(path[:depth + 1])
         if isinstance(node, list):
             if not part.isdigit() or int(part) >= len(node):
                 raise RecipeError(f"override {'.'.join(path)}: {'.'.join(path[:depth])} is a "
                                   f"list of {len(node)}; use an index 0..{len(node) - 1}")
-            node = node[int(part)]
-        else:
-            node = node.setdefault(part, {})
-            if not isinstance(node, (dict, list)):
-                raise RecipeError(f"override {'.'.join(path)}: {'.'.join(path[:depth + 1])} "
-                                  f"is a value ({node!r}), not a section")
+            node, default = node[int(part)], None
+            continue
+        default = default.get(part) if isinstance(default, dict) else None
+        if part not in node:
+            node[part] = copy.deepcopy(default) if isinstance(default, (dict, list)) else {}
+        node = node[part]
+        if not isinstance(node, (dict, list)):
+            raise RecipeError(f"override {'.'.join(path)}: {here} is a value ({node!r}), not a "
+                              "section")
     last = path[-1]
     if isinstance(node, list):
         if not last.isdigit() or int(last) >= len(node):
@@ -269,20 +279,12 @@ def apply_override(data: dict[str, Any], path: list[str], value: Any) -> None:
         node[last] = value
 
 
-def _merged(base: Any, update: Any) -> Any:
-    """``update`` laid over ``base``: mappings merge key by key, anything else replaces."""
-    if isinstance(base, dict) and isinstance(update, dict):
-        return {**base, **{k: _merged(base.get(k), v) for k, v in update.items()}}
-    return update
-
-
 def recipe_from_dict(data: dict[str, Any], source: str = "<dict>",
                      overrides: list[str] = ()) -> Recipe:
     data = _as_plain(data)
-    if overrides:   # overrides address the resolved recipe, defaults included
-        data = _merged(Recipe().model_dump(mode="json"), data)
+    defaults = Recipe().model_dump(mode="json") if overrides else None
     for text in overrides:
-        apply_override(data, *parse_override(text))
+        apply_override(data, *parse_override(text), defaults)
     try:
         return Recipe.model_validate(data)
     except ValidationError as error:

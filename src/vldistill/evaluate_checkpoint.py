@@ -10,7 +10,7 @@ from vldistill.data.answers import AnswerVocab
 from vldistill.data.batches import VQACollator, VQAImageDataset
 from vldistill.data.tokenizer import QuestionTokenizer
 from vldistill.errors import DataError
-from vldistill.eval.efficiency import count_parameters
+from vldistill.models import count_parameters
 from vldistill.eval.evaluators import VQAEvaluator, predict
 from vldistill.models.checkpoint import build_from_checkpoint, load_checkpoint
 from vldistill.pipeline_data import load_splits

@@ -150,17 +150,36 @@ def distill_terms(recipe: Recipe) -> list[WeightedTerm]:
             for t in recipe.distill.terms]
 
 
+def check_teacher_matches(extra: dict, job: VQAJob, path: Path) -> None:
+    """A reused teacher must speak the same answers and words and see the same images."""
+    expected = {"answer vocabulary": (extra.get("answer_vocab"), job.data.answer_vocab.to_json()),
+                "question vocabulary": (extra.get("question_vocab"), job.data.tokenizer.to_json()),
+                "image size": (image_size(extra.get("data", {})),
+                               image_size(job.recipe.data.model_dump(mode="json")))}
+    for field_name, (saved, current) in expected.items():
+        if saved != current:
+            raise DataError(
+                f"teacher checkpoint {path} was trained with a different {field_name} than this "
+                f"recipe's data ({_describe(saved)} vs {_describe(current)}); KD needs the same. "
+                "Use the data settings the teacher was trained with, or retrain it.")
+
+
+def image_size(data: dict) -> int | None:
+    if data.get("source") == "shapesworld":
+        return data.get("shapesworld", {}).get("image_size")
+    return data.get("image_size")
+
+
+def _describe(value) -> str:
+    return f"{len(value)} entries" if isinstance(value, list) else repr(value)
+
+
 def train_teacher(job: VQAJob) -> tuple[ModelRun, nn.Module]:
     recipe = job.recipe
     if recipe.teacher.checkpoint is not None:
         console.print(f"[bold]teacher[/]: loading {recipe.teacher.checkpoint}")
         checkpoint = load_checkpoint(recipe.teacher.checkpoint)
-        if checkpoint.extra.get("answer_vocab") != job.data.answer_vocab.to_json():
-            raise DataError(
-                f"teacher checkpoint {recipe.teacher.checkpoint} predicts over a different "
-                f"answer vocabulary ({len(checkpoint.extra.get('answer_vocab', []))} answers) "
-                f"than this recipe's data ({len(job.data.answer_vocab)}); KD needs the same "
-                "answers. Use the data settings the teacher was trained with, or retrain it.")
+        check_teacher_matches(checkpoint.extra, job, recipe.teacher.checkpoint)
         teacher = build_from_checkpoint(checkpoint)
         run = ModelRun("teacher", None, job.evaluate(teacher), 0.0, recipe.teacher.checkpoint)
         return run, teacher

@@ -62,9 +62,10 @@ def split_for_student(train: list[Sample], settings: DataSettings, seed: int
         raise RecipeError(f"data.labelled_images is {count} but the training split has only "
                           f"{len(groups)} images; lower it or set it to null (all).")
     labelled = [s for i in sorted(order[:count]) for s in groups[i]]
-    rest = sorted(order[count:])
+    rest = order[count:]
     if settings.transfer_images is not None:
-        rest = rest[:settings.transfer_images]
+        rest = rest[:settings.transfer_images]   # a random subset, not the first in file order
+    rest = sorted(rest)
     transfer = [s.unlabelled() for i in rest for s in groups[i]]
     return labelled, transfer
 

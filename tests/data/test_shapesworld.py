@@ -471,6 +471,7 @@ def test_settings_check_object_range_and_are_frozen():
 # Speed
 # ---------------------------------------------------------------------------------------------
 
+@pytest.mark.slow   # a wall-clock bound on a shared CPU; `make test-slow` runs it
 def test_default_world_generates_in_seconds():
     settings = ShapesWorldSettings()
     start = time.perf_counter()

@@ -251,3 +251,17 @@ def test_file_that_is_not_an_image_names_the_file(tmp_path: Path) -> None:
 def test_errors_are_builtin_subclasses() -> None:
     assert issubclass(DataError, ValueError) and issubclass(DataError, VldistillError)
     assert issubclass(MissingFileError, FileNotFoundError)
+
+
+def test_empty_answer_list_counts_as_missing_annotation(tmp_path):
+    import json
+
+    from vldistill.data.vqa import read_vqa
+    from vldistill.errors import DataError
+
+    questions = {"questions": [{"image_id": 1, "question": "What?", "question_id": 10}]}
+    annotations = {"annotations": [{"question_id": 10, "image_id": 1, "answers": []}]}
+    (tmp_path / "q.json").write_text(json.dumps(questions))
+    (tmp_path / "a.json").write_text(json.dumps(annotations))
+    with pytest.raises(DataError, match="empty answer list.*question ids.*10"):
+        read_vqa(tmp_path / "q.json", tmp_path / "a.json")

@@ -72,3 +72,11 @@ def test_errors_name_the_problem():
         bad = torch.nn.Identity()
         DistillationStep(bad, [WeightedTerm("t", 1.0, VQABCELoss())])(
             {"inputs": ("not a tensor",), "targets": None, "labelled": None})
+
+
+def test_teacher_runs_without_autograd_even_if_its_parameters_require_grad():
+    teacher = Net(0)
+    step = DistillationStep(Net(1), [WeightedTerm("kd", 1.0, KDLoss())], teacher=teacher)
+    teacher.requires_grad_(True)          # a user un-freezes it by mistake
+    output = step.teacher_output(make_batch())
+    assert output.logits.grad_fn is None  # still no graph: the teacher runs under no_grad

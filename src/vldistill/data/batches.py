@@ -19,6 +19,7 @@ from torch.utils.data import Dataset, Sampler
 from vldistill.data.answers import AnswerVocab
 from vldistill.data.sample import ImageStore, Sample
 from vldistill.data.tokenizer import QuestionTokenizer
+from vldistill.errors import DataError
 
 
 def group_by_image(samples: Sequence[Sample]) -> list[list[Sample]]:
@@ -40,8 +41,8 @@ class VQAImageDataset(Dataset):
     def __init__(self, samples: Sequence[Sample], images: ImageStore, answer_vocab: AnswerVocab,
                  tokenizer: QuestionTokenizer, *, labelled: bool = True) -> None:
         if not samples:
-            raise ValueError("VQAImageDataset got no samples; check the data split or subset "
-                             "size in the recipe.")
+            raise DataError("VQAImageDataset got no samples; check the data split or subset "
+                            "size in the recipe (e.g. data.shapesworld.val_images >= 1).")
         self.groups = group_by_image(samples)
         self.images = images
         self.answer_vocab = answer_vocab

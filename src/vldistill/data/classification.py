@@ -25,7 +25,10 @@ class ClassificationDataset(Dataset):
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor | None = None,
                  classes: Sequence[str] | None = None) -> None:
-        if not isinstance(images, torch.Tensor) or images.ndim != 4:
+        images = torch.as_tensor(images) if not isinstance(images, torch.Tensor) else images
+        if labels is not None and not isinstance(labels, torch.Tensor):
+            labels = torch.as_tensor(labels)
+        if images.ndim != 4:
             raise DataError(f"classification images must be a tensor (N, C, H, W), got "
                             f"{type(images).__name__} {tuple(getattr(images, 'shape', ()))}")
         if labels is not None and (labels.ndim != 1 or len(labels) != len(images)):

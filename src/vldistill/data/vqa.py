@@ -352,10 +352,12 @@ def _attach_answers(samples: list[Sample], annotations: dict[QuestionId, _Annota
         raise DataError(f"{annotations_path}: {len(orphans)} annotations are for question ids "
                         f"not in {questions_path}: {_first(orphans)}. Fix: pass the questions "
                         f"and annotations files of the same split.")
-    unanswered = [s.question_id for s in samples if s.question_id not in annotations]
+    unanswered = [s.question_id for s in samples
+                  if s.question_id not in annotations or not annotations[s.question_id].answers]
     if unanswered and require_answers:
         raise DataError(f"{len(unanswered)} of the {len(samples)} questions in {questions_path} "
-                        f"have no annotation in {annotations_path}: question ids "
+                        f"have no annotation (or an empty answer list) in {annotations_path}: "
+                        f"question ids "
                         f"{_first(unanswered)}. Fix: pass the annotations file that matches "
                         f"these questions, or require_answers=False to read them unlabelled.")
     return [_with_answers(s, annotations.get(s.question_id), annotations_path) for s in samples]

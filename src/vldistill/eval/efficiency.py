@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from vldistill.distill.step import call_model
+from vldistill.models import count_parameters
 
 
 @dataclass(frozen=True)
@@ -27,10 +28,6 @@ class Efficiency:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 @torch.inference_mode()

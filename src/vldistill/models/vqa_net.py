@@ -75,7 +75,8 @@ class ConvStem(nn.Module):
         self.register_buffer("coords", _coordinate_grid(grid), persistent=False)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.float() / 255.0 - 0.5                              # (N, 3, H, W)
+        dtype = self.convs[0].weight.dtype                              # float32 / bf16-true
+        x = images.to(dtype) / 255.0 - 0.5                               # (N, 3, H, W)
         x = self.pool(self.convs(x))                                   # (N, D, G, G)
         x = x.flatten(2).transpose(1, 2)                               # (N, G*G, D)
         coords = self.coords.expand(x.shape[0], -1, -1)                # (N, G*G, 2)

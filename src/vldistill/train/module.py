@@ -83,7 +83,10 @@ class DistillModule(L.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         parameters = [p for p in self.step.parameters() if p.requires_grad]
         optimizer = build_optimizer(parameters, self.optim)
+        # estimated_stepping_batches is min(max_steps, max_epochs * batches per epoch), after
+        # gradient accumulation: the schedule ends where training really ends.
+        total = min(self.max_steps, int(self.trainer.estimated_stepping_batches))
         scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lr_lambda(self.optim.schedule, self.optim.warmup_steps, self.max_steps))
+            optimizer, lr_lambda(self.optim.schedule, self.optim.warmup_steps, total))
         return {"optimizer": optimizer,
                 "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
