@@ -1,6 +1,7 @@
 """Losses: hand-computed values, properties, and the contract every registered term meets."""
 
 import math
+import re
 
 import pytest
 import torch
@@ -84,8 +85,27 @@ def test_kd_rejects_mismatched_shapes():
 def test_build_loss_lists_valid_parameters():
     with pytest.raises(ValueError, match="valid: temperature"):
         build_loss("kd", temprature=2.0)
-    with pytest.raises(KeyError, match="valid names: ce, kd, vqa_bce"):
+    registered = ["ce", "clip_affinity", "contrastive", "dkd", "feature", "kd", "loca",
+                  "relational", "vqa_bce"]
+    assert set(registered) <= set(LOSSES.names())
+    with pytest.raises(KeyError, match=re.escape("valid names: " + ", ".join(LOSSES.names()))):
         build_loss("hinton")
+
+
+def test_step_refuses_negative_and_all_zero_weights():
+    term = build_loss("vqa_bce")
+    with pytest.raises(ValueError, match=r"terms\[1\]\.weight of loss term 'task' is -0\.5"):
+        DistillationStep(Linear(1), [WeightedTerm("other", 1.0, build_loss("vqa_bce")),
+                                     WeightedTerm("task", -0.5, term)])
+    with pytest.raises(ValueError, match=r"weight of loss term 'task' is nan"):
+        DistillationStep(Linear(1), [WeightedTerm("task", float("nan"), term)])
+    with pytest.raises(ValueError, match="every loss term weight is 0 \\(task, kd\\)"):
+        DistillationStep(Linear(1), [WeightedTerm("task", 0.0, term),
+                                     WeightedTerm("kd", 0.0, build_loss("kd"))],
+                         teacher=Linear(0))
+    # a single zero weight switches that term off and is allowed
+    DistillationStep(Linear(1), [WeightedTerm("task", 1.0, term),
+                                 WeightedTerm("kd", 0.0, build_loss("kd"))], teacher=Linear(0))
 
 
 class Linear(torch.nn.Module):
@@ -98,6 +118,27 @@ class Linear(torch.nn.Module):
         return ModelOutput(logits=self.layer(x))
 
 
+class Fake(torch.nn.Module):
+    """A model with every output field: logits (N, 4), image_embeds and text_embeds (N, width),
+    features "grid" (N, grid, width) and "fused" (N, width + 2)."""
+
+    def __init__(self, seed: int, width: int = 4, grid: int = 4):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.layer = torch.nn.Linear(6, 4)
+        self.image = torch.nn.Linear(6, width)
+        self.text = torch.nn.Linear(6, width)
+        self.grid = torch.nn.Linear(6, grid * width)
+        self.fused = torch.nn.Linear(6, width + 2)
+        self.shape = (grid, width)
+
+    def forward(self, x):
+        return ModelOutput(logits=self.layer(x), image_embeds=self.image(x),
+                           text_embeds=self.text(x),
+                           features={"grid": self.grid(x).view(len(x), *self.shape),
+                                     "fused": self.fused(x)})
+
+
 def _batch(labelled):
     torch.manual_seed(3)
     return {"inputs": (torch.randn(len(labelled), 6),),
@@ -105,22 +146,63 @@ def _batch(labelled):
             "labelled": torch.tensor(labelled)}
 
 
-@pytest.mark.parametrize("name", LOSSES.names())
-def test_contract_every_registered_loss(name):
-    """Finite; gradients reach the student only; zero when the student equals the teacher
-    (for teacher terms)."""
-    term = build_loss(name)
-    teacher, student = Linear(0), Linear(1)
-    batch = _batch([True, False, True])
+# Terms whose value is not 0 when the student equals the teacher, and why.
+NOT_ZERO_AT_EQUALITY = {
+    "contrastive": "InfoNCE of identical embeddings is still > 0 (the negatives share the mass)",
+}
+# Extra parameter sets run through the contract besides each loss's defaults.
+VARIANTS = [("feature", {"feature": "grid", "kind": "cosine"}),
+            ("feature", {"feature": "fused", "kind": "smooth_l1"}),
+            ("contrastive", {"feature": "text_embeds", "queue_size": 4}),
+            ("relational", {"feature": "grid", "kind": "rkd_angle"}),
+            ("relational", {"feature": "fused", "kind": "similarity"})]
+CASES = [(name, {}) for name in LOSSES.names()] + VARIANTS
+
+
+def _setup(name, batch):
+    """Per-loss inputs: class indices for ce (loca's zero check sets its own targets below)."""
     if name == "ce":
         batch["targets"] = torch.tensor([1, 0, 3])
+    return batch
+
+
+def _teacher_right_targets(batch, teacher):
+    with torch.no_grad():
+        best = teacher(*batch["inputs"]).logits.argmax(-1)
+    return torch.nn.functional.one_hot(best, 4).float()
+
+
+@pytest.mark.parametrize(("name", "params"), CASES,
+                         ids=[f"{n}-{'-'.join(map(str, p.values())) or 'defaults'}"
+                              for n, p in CASES])
+def test_contract_every_registered_loss(name, params):
+    """Finite; gradients reach the student and the term's projectors, never the teacher; zero
+    when the student equals the teacher (for teacher terms, where that holds). The teacher is
+    wider than the student (6 vs 4) and has a finer grid (9 vs 4 tokens), so projectors and
+    pooling are exercised."""
+    term = build_loss(name, **params)
+    teacher, student = Fake(0, width=6, grid=9), Fake(1)
+    batch = _setup(name, _batch([True, False, True]))
     step = DistillationStep(student, [WeightedTerm(name, 1.0, term)],
                             teacher=teacher if term.needs_teacher else None)
+    step.train()
+    step.materialize(batch)
+    assert not any(isinstance(p, torch.nn.parameter.UninitializedParameter)
+                   for p in step.parameters())
+    assert all(p.grad is None for p in step.parameters())
     losses = step(batch)
     assert torch.isfinite(losses["loss"])
     losses["loss"].backward()
-    assert student.layer.weight.grad is not None and student.layer.weight.grad.abs().sum() > 0
-    assert teacher.layer.weight.grad is None
-    if term.needs_teacher:
-        same = DistillationStep(Linear(0), [WeightedTerm(name, 1.0, term)], teacher=Linear(0))
-        assert same(batch)["loss"].item() == pytest.approx(0.0, abs=1e-6)
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters())
+    assert all(p.grad is None for p in teacher.parameters())
+    for parameter in term.parameters():                       # projectors learn
+        assert parameter.grad is not None and parameter.grad.abs().sum() > 0
+    if name in ("feature", "contrastive"):
+        assert len(list(term.parameters())) == 2              # the projector's weight and bias
+    if term.needs_teacher and name not in NOT_ZERO_AT_EQUALITY:
+        same_batch = _setup(name, _batch([True, False, True]))
+        if name == "loca":   # LoCa changes the teacher where it is wrong; make it right
+            same_batch["targets"] = _teacher_right_targets(same_batch, Fake(0))
+        same = DistillationStep(Fake(0), [WeightedTerm(name, 1.0, build_loss(name, **params))],
+                                teacher=Fake(0))
+        assert same(same_batch)["loss"].item() == pytest.approx(0.0, abs=1e-6)

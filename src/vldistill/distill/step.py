@@ -12,6 +12,7 @@ A batch is a dict:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -43,6 +44,17 @@ def freeze(model: nn.Module) -> nn.Module:
     return model.eval()
 
 
+def check_weights(terms: Sequence[WeightedTerm]) -> None:
+    """Refuse negative or non-finite weights, and an objective whose weights are all zero."""
+    for index, t in enumerate(terms):
+        if not math.isfinite(t.weight) or t.weight < 0:
+            raise ValueError(f"terms[{index}].weight of loss term {t.name!r} is {t.weight}; a "
+                             "weight must be a finite number >= 0 (0 switches the term off).")
+    if all(t.weight == 0 for t in terms):
+        raise ValueError(f"every loss term weight is 0 ({', '.join(t.name for t in terms)}): "
+                         "nothing would be learned; give at least one term a weight > 0.")
+
+
 class DistillationStep(nn.Module):
     """Computes ``{"loss": weighted sum, "<term>": unweighted term value, ...}`` for a batch."""
 
@@ -55,6 +67,7 @@ class DistillationStep(nn.Module):
         names = [t.name for t in terms]
         if len(set(names)) != len(names):
             raise ValueError(f"loss term names must be unique, got {names}")
+        check_weights(terms)
         needs_teacher = [t.name for t in terms if t.term.needs_teacher]
         if needs_teacher and teacher is None:
             raise ValueError(f"loss term(s) {needs_teacher} need a teacher but none was given; "
@@ -70,6 +83,20 @@ class DistillationStep(nn.Module):
         if self.teacher is not None:
             self.teacher.eval()   # frozen: BatchNorm/dropout stay in inference mode
         return self
+
+    def materialize(self, batch: Mapping[str, Any]) -> None:
+        """Run one forward pass without gradients so that lazily shaped modules (the projectors
+        of feature terms) get their shapes. Call it before building the optimiser. It runs in
+        eval mode (BatchNorm statistics and contrastive queues stay as they were) and restores
+        each module's training flag afterwards."""
+        modes = {module: module.training for module in self.modules()}
+        self.train(False)
+        try:
+            with torch.no_grad():
+                self(batch)
+        finally:
+            for module in self.modules():   # modules created by the pass follow the step
+                module.training = modes.get(module, modes[self])
 
     def teacher_output(self, batch: Mapping[str, Any]) -> ModelOutput | None:
         if self.teacher is None or not self._uses_teacher:

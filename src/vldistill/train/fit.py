@@ -18,6 +18,7 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback, EarlyStopping
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch import nn
+from torch.nn.parameter import is_lazy
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from vldistill.config import TrainerSettings, TrainSettings
@@ -51,6 +52,11 @@ class LoaderModule(L.LightningDataModule):
         super().__init__()
         self.train_dataset, self.make_sampler, self.collate = train_dataset, make_sampler, collate
         self.val_dataset, self.val_batches = val_dataset, list(val_batches)
+
+    def sample_batch(self, size: int = 4) -> dict:
+        """A small training batch (the first items), e.g. to give lazy modules their shapes."""
+        count = min(size, len(self.train_dataset))
+        return self.collate([self.train_dataset[i] for i in range(count)])
 
     def train_dataloader(self) -> DataLoader:
         sampler = self.make_sampler(self.trainer.global_rank, self.trainer.world_size)
@@ -150,6 +156,10 @@ def fit(step: DistillationStep, data: LoaderModule, evaluator: Evaluator, train:
                                        patience=train.early_stopping_patience))
     trainer = build_trainer(settings, train, run_dir / "logs", role, callbacks,
                             data.val_dataset is not None)
+    if any(is_lazy(p) for p in step.parameters()):
+        # projectors of feature terms take their shapes from a first batch, before the
+        # optimiser is built (otherwise they would never train)
+        step.materialize(data.sample_batch())
     module = DistillModule(step, evaluator, train.optim, train.max_steps)
     start = time.perf_counter()
     trainer.fit(module, datamodule=data)
