@@ -124,3 +124,9 @@ def test_loss_hyper_parameter_values_are_checked():
         load_recipe(None, ["distill.terms.1.temperature=-1"])
     with pytest.raises(RecipeError, match=r"distill.terms.1: loss 'kd'"):
         load_recipe(None, ["distill.terms.1.temperature=abc"])
+
+
+def test_model_parameter_value_error_names_the_params_path():
+    with pytest.raises(RecipeError, match=r"student.model: params.width: Input should be greater "
+                                          r"than or equal to 4 \(got 1\)"):
+        load_recipe(None, ["student.model.params.width=1"])

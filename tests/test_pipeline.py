@@ -150,3 +150,23 @@ def test_early_stopping_ends_a_run_that_stops_improving(tmp_path, tiny_recipe_pa
     metrics = (result.run_dir / "logs" / "student-kd-seed0" / "metrics.csv").read_text()
     steps = {int(line.split(",")[1]) for line in metrics.splitlines()[1:] if line}
     assert max(steps) < 6    # validations at steps 2 and 4, then stop; far below 50
+
+
+def test_every_registered_loss_runs_through_a_recipe(tmp_path, tiny_recipe_path):
+    """Each loss term, named in a recipe, trains a student end to end (lazy projectors and
+    label-needing teacher terms included) and is logged under its own name."""
+    terms = json.dumps([
+        {"loss": "vqa_bce", "weight": 1.0}, {"loss": "kd", "weight": 0.5},
+        {"loss": "dkd", "weight": 0.1}, {"loss": "loca", "weight": 0.5},
+        {"loss": "feature", "weight": 0.1, "feature": "fused", "kind": "cosine"},
+        {"loss": "contrastive", "weight": 0.1, "feature": "image_embeds", "queue_size": 16},
+        {"loss": "relational", "weight": 0.1, "kind": "rkd_angle"},
+        {"loss": "clip_affinity", "weight": 0.1}])
+    recipe = load_recipe(tiny_recipe_path, [f"output_dir={tmp_path}", "distill.baseline=false",
+                                            f"distill.terms={terms}"])
+    result = run_recipe(recipe)
+    header = (result.run_dir / "logs" / "student-kd-seed0" / "metrics.csv").read_text()
+    header = header.splitlines()[0].split(",")
+    for name in ("kd", "dkd", "loca", "feature", "contrastive", "relational", "clip_affinity"):
+        assert f"train/{name}" in header, name
+    assert result.students["student (KD)"][0].predictions.metrics["vqa_accuracy"] >= 0.0

@@ -35,7 +35,13 @@ class ModelSettings(Strict):
 
         if self.name not in MODELS:
             raise ValueError(f"unknown model {self.name!r}; valid: {', '.join(MODELS.names())}")
-        model_config(self.name, self.params)   # names the field, the value and allowed range
+        try:
+            model_config(self.name, self.params)
+        except ValidationError as error:   # report the path as the user wrote it: params.<field>
+            problems = "; ".join(
+                f"params.{'.'.join(str(p) for p in item['loc'])}: {item['msg']} "
+                f"(got {item.get('input')!r})" for item in error.errors())
+            raise ValueError(problems) from None
         return self
 
 

@@ -141,7 +141,7 @@ def task_terms(recipe: Recipe) -> list[WeightedTerm]:
     """The label-only objective (teacher and no-KD student): the recipe's task terms at weight
     1, or VQA BCE when the recipe has none."""
     terms = [WeightedTerm(t.name, 1.0, t.term) for t in distill_terms(recipe)
-             if t.term.needs_labels]
+             if t.term.needs_labels and not t.term.needs_teacher]
     return terms or [WeightedTerm("vqa_bce", 1.0, VQABCELoss())]
 
 
