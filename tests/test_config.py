@@ -31,7 +31,7 @@ def test_unknown_key_lists_valid_keys():
         recipe_from_dict({"distill": {"temprature": 2}})
     message = str(error.value)
     assert "distill.temprature: unknown key" in message
-    assert "terms, transfer_fraction, baseline" in message
+    assert "terms, phases, transfer_fraction, baseline" in message
 
 
 def test_unknown_nested_key_lists_valid_keys():

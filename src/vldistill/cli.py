@@ -63,7 +63,10 @@ def print_results(results: dict) -> None:
 
 
 @app.command()
-def run(recipe: RecipeArg = None, set_: SetOption = None) -> None:
+def run(recipe: RecipeArg = None, set_: SetOption = None,
+        phase: Annotated[Optional[str], typer.Option(
+            help="run only this phase of distill.phases (it starts from the previous phase's "
+                 "checkpoint in the run folder)")] = None) -> None:
     """Run a recipe: data, teacher, students with and without KD, evaluation, report."""
     start = time.perf_counter()
     from vldistill.config import load_recipe
@@ -73,7 +76,7 @@ def run(recipe: RecipeArg = None, set_: SetOption = None) -> None:
         from vldistill.pipeline import run_recipe
         from vldistill.report.results import results_dict, write_report
 
-        result = run_recipe(resolved)
+        result = run_recipe(resolved, phase)
     except VldistillError as error:
         _fail(error)
     if not _is_global_zero():

@@ -115,8 +115,45 @@ def _default_terms() -> list[LossTermSettings]:
             LossTermSettings(loss="kd", weight=0.5, temperature=1.0)]
 
 
+def _check_terms(terms: list[LossTermSettings]) -> list[LossTermSettings]:
+    names = [t.name or t.loss for t in terms]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"loss terms {duplicates} appear twice; give each a distinct `name`.")
+    if not terms:
+        raise ValueError("at least one loss term is needed, e.g. {loss: vqa_bce}")
+    return terms
+
+
+class PhaseSettings(Strict):
+    """One phase of a multi-phase distillation (seed 001: contrastive, then LoCa, then both).
+
+    Each phase trains the KD student with its own terms and step budget, starting from the
+    previous phase's student (``init_from: previous``), from a checkpoint file, or afresh.
+    """
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]+$", description="used in checkpoint file names")
+    terms: list[LossTermSettings]
+    train: TrainSettings | None = Field(None, description="None: the student's train settings")
+    trainable: list[str] = Field(
+        default_factory=lambda: ["student"], min_length=1,
+        description="parameter name prefixes that train in this phase (e.g. student.head); "
+        "loss-term projectors always train")
+    init_from: Literal["previous", "scratch"] | Path = Field(
+        "previous", description="previous: the last phase's student (the first phase starts "
+        "from scratch); scratch: fresh weights; or a .safetensors student checkpoint")
+
+    @field_validator("terms")
+    @classmethod
+    def _check(cls, terms: list[LossTermSettings]) -> list[LossTermSettings]:
+        return _check_terms(terms)
+
+
 class DistillSettings(Strict):
     terms: list[LossTermSettings] = Field(default_factory=_default_terms)
+    phases: list[PhaseSettings] = Field(
+        default_factory=list, description="when given, the KD student trains in these phases "
+        "in order (each with its own terms) instead of once with `terms`")
     transfer_fraction: float = Field(
         0.5, ge=0, lt=1, description="share of each distillation batch drawn from the "
         "unlabelled transfer set")
@@ -124,15 +161,17 @@ class DistillSettings(Strict):
 
     @field_validator("terms")
     @classmethod
-    def _unique_names(cls, terms: list[LossTermSettings]) -> list[LossTermSettings]:
-        names = [t.name or t.loss for t in terms]
+    def _check(cls, terms: list[LossTermSettings]) -> list[LossTermSettings]:
+        return _check_terms(terms)
+
+    @field_validator("phases")
+    @classmethod
+    def _unique_phases(cls, phases: list[PhaseSettings]) -> list[PhaseSettings]:
+        names = [phase.name for phase in phases]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
-            raise ValueError(f"loss terms {duplicates} appear twice; give each a distinct "
-                             "`name`.")
-        if not terms:
-            raise ValueError("at least one loss term is needed, e.g. {loss: vqa_bce}")
-        return terms
+            raise ValueError(f"phase names {duplicates} appear twice; each phase needs its own")
+        return phases
 
 
 class VQAFiles(Strict):

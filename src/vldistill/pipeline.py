@@ -27,13 +27,14 @@ from torch import nn
 from vldistill import __version__
 from vldistill.config import Recipe, TrainSettings, dump_recipe
 from vldistill.data.batches import VQACollator, VQAImageDataset
-from vldistill.distill.losses import VQABCELoss, build_loss
+from vldistill.distill.losses import VQABCELoss
 from vldistill.distill.step import DistillationStep, WeightedTerm
 from vldistill.errors import DataError
 from vldistill.eval.efficiency import Efficiency, measure
 from vldistill.eval.evaluators import Predictions, VQAEvaluator, agreement, predict
 from vldistill.models import build_model
 from vldistill.models.checkpoint import build_from_checkpoint, load_checkpoint, save_model
+from vldistill.phases import build_terms, select_phases, train_phases
 from vldistill.pipeline_data import RunData, prepare_data
 from vldistill.train.fit import fit, mixed_loaders
 
@@ -146,8 +147,7 @@ def task_terms(recipe: Recipe) -> list[WeightedTerm]:
 
 
 def distill_terms(recipe: Recipe) -> list[WeightedTerm]:
-    return [WeightedTerm(t.name or t.loss, t.weight, build_loss(t.loss, **t.params))
-            for t in recipe.distill.terms]
+    return build_terms(recipe.distill.terms)
 
 
 def check_teacher_matches(extra: dict, job: VQAJob, path: Path) -> None:
@@ -196,12 +196,19 @@ def train_teacher(job: VQAJob) -> tuple[ModelRun, nn.Module]:
     return run, result.student
 
 
-def train_student(job: VQAJob, teacher: nn.Module | None, seed: int
-                  ) -> tuple[ModelRun, nn.Module]:
-    """A student with KD (teacher given: labelled + transfer set) or without (labels only)."""
+def train_student(job: VQAJob, teacher: nn.Module | None, seed: int,
+                  phase: str | None = None) -> tuple[ModelRun, nn.Module]:
+    """A student with KD (teacher given: labelled + transfer set, in the recipe's phases when
+    it has any) or without (labels only)."""
     recipe = job.recipe
     role = f"student-{'kd' if teacher is not None else 'nokd'}-seed{seed}"
     L.seed_everything(seed, verbose=False)
+    if teacher is not None and recipe.distill.phases:
+        fits, role = train_phases(job, teacher, seed, only=phase)
+        student = fits[-1].student
+        run = ModelRun(role, seed, job.evaluate(student), sum(f.wall_time_s for f in fits),
+                       job.run_dir / "checkpoints" / f"{role}-last.safetensors")
+        return run, student
     model, save = job.build("student")
     if teacher is None:
         step = DistillationStep(model, task_terms(recipe))
@@ -228,8 +235,13 @@ def measure_models(job: VQAJob, models: dict[str, nn.Module]) -> dict[str, Effic
                           job.recipe.eval.latency_repeats) for name, model in models.items()}
 
 
-def run_recipe(recipe: Recipe) -> RunResult:
+def run_recipe(recipe: Recipe, phase: str | None = None) -> RunResult:
+    """Run the whole job; with ``phase``, only that phase of the KD student's phases (the
+    teacher is reused from the run folder when it is there, the no-KD baseline is skipped)."""
     start = time.perf_counter()
+    if phase is not None:
+        select_phases(recipe.distill.phases, phase)   # fail before any work
+
     if recipe.trainer.num_threads:
         torch.set_num_threads(recipe.trainer.num_threads)
     run_dir = make_run_dir(recipe)
@@ -240,14 +252,21 @@ def run_recipe(recipe: Recipe) -> RunResult:
                   f"{len(data.val)} val; {len(data.answer_vocab)} answers. "
                   f"{data.val_coverage.summary()}")
     job = VQAJob(recipe, data, run_dir)
+    if phase is not None and recipe.teacher.checkpoint is None:
+        saved = run_dir / "checkpoints" / "teacher-last.safetensors"
+        if saved.is_file():
+            recipe = recipe.model_copy(update={"teacher": recipe.teacher.model_copy(
+                update={"checkpoint": saved})})
+            job.recipe = recipe
     teacher, teacher_model = train_teacher(job)
     console.print(f"teacher: val VQA accuracy {teacher.predictions.metrics['vqa_accuracy']:.2f}")
     students: dict[str, list[ModelRun]] = {"student (no KD)": [], "student (KD)": []}
     agreements: dict[str, list[float]] = {"student (no KD)": [], "student (KD)": []}
     for seed in recipe.seeds:
-        variants = [("student (no KD)", None)] if recipe.distill.baseline else []
+        baseline = recipe.distill.baseline and phase is None
+        variants = [("student (no KD)", None)] if baseline else []
         for name, teacher_arg in variants + [("student (KD)", teacher_model)]:
-            run, student_model = train_student(job, teacher_arg, seed)
+            run, student_model = train_student(job, teacher_arg, seed, phase)
             students[name].append(run)
             agreements[name].append(agreement(run.predictions, teacher.predictions))
             console.print(f"{run.role}: val VQA accuracy "

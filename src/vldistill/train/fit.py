@@ -160,6 +160,10 @@ def fit(step: DistillationStep, data: LoaderModule, evaluator: Evaluator, train:
         # projectors of feature terms take their shapes from a first batch, before the
         # optimiser is built (otherwise they would never train)
         step.materialize(data.sample_batch())
+    # Lightning keeps each module's train/eval flag as it finds it: a student handed over from
+    # an earlier fit (a previous phase) was left in eval mode, so put the step in train mode
+    # (the step keeps its teacher in eval mode).
+    step.train()
     module = DistillModule(step, evaluator, train.optim, train.max_steps)
     start = time.perf_counter()
     trainer.fit(module, datamodule=data)
