@@ -1,6 +1,6 @@
 """Method comparison on ShapesWorld (issue 4): which distillation loss helps the student most?
 
-    .venv/bin/python benchmarks/methods.py [--seeds 0 1 2] [--out runs/methods]
+    .venv/bin/python benchmarks/methods.py [--seeds 0 1 2] [--methods NAME ...] [--out DIR]
 
 With the default recipe's data, teacher and student, it trains the student once without KD and
 once per method, for each seed. Every method gets the same steps, the same labelled subset and
@@ -37,6 +37,12 @@ METHODS: dict[str, list[dict]] = {
     "LoCa + feature": [TASK, {"loss": "loca", "weight": 0.5, "alpha": 0.9, "temperature": 1.0},
                        {"loss": "feature", "weight": 0.25, "feature": "fused",
                         "kind": "cosine"}],
+    # DKD and LoCa need a label, so by default they see only the labelled rows; these variants
+    # also distil the unlabelled transfer rows, with plain KD (nothing to calibrate there)
+    "DKD, KD on transfer": [TASK, {"loss": "dkd", "weight": 0.5, "alpha": 1.0, "beta": 2.0,
+                                   "temperature": 1.0, "unlabelled": "kd"}],
+    "LoCa, KD on transfer": [TASK, {"loss": "loca", "weight": 0.5, "alpha": 0.9,
+                                    "temperature": 1.0, "unlabelled": "kd"}],
 }
 
 
@@ -57,6 +63,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", type=Path, default=Path("runs/methods"))
+    parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS),
+                        help="run only these methods (the no-KD student always runs)")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         help="recipe override, as for `vldistill run --set`")
     args = parser.parse_args()
@@ -72,7 +80,8 @@ def main() -> None:
         run, _ = train_student(job, None, seed)
         rows["no KD"].append(run.predictions.metrics["vqa_accuracy"])
         print(f"no KD seed {seed}: {rows['no KD'][-1]:.2f}", flush=True)
-    for name, terms in METHODS.items():
+    for name in args.methods:
+        terms = METHODS[name]
         slug = "".join(c if c.isalnum() else "_" for c in name.lower())
         job.recipe = recipe.model_copy(update={"distill": recipe.distill.model_copy(
             update={"terms": [LossTermSettings(**t) for t in terms]})})

@@ -202,3 +202,49 @@ def test_terms_take_the_best_answer_of_soft_vqa_targets():
         loca_loss(student.logits, teacher.logits, target, 0.7, 1.5).item(), rel=1e-6)
     assert DKDLoss.needs_teacher and DKDLoss.needs_labels
     assert LoCaLoss.needs_teacher and LoCaLoss.needs_labels
+
+
+def test_unlabelled_kd_rows_get_plain_kd_and_labelled_rows_the_method():
+    """With unlabelled="kd", LoCa/DKD see every row: labelled rows as before, unlabelled rows
+    (no class) with plain KD; the value is the mean of the per-row losses."""
+    from vldistill.distill import DistillationStep, WeightedTerm, build_loss, kd_loss
+    from vldistill.distill.logit_losses import dkd_loss, loca_loss
+    from vldistill.models import ModelOutput
+
+    torch.manual_seed(0)
+    student_logits, teacher_logits = torch.randn(4, 5), torch.randn(4, 5)
+    targets = torch.tensor([2, 0, 4, 1])
+    labelled = torch.tensor([True, False, True, False])
+
+    class Fixed(torch.nn.Module):
+        def __init__(self, logits):
+            super().__init__()
+            self.logits = torch.nn.Parameter(logits.clone())
+
+        def forward(self, x):
+            return ModelOutput(logits=self.logits)
+
+    batch = {"inputs": (torch.zeros(4),), "targets": targets, "labelled": labelled}
+    for name, method in (("loca", lambda s, t, g: loca_loss(s, t, g, 0.9, 2.0)),
+                         ("dkd", lambda s, t, g: dkd_loss(s, t, g, 1.0, 8.0, 4.0))):
+        temperature = 2.0 if name == "loca" else 4.0
+        term = build_loss(name, unlabelled="kd")
+        step = DistillationStep(Fixed(student_logits), [WeightedTerm(name, 1.0, term)],
+                                teacher=Fixed(teacher_logits))
+        value = step(batch)[name].item()
+        on_labelled = method(student_logits[labelled], teacher_logits[labelled],
+                             targets[labelled]).item()
+        on_rest = kd_loss(student_logits[~labelled], teacher_logits[~labelled],
+                          temperature).item()
+        assert value == pytest.approx((on_labelled + on_rest) / 2, rel=1e-5), name
+        skip = DistillationStep(Fixed(student_logits), [WeightedTerm(name, 1.0,
+                                                                     build_loss(name))],
+                                teacher=Fixed(teacher_logits))
+        assert skip(batch)[name].item() == pytest.approx(on_labelled, rel=1e-5), name
+
+
+def test_unlabelled_policy_is_validated():
+    from vldistill.distill import build_loss
+
+    with pytest.raises(ValueError, match="unlabelled must be one of \\('skip', 'kd'\\)"):
+        build_loss("loca", unlabelled="all")

@@ -152,42 +152,86 @@ def loca_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, target
     return kl.mean() * temperature**2
 
 
+def mark_unlabelled(targets: torch.Tensor, labelled: torch.Tensor) -> torch.Tensor:
+    """Targets with the unlabelled rows marked as having no class: (N,) class indices become
+    :data:`NO_TARGET`, (N, A) soft scores become all zero (see :func:`hard_targets`)."""
+    if targets.dim() == 1 and not targets.is_floating_point():
+        return torch.where(labelled, targets.long(), torch.full_like(targets.long(), NO_TARGET))
+    return targets * labelled[:, None].to(targets.dtype)
+
+
+UNLABELLED = ("skip", "kd")
+
+
+def _check_unlabelled(name: str, unlabelled: str) -> None:
+    if unlabelled not in UNLABELLED:
+        raise ValueError(f"{name} unlabelled must be one of {UNLABELLED}, got {unlabelled!r}: "
+                         "'skip' uses labelled rows only; 'kd' also distils unlabelled "
+                         "(transfer) rows with plain KD")
+
+
 def _check_temperature(name: str, temperature: float) -> None:
     if temperature <= 0:
         raise ValueError(f"{name} temperature must be > 0, got {temperature}")
 
 
-@LOSSES.register("dkd")
-class DKDLoss(LossTerm):
-    """Decoupled KD on labelled rows: :func:`dkd_loss` with the class from :func:`hard_targets`."""
+class _GroundTruthKD(LossTerm):
+    """A logit term that needs the ground truth. ``unlabelled="skip"``: the step hands it the
+    labelled rows only. ``unlabelled="kd"``: it gets every row, with unlabelled rows marked as
+    having no class (:func:`mark_unlabelled`), and distils those with plain KD: without a label
+    there is nothing to calibrate or decouple, so the loss reduces to KD there."""
 
     needs_teacher = True
     needs_labels = True
+    labels_optional = False
 
-    def __init__(self, alpha: float = 1.0, beta: float = 8.0, temperature: float = 4.0) -> None:
+    def _rows_policy(self, name: str, unlabelled: str) -> None:
+        _check_unlabelled(name, unlabelled)
+        self.unlabelled = unlabelled
+        self.needs_labels = unlabelled == "skip"
+        self.labels_optional = unlabelled == "kd"
+
+
+@LOSSES.register("dkd")
+class DKDLoss(_GroundTruthKD):
+    """Decoupled KD: :func:`dkd_loss` with the class from :func:`hard_targets`; rows without a
+    class get plain KD when ``unlabelled="kd"``."""
+
+    def __init__(self, alpha: float = 1.0, beta: float = 8.0, temperature: float = 4.0,
+                 unlabelled: str = "skip") -> None:
         super().__init__()
         if alpha < 0 or beta < 0:
             raise ValueError(f"dkd alpha and beta must be >= 0, got alpha={alpha}, beta={beta}")
         _check_temperature("dkd", temperature)
+        self._rows_policy("dkd", unlabelled)
         self.alpha, self.beta, self.temperature = alpha, beta, temperature
 
     def forward(self, student, teacher, targets):
-        return dkd_loss(student.logits, teacher.logits, hard_targets(targets),
-                        self.alpha, self.beta, self.temperature)
+        target = hard_targets(targets)
+        decoupled = dkd_loss(student.logits, teacher.logits, target, self.alpha, self.beta,
+                             self.temperature)
+        if self.unlabelled == "skip" or target.shape[0] == 0:
+            return decoupled
+        from vldistill.distill.losses import kd_loss
+
+        none = target == NO_TARGET                                            # (N,)
+        plain = kd_loss(student.logits[none], teacher.logits[none], self.temperature)
+        share = none.float().mean()              # mean over all rows of the per-row losses
+        return (1 - share) * decoupled + share * plain
 
 
 @LOSSES.register("loca")
-class LoCaLoss(LossTerm):
-    """LoCa-calibrated KD on labelled rows: :func:`loca_loss`, class from :func:`hard_targets`."""
+class LoCaLoss(_GroundTruthKD):
+    """LoCa-calibrated KD: :func:`loca_loss`, class from :func:`hard_targets`; rows without a
+    class are left uncalibrated (plain KD) when ``unlabelled="kd"``."""
 
-    needs_teacher = True
-    needs_labels = True
-
-    def __init__(self, alpha: float = 0.9, temperature: float = 2.0) -> None:
+    def __init__(self, alpha: float = 0.9, temperature: float = 2.0,
+                 unlabelled: str = "skip") -> None:
         super().__init__()
         if not 0.0 < alpha < 1.0:
             raise ValueError(f"loca alpha must lie in (0, 1), got {alpha}")
         _check_temperature("loca", temperature)
+        self._rows_policy("loca", unlabelled)
         self.alpha, self.temperature = alpha, temperature
 
     def forward(self, student, teacher, targets):

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from vldistill.distill.losses import LossTerm
+from vldistill.distill.logit_losses import mark_unlabelled
 from vldistill.models.outputs import ModelOutput, as_model_output
 
 
@@ -115,6 +116,8 @@ class DistillationStep(nn.Module):
                 value = term(student.select(labelled),
                              teacher.select(labelled) if teacher is not None else None,
                              targets[labelled])
+            elif getattr(term, "labels_optional", False):   # every row, unlabelled marked
+                value = term(student, teacher, mark_unlabelled(targets, labelled))
             else:
                 value = term(student, teacher, targets)
             losses[name] = value.detach()
