@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
+from vldistill.console import console
 from rich.markup import escape
 from rich.table import Table
 
@@ -22,8 +22,6 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Distil large vision-language models into small, fast students.")
 data_app = typer.Typer(no_args_is_help=True, help="Generate and export built-in data.")
 app.add_typer(data_app, name="data")
-# Piped output (CI logs, `make demo | tee`) would otherwise wrap the results table at 80 columns.
-console = Console(highlight=False, width=None if sys.stdout.isatty() else 150)
 
 RecipeArg = Annotated[Optional[Path], typer.Argument(
     help="recipe YAML; omitted: the built-in default (recipes/default.yaml)")]

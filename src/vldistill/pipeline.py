@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import platform
-import sys
 import time
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -21,7 +20,7 @@ from typing import Callable
 
 import lightning as L
 import torch
-from rich.console import Console
+from vldistill.console import console
 from torch import nn
 
 from vldistill import __version__
@@ -38,7 +37,6 @@ from vldistill.phases import build_terms, select_phases, train_phases
 from vldistill.pipeline_data import RunData, prepare_data
 from vldistill.train.fit import fit, mixed_loaders
 
-console = Console(highlight=False, width=None if sys.stdout.isatty() else 150)
 
 
 @dataclass

@@ -28,7 +28,6 @@ import json
 import os
 import re
 import string
-import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
@@ -40,6 +39,7 @@ from PIL import Image, UnidentifiedImageError
 
 from vldistill.data.sample import ImageId, ImageStore, QuestionId, Sample
 from vldistill.errors import DataError, MissingFileError
+from vldistill.fileio import atomic_write
 
 _COCO_NAME = re.compile(r"^.+_(\d{12})\.jpg$")
 _PLAIN_NAME = re.compile(r"^(.+)\.(?:png|jpg)$")
@@ -582,16 +582,8 @@ def _write_png(path: Path, image: Image.Image) -> None:
 
 
 def _write_atomic(path: Path, write: Callable[[IO[bytes]], object]) -> None:
-    """Write to a temporary file in the same folder, then rename it over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    done = False
-    try:
-        with os.fdopen(fd, "wb") as file:
+    """``write(file)`` into ``path`` atomically (see :func:`vldistill.fileio.atomic_write`)."""
+    def write_path(temporary: Path) -> None:
+        with open(temporary, "wb") as file:
             write(file)
-        os.chmod(temp_name, 0o644)
-        os.replace(temp_name, path)
-        done = True
-    finally:
-        if not done:
-            Path(temp_name).unlink(missing_ok=True)
+    atomic_write(path, write_path)

@@ -9,7 +9,6 @@ never sees a half-written checkpoint and the previous one survives a crash mid-w
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from vldistill.errors import DataError, MissingFileError
+from vldistill.fileio import atomic_write
 
 FORMAT = "vldistill.model.v1"
 
@@ -31,19 +31,6 @@ class ModelCheckpoint:
     model_params: dict[str, Any]
     sizes: dict[str, int]
     extra: dict[str, Any]
-
-
-def atomic_write(path: Path, write: callable) -> None:
-    """Call ``write(temporary_path)``, fsync it, then rename it over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(temporary)
-        with open(temporary, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 def save_model(path: Path, model: nn.Module, model_name: str, model_params: dict[str, Any],
