@@ -43,6 +43,13 @@ METHODS: dict[str, list[dict]] = {
                                    "temperature": 1.0, "unlabelled": "kd"}],
     "LoCa, KD on transfer": [TASK, {"loss": "loca", "weight": 0.5, "alpha": 0.9,
                                     "temperature": 1.0, "unlabelled": "kd"}],
+    "KD + contrastive": [TASK, {"loss": "kd", "weight": 0.5, "temperature": 1.0},
+                         {"loss": "contrastive", "weight": 0.5, "feature": "image_embeds"}],
+    "DKD + contrastive": [TASK, {"loss": "dkd", "weight": 0.5, "alpha": 1.0, "beta": 2.0,
+                                 "temperature": 1.0, "unlabelled": "kd"},
+                          {"loss": "contrastive", "weight": 0.5, "feature": "image_embeds"}],
+    "KD T=2 + contrastive": [TASK, {"loss": "kd", "weight": 0.5, "temperature": 2.0},
+                         {"loss": "contrastive", "weight": 0.5, "feature": "image_embeds"}],
 }
 
 

@@ -64,7 +64,11 @@ def print_results(results: dict) -> None:
 def run(recipe: RecipeArg = None, set_: SetOption = None,
         phase: Annotated[Optional[str], typer.Option(
             help="run only this phase of distill.phases (it starts from the previous phase's "
-                 "checkpoint in the run folder)")] = None) -> None:
+                 "checkpoint in the run folder)")] = None,
+        resume: Annotated[bool, typer.Option(
+            "--resume", help="continue the run in the run folder where it stopped: finished "
+                             "models are loaded, an interrupted one continues from its last "
+                             "resume point")] = False) -> None:
     """Run a recipe: data, teacher, students with and without KD, evaluation, report."""
     start = time.perf_counter()
     from vldistill.config import load_recipe
@@ -74,7 +78,7 @@ def run(recipe: RecipeArg = None, set_: SetOption = None,
         from vldistill.pipeline import run_recipe
         from vldistill.report.results import results_dict, write_report
 
-        result = run_recipe(resolved, phase)
+        result = run_recipe(resolved, phase, resume)
     except VldistillError as error:
         _fail(error)
     if not _is_global_zero():

@@ -60,6 +60,9 @@ class TrainSettings(Strict):
         "comes before max_steps; None: steps only")
     images_per_batch: int = Field(32, ge=1)
     val_every_n_steps: int = Field(500, ge=1)
+    checkpoint_every_n_steps: int | None = Field(
+        100, ge=1, description="write a resume point this often (and after every validation); "
+        "None: only after validations")
     early_stopping_patience: int | None = Field(
         None, ge=1, description="validations without improvement before stopping; None: off")
     optim: OptimSettings = Field(default_factory=OptimSettings)

@@ -20,6 +20,7 @@ from typing import Callable
 
 import lightning as L
 import torch
+import yaml
 from vldistill.console import console
 from torch import nn
 
@@ -28,7 +29,7 @@ from vldistill.config import Recipe, TrainSettings, dump_recipe
 from vldistill.data.batches import VQACollator, VQAImageDataset
 from vldistill.distill.losses import VQABCELoss
 from vldistill.distill.step import DistillationStep, WeightedTerm
-from vldistill.errors import DataError
+from vldistill.errors import DataError, RecipeError
 from vldistill.eval.efficiency import Efficiency, measure
 from vldistill.eval.evaluators import Predictions, VQAEvaluator, agreement, predict
 from vldistill.models import build_model
@@ -80,19 +81,49 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-def make_run_dir(recipe: Recipe) -> Path:
+def make_run_dir(recipe: Recipe, resume: bool = False) -> Path:
+    """The run folder; with ``resume`` the recipe saved there must match this one."""
     run_dir = recipe.output_dir / recipe.name
+    if resume:
+        check_same_recipe(run_dir, recipe)
     (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     (run_dir / "recipe.yaml").write_text(dump_recipe(recipe), encoding="utf-8")
     (run_dir / "versions.json").write_text(json.dumps(library_versions(), indent=2) + "\n")
     return run_dir
 
 
+def check_same_recipe(run_dir: Path, recipe: Recipe) -> None:
+    """Resuming continues the run in ``run_dir``: refuse when its recipe differs from this one."""
+    saved_path = run_dir / "recipe.yaml"
+    if not saved_path.is_file():
+        raise RecipeError(f"--resume: {run_dir} holds no earlier run of {recipe.name!r} "
+                          f"({saved_path} is missing). Run without --resume to start it.")
+    saved = yaml.safe_load(saved_path.read_text(encoding="utf-8"))
+    current = yaml.safe_load(dump_recipe(recipe))
+    ignored = {"trainer.progress_bar"}     # display only: does not change what is trained
+    differences = [key for key in _differences(saved, current) if key not in ignored]
+    if differences:
+        raise RecipeError(
+            f"--resume: this recipe differs from the one the run in {run_dir} was started with, "
+            f"at {', '.join(differences[:8])}{' …' if len(differences) > 8 else ''}. Resume with "
+            f"the same recipe ({saved_path}), or start a new run under another name "
+            "(--set name=...).")
+
+
+def _differences(saved, current, prefix: str = "") -> list[str]:
+    if isinstance(saved, dict) and isinstance(current, dict):
+        keys = sorted(set(saved) | set(current))
+        return [d for k in keys for d in _differences(saved.get(k), current.get(k),
+                                                       f"{prefix}{k}.")]
+    return [] if saved == current else [prefix.rstrip(".")]
+
+
 class VQAJob:
     """The datasets, collation and model factory of one recipe run."""
 
-    def __init__(self, recipe: Recipe, data: RunData, run_dir: Path) -> None:
-        self.recipe, self.data, self.run_dir = recipe, data, run_dir
+    def __init__(self, recipe: Recipe, data: RunData, run_dir: Path, resume: bool = False
+                 ) -> None:
+        self.recipe, self.data, self.run_dir, self.resume = recipe, data, run_dir, resume
         self.collate = VQACollator(len(data.answer_vocab))
         self.val = VQAImageDataset(data.val, data.val_images, data.answer_vocab, data.tokenizer)
         self.sizes = {"num_answers": len(data.answer_vocab), "vocab_size": len(data.tokenizer)}
@@ -129,7 +160,8 @@ class VQAJob:
                                 transfer_fraction=transfer_fraction, seed=seed,
                                 val_batch=self.recipe.eval.batch_images)
         return fit(step, loaders, VQAEvaluator(self.data.answer_vocab), train,
-                   self.recipe.trainer, run_dir=self.run_dir, role=role, save=save)
+                   self.recipe.trainer, run_dir=self.run_dir, role=role, save=save,
+                   resume=self.resume)
 
     def evaluate(self, model: nn.Module) -> Predictions:
         return predict(model, self.val, self.collate, VQAEvaluator(self.data.answer_vocab),
@@ -233,23 +265,26 @@ def measure_models(job: VQAJob, models: dict[str, nn.Module]) -> dict[str, Effic
                           job.recipe.eval.latency_repeats) for name, model in models.items()}
 
 
-def run_recipe(recipe: Recipe, phase: str | None = None) -> RunResult:
+def run_recipe(recipe: Recipe, phase: str | None = None, resume: bool = False) -> RunResult:
     """Run the whole job; with ``phase``, only that phase of the KD student's phases (the
-    teacher is reused from the run folder when it is there, the no-KD baseline is skipped)."""
+    teacher is reused from the run folder when it is there, the no-KD baseline is skipped).
+    With ``resume``, continue the run in the run folder: finished models are loaded, an
+    interrupted one continues from its last resume point."""
     start = time.perf_counter()
     if phase is not None:
         select_phases(recipe.distill.phases, phase)   # fail before any work
 
     if recipe.trainer.num_threads:
         torch.set_num_threads(recipe.trainer.num_threads)
-    run_dir = make_run_dir(recipe)
-    console.print(f"[bold]vldistill run[/] {recipe.name}: seeds {recipe.seeds}, output {run_dir}")
+    run_dir = make_run_dir(recipe, resume)
+    console.print(f"[bold]vldistill run[/] {recipe.name}: seeds {recipe.seeds}, output {run_dir}"
+                  + (" (resuming)" if resume else ""))
     data = prepare_data(recipe.data, recipe.seeds[0], progress=True)
     console.print(f"data: {len(data.teacher_train)} teacher questions, {len(data.labelled)} "
                   f"labelled + {len(data.transfer)} transfer questions for the student, "
                   f"{len(data.val)} val; {len(data.answer_vocab)} answers. "
                   f"{data.val_coverage.summary()}")
-    job = VQAJob(recipe, data, run_dir)
+    job = VQAJob(recipe, data, run_dir, resume)
     if phase is not None and recipe.teacher.checkpoint is None:
         saved = run_dir / "checkpoints" / "teacher-last.safetensors"
         if saved.is_file():

@@ -132,6 +132,9 @@ class MixedBatchSampler(Sampler[list[int]]):
     wraps around). With several processes each rank takes every ``world_size``-th batch of the
     same plan, and the plan is cut to a multiple of ``world_size`` so all ranks step together.
     The epoch advances on every ``__iter__`` (or explicitly through ``set_epoch``).
+
+    ``state_dict()`` records the epoch and how many of its batches were handed out;
+    ``load_state_dict`` makes the next pass over that epoch skip them (resume mid-epoch).
     """
 
     def __init__(self, num_labelled: int, num_transfer: int, images_per_batch: int,
@@ -150,6 +153,25 @@ class MixedBatchSampler(Sampler[list[int]]):
         self.num_batches = max(world_size, batches - batches % world_size) // world_size
         self.epoch = 0
         self._explicit_epoch = False
+        self._current: tuple[int, int] | None = None   # (epoch being iterated, batches out)
+        self._skip: tuple[int, int] | None = None
+
+    def state_dict(self) -> dict[str, int]:
+        """Where the next batch comes from: ``{"epoch": e, "position": batches of e done}``."""
+        epoch, position = self._current if self._current is not None else (self.epoch, 0)
+        if position >= self.num_batches:     # that epoch is over: the next one starts
+            epoch, position = epoch + 1, 0
+        return {"epoch": epoch, "position": position}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        epoch, position = int(state["epoch"]), int(state["position"])
+        if not 0 <= position <= self.num_batches:
+            raise ValueError(f"sampler state position {position} is outside this epoch's "
+                             f"{self.num_batches} batches: the data or batch size changed")
+        self._skip = (epoch, position)
+        self._current = (epoch, position)
+        # the next pass is that epoch (later passes advance as usual)
+        self.epoch, self._explicit_epoch = epoch, False
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch, self._explicit_epoch = epoch, True
@@ -174,7 +196,15 @@ class MixedBatchSampler(Sampler[list[int]]):
         if not self._explicit_epoch:
             self.epoch += 1
         self._explicit_epoch = False
-        yield from self.plan(epoch)[self.rank::self.world_size]
+        skip = 0
+        if self._skip is not None and self._skip[0] == epoch:
+            skip = self._skip[1]
+        self._skip = None
+        batches = self.plan(epoch)[self.rank::self.world_size]
+        self._current = (epoch, skip)
+        for position in range(skip, len(batches)):
+            self._current = (epoch, position + 1)
+            yield batches[position]
 
 
 def sequential_batches(num_items: int, batch_size: int) -> list[list[int]]:

@@ -7,7 +7,6 @@ distillation, and the student with distillation.
 from __future__ import annotations
 
 import logging
-import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -25,6 +24,8 @@ from vldistill.config import TrainerSettings, TrainSettings
 from vldistill.distill.step import DistillationStep
 from vldistill.train.module import DistillModule, Evaluator
 from vldistill.train.progress import StepProgressBar
+from vldistill.train.resume import (AtomicCheckpointIO, ResumableLoader, ResumePoints, forget,
+                                    load_training_state, read_done, resume_path, write_done)
 
 SaveFn = Callable[[Path, nn.Module], None]
 
@@ -60,7 +61,7 @@ class LoaderModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         sampler = self.make_sampler(self.trainer.global_rank, self.trainer.world_size)
-        return DataLoader(self.train_dataset, batch_sampler=sampler, collate_fn=self.collate)
+        return ResumableLoader(self.train_dataset, batch_sampler=sampler, collate_fn=self.collate)
 
     def val_dataloader(self) -> DataLoader | list:
         if self.val_dataset is None:
@@ -96,6 +97,12 @@ class SafetensorsCheckpoint(Callback):
     def __init__(self, directory: Path, role: str, monitor: str, save: SaveFn) -> None:
         self.directory, self.role, self.monitor, self.save = directory, role, monitor, save
         self.best: float | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best = state["best"]
 
     def _save(self, trainer: L.Trainer, module: DistillModule, which: str) -> None:
         if trainer.is_global_zero:
@@ -139,35 +146,58 @@ def build_trainer(settings: TrainerSettings, train: TrainSettings, log_dir: Path
         callbacks=callbacks, enable_checkpointing=False,
         enable_progress_bar=settings.progress_bar, enable_model_summary=False,
         log_every_n_steps=settings.log_every_n_steps, use_distributed_sampler=False,
-        default_root_dir=log_dir)
+        default_root_dir=log_dir, plugins=[AtomicCheckpointIO()])
 
 
 def fit(step: DistillationStep, data: LoaderModule, evaluator: Evaluator, train: TrainSettings,
-        settings: TrainerSettings, *, run_dir: Path, role: str, save: SaveFn | None = None
-        ) -> FitResult:
-    """Train ``step.student`` with Lightning; returns the trained student and its wall time."""
+        settings: TrainerSettings, *, run_dir: Path, role: str, save: SaveFn | None = None,
+        resume: bool = False, callbacks: Sequence[Callback] = ()) -> FitResult:
+    """Train ``step.student`` with Lightning; returns the trained student and its wall time.
+
+    With ``resume``, a role that finished before is not trained again (its final weights are
+    loaded) and one that was interrupted continues from its last resume point (see
+    :mod:`vldistill.train.resume`); without, the role's earlier resume files are removed first.
+    ``callbacks`` are extra Lightning callbacks.
+    """
     quiet_lightning()
+    checkpoint = resume_path(run_dir, role)
+    if not resume:
+        forget(run_dir, role)
     monitor = f"val/{evaluator.name}"
-    callbacks: list[Callback] = [StepProgressBar(role, monitor)] if settings.progress_bar else []
+    if any(is_lazy(p) for p in step.parameters()):
+        # projectors of feature terms take their shapes from a first batch, before the
+        # optimiser is built (otherwise they would never train)
+        step.materialize(data.sample_batch())
+    module = DistillModule(step, evaluator, train.optim, train.max_steps)
+    done = read_done(run_dir, role) if resume else None
+    if done is not None and checkpoint.is_file():
+        module.restore_weights(load_training_state(checkpoint))
+        step.student.eval()
+        return FitResult(step.student, done["wall_time_s"], done["steps"], done["metrics"])
+    has_val = data.val_dataset is not None
+    points = ResumePoints(checkpoint, train.checkpoint_every_n_steps,
+                          train.val_every_n_steps if has_val else None)
+    callbacks = [points, *callbacks]
+    if settings.progress_bar:
+        callbacks.append(StepProgressBar(role, monitor))
     if save is not None:
         callbacks.append(SafetensorsCheckpoint(run_dir / "checkpoints", role, monitor, save))
     if train.early_stopping_patience is not None and data.val_dataset is not None:
         callbacks.append(EarlyStopping(monitor=monitor, mode="max",
                                        patience=train.early_stopping_patience))
-    trainer = build_trainer(settings, train, run_dir / "logs", role, callbacks,
-                            data.val_dataset is not None)
-    if any(is_lazy(p) for p in step.parameters()):
-        # projectors of feature terms take their shapes from a first batch, before the
-        # optimiser is built (otherwise they would never train)
-        step.materialize(data.sample_batch())
+    trainer = build_trainer(settings, train, run_dir / "logs", role, callbacks, has_val)
     # Lightning keeps each module's train/eval flag as it finds it: a student handed over from
     # an earlier fit (a previous phase) was left in eval mode, so put the step in train mode
     # (the step keeps its teacher in eval mode).
     step.train()
-    module = DistillModule(step, evaluator, train.optim, train.max_steps)
-    start = time.perf_counter()
-    trainer.fit(module, datamodule=data)
-    wall = time.perf_counter() - start
+    resuming = resume and checkpoint.is_file()
+    trainer.fit(module, datamodule=data, ckpt_path=checkpoint if resuming else None,
+                weights_only=True)
+    # the final state is a resume point too: a later --resume loads it instead of training
+    trainer.save_checkpoint(checkpoint)
+    wall = points.elapsed()
     metrics: dict[str, Any] = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    if trainer.is_global_zero:
+        write_done(run_dir, role, trainer.global_step, wall, metrics)
     step.student.eval()
     return FitResult(step.student, wall, trainer.global_step, metrics)

@@ -50,6 +50,9 @@ def build_optimizer(parameters: list[torch.nn.Parameter], optim: OptimSettings):
     return kind(parameters, lr=optim.lr, weight_decay=optim.weight_decay)
 
 
+_TEACHER = "step.teacher."
+
+
 class DistillModule(L.LightningModule):
     def __init__(self, step: DistillationStep, evaluator: Evaluator, optim: OptimSettings,
                  max_steps: int) -> None:
@@ -79,6 +82,24 @@ class DistillModule(L.LightningModule):
         # values agree across ranks without a reduction.
         for name, value in self.evaluator.compute().items():
             self.log(f"val/{name}", value, prog_bar=name == self.evaluator.name, sync_dist=False)
+
+    # The frozen teacher is not part of the training state: it is left out of resume
+    # checkpoints (it can be far larger than the student) and put back from memory on load,
+    # so loading stays strict about every other key.
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items()
+                                    if not k.startswith(_TEACHER)}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["state_dict"] = {**checkpoint["state_dict"], **self._teacher_state()}
+
+    def _teacher_state(self) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in self.state_dict().items() if k.startswith(_TEACHER)}
+
+    def restore_weights(self, checkpoint: dict[str, Any]) -> None:
+        """Load the weights of a resume checkpoint (the teacher stays as it is)."""
+        self.on_load_checkpoint(checkpoint)
+        self.load_state_dict(checkpoint["state_dict"])
 
     def configure_optimizers(self) -> dict[str, Any]:
         parameters = [p for p in self.step.parameters() if p.requires_grad]

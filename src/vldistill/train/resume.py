@@ -1,0 +1,152 @@
+"""Resume points: a fit that stops (killed, crashed, Ctrl-C) continues where it stopped.
+
+Every fit (one role: the teacher, a student, one phase of a student) keeps two files in
+``<run>/checkpoints/``:
+
+    <role>-resume.ckpt   Lightning's full training state: model (without the frozen teacher),
+                         optimiser, LR schedule, loop counters, callbacks (best value, early
+                         stopping, elapsed time), the torch RNG state and the position inside
+                         the epoch's batch plan. Written atomically at every validation and every
+                         ``checkpoint_every_n_steps``; the previous one stays until the new one
+                         is complete.
+    <role>-done.json     written once the fit has finished: its steps, wall time and metrics.
+
+``fit(..., resume=True)`` continues from ``-resume.ckpt`` when there is one, and does not train
+again a role that is done (it loads the final weights). Without ``resume`` both files of the role
+are removed before training starts, so a later ``--resume`` never mixes two runs.
+
+Lightning restores the loops (including a stop in the middle of an epoch, through the stateful
+data loader below); this file adds only what Lightning leaves to the user: where to write, how to
+write safely, and loading with ``weights_only=True`` (a checkpoint is never unpickled).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.callbacks import Callback
+from torch.utils.data import DataLoader
+
+from vldistill.errors import VldistillError
+from vldistill.fileio import atomic_write
+
+
+class ResumeError(VldistillError, ValueError):
+    """A resume file is unreadable or does not belong to this run."""
+
+
+def resume_path(run_dir: Path, role: str) -> Path:
+    return run_dir / "checkpoints" / f"{role}-resume.ckpt"
+
+
+def done_path(run_dir: Path, role: str) -> Path:
+    return run_dir / "checkpoints" / f"{role}-done.json"
+
+
+def load_training_state(path: Path) -> dict[str, Any]:
+    """Read a resume checkpoint with ``weights_only=True``; a damaged file gets a clear error."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as error:   # truncated, bit-flipped or not a checkpoint at all
+        raise ResumeError(
+            f"resume checkpoint {path} cannot be read ({type(error).__name__}: "
+            f"{str(error).splitlines()[0] if str(error) else 'no detail'}). Delete it to restart "
+            f"this part of the run from its beginning, then run again with --resume.") from None
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning checkpoint I/O that writes atomically (temporary file, fsync, rename) and loads
+    with ``weights_only=True`` whatever the caller asks."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
+        atomic_write(Path(path), lambda temporary: torch.save(checkpoint, temporary))
+
+    def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict[str, Any]:
+        return load_training_state(Path(path))
+
+
+class ResumableLoader(DataLoader):
+    """A DataLoader whose place in the epoch is saved and restored with the training state.
+
+    Lightning saves ``state_dict()`` of a stateful training loader in its checkpoints and hands
+    it back through ``load_state_dict`` on resume; the batch sampler (see
+    :class:`~vldistill.data.batches.MixedBatchSampler`) then skips the batches already trained.
+    """
+
+    def state_dict(self) -> dict[str, int]:
+        return self.batch_sampler.state_dict()
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.batch_sampler.load_state_dict(state)
+
+
+class ResumePoints(Callback):
+    """Writes ``<role>-resume.ckpt`` every ``every_n_steps`` optimiser steps and after every
+    validation, and carries the torch RNG state and the training time across a resume."""
+
+    def __init__(self, path: Path, every_n_steps: int | None, val_every_n_steps: int | None
+                 ) -> None:
+        self.path, self.every_n_steps, self.val_every_n_steps = path, every_n_steps, val_every_n_steps
+        self.elapsed_before = 0.0          # training seconds of earlier, interrupted attempts
+        self._started = time.perf_counter()
+
+    @property
+    def state_key(self) -> str:
+        return "ResumePoints"
+
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.perf_counter() - self._started
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"torch_rng": torch.get_rng_state(), "elapsed_s": self.elapsed()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        torch.set_rng_state(state["torch_rng"])
+        self.elapsed_before = float(state["elapsed_s"])
+        self._started = time.perf_counter()
+
+    def on_train_batch_end(self, trainer: L.Trainer, module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if not self.every_n_steps or step == 0 or step % self.every_n_steps:
+            return
+        if self.val_every_n_steps and step % self.val_every_n_steps == 0:
+            return                          # saved after that validation instead
+        trainer.save_checkpoint(self.path)
+
+    def on_validation_end(self, trainer: L.Trainer, module) -> None:
+        if not trainer.sanity_checking:
+            trainer.save_checkpoint(self.path)
+
+
+def write_done(run_dir: Path, role: str, steps: int, wall_time_s: float,
+               metrics: dict[str, float]) -> None:
+    record = {"role": role, "steps": steps, "wall_time_s": wall_time_s, "metrics": metrics}
+    atomic_write(done_path(run_dir, role),
+                 lambda path: path.write_text(json.dumps(record, indent=2) + "\n"))
+
+
+def read_done(run_dir: Path, role: str) -> dict[str, Any] | None:
+    path = done_path(run_dir, role)
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        return {"steps": int(record["steps"]), "wall_time_s": float(record["wall_time_s"]),
+                "metrics": {str(k): float(v) for k, v in record["metrics"].items()}}
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        raise ResumeError(f"{path} is damaged ({error}); delete it to train {role!r} again, "
+                          "then run with --resume.") from None
+
+
+def forget(run_dir: Path, role: str) -> None:
+    """Remove a role's resume files (a fresh, non-resumed fit)."""
+    resume_path(run_dir, role).unlink(missing_ok=True)
+    done_path(run_dir, role).unlink(missing_ok=True)
