@@ -1,4 +1,4 @@
-"""The `vldistill` command: run | validate | eval | data.
+"""The `vldistill` command: run | validate | eval | cache | data.
 
 Heavy libraries (Lightning, matplotlib) load inside the commands that need them, so
 `vldistill validate` and `vldistill --help` stay quick.
@@ -22,6 +22,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Distil large vision-language models into small, fast students.")
 data_app = typer.Typer(no_args_is_help=True, help="Generate and export built-in data.")
 app.add_typer(data_app, name="data")
+cache_app = typer.Typer(no_args_is_help=True, help="The teacher-output cache.")
+app.add_typer(cache_app, name="cache")
 
 RecipeArg = Annotated[Optional[Path], typer.Argument(
     help="recipe YAML; omitted: the built-in default (recipes/default.yaml)")]
@@ -68,17 +70,22 @@ def run(recipe: RecipeArg = None, set_: SetOption = None,
         resume: Annotated[bool, typer.Option(
             "--resume", help="continue the run in the run folder where it stopped: finished "
                              "models are loaded, an interrupted one continues from its last "
-                             "resume point")] = False) -> None:
+                             "resume point")] = False,
+        teacher: Annotated[Optional[str], typer.Option(
+            "--teacher", help="online: run the teacher at every step; cache: distil from the "
+                              "teacher-output cache (built when missing); same as --set "
+                              "teacher.mode=...")] = None) -> None:
     """Run a recipe: data, teacher, students with and without KD, evaluation, report."""
     start = time.perf_counter()
     from vldistill.config import load_recipe
 
     try:
-        resolved = load_recipe(recipe, set_ or [])
+        extra = [f"teacher.mode={teacher}"] if teacher is not None else []
+        resolved = load_recipe(recipe, [*(set_ or []), *extra])
         from vldistill.pipeline import run_recipe
         from vldistill.report.results import results_dict, write_report
 
-        result = run_recipe(resolved, phase, resume)
+        result = run_recipe(resolved, phase, resume, _recipe_hint(recipe, set_ or []))
     except VldistillError as error:
         _fail(error)
     if not _is_global_zero():
@@ -88,6 +95,32 @@ def run(recipe: RecipeArg = None, set_: SetOption = None,
     print_results(results)
     console.print(f"report: {report}  results: {result.run_dir / 'results.json'}")
     console.print(f"main job wall time: {time.perf_counter() - start:.1f} s")
+
+
+def _recipe_hint(recipe: Path | None, overrides: list[str]) -> str:
+    """How to name this recipe in a command an error message suggests."""
+    import shlex
+
+    return " ".join([shlex.quote(str(recipe)) if recipe else "",
+                     *(f"--set {shlex.quote(o)}" for o in overrides)]).strip()
+
+
+@cache_app.command("build")
+def cache_build(recipe: RecipeArg = None, set_: SetOption = None) -> None:
+    """Run the recipe's teacher once over the student's training data and store its outputs
+    (top-k logits and the features the losses need). Resumes an interrupted build; rebuilds a
+    cache made for other settings."""
+    from vldistill.config import load_recipe
+    from vldistill.pipeline_cache import build_for_recipe
+
+    start = time.perf_counter()
+    try:
+        manifest = build_for_recipe(load_recipe(recipe, set_ or []),
+                                    _recipe_hint(recipe, set_ or []))
+    except VldistillError as error:
+        _fail(error)
+    console.print(f"cache build wall time: {time.perf_counter() - start:.1f} s "
+                  f"(teacher inference {manifest['build_time_s']:.1f} s)")
 
 
 def _is_global_zero() -> bool:

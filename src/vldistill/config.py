@@ -15,6 +15,7 @@ import yaml
 from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator,
                       model_validator)
 
+from vldistill.data.augment import AugmentSettings
 from vldistill.data.shapesworld import ShapesWorldSettings
 from vldistill.errors import RecipeError
 
@@ -68,12 +69,26 @@ class TrainSettings(Strict):
     optim: OptimSettings = Field(default_factory=OptimSettings)
 
 
+class TeacherCacheSettings(Strict):
+    """Where and how the teacher-output cache is stored (vldistill.distill.cache)."""
+
+    dir: Path | None = Field(None, description="cache folder; None: <run folder>/teacher-cache")
+    top_k: int = Field(32, ge=1, description="logits kept per question (plus the full "
+                       "log-sum-exp); the rest of the mass is spread over the other answers")
+    shard_items: int = Field(4096, ge=1, description="images per shard file")
+    verify: bool = Field(True, description="check every shard's SHA-256 when opening")
+
+
 class TeacherSettings(Strict):
     model: ModelSettings = Field(default_factory=lambda: ModelSettings(params={"width": 64}))
     train: TrainSettings = Field(default_factory=lambda: TrainSettings(
         optim=OptimSettings(lr=1e-3)))
     checkpoint: Path | None = Field(
         None, description="a teacher .safetensors from an earlier run: load it, skip training")
+    mode: Literal["online", "cache"] = Field(
+        "online", description="online: run the teacher at every student step; cache: run it "
+        "once over the training data and distil from the stored outputs")
+    cache: TeacherCacheSettings = Field(default_factory=lambda: TeacherCacheSettings())
 
 
 class StudentSettings(Strict):
@@ -201,6 +216,9 @@ class DataSettings(Strict):
         "training split, questions without answers); None: all of the rest, 0: none")
     answer_vocab_min_count: int = Field(1, ge=1)
     answer_vocab_max_size: int | None = Field(None, ge=1)
+    augment: AugmentSettings = Field(
+        default_factory=AugmentSettings, description="replayable views of the student's "
+        "training images (vldistill.data.augment); views: 0 is off")
 
     @model_validator(mode="after")
     def _files_for_vqa(self) -> DataSettings:

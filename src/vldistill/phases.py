@@ -88,8 +88,9 @@ def train_phases(job: VQAJob, teacher: nn.Module, seed: int, only: str | None = 
         step = DistillationStep(student, build_terms(phase.terms), teacher=teacher)
         set_trainable(step, phase.trainable)
         _, save = job.build("student")
-        results.append(job.train(role, step, phase.train or recipe.student.train, job.labelled,
-                                 job.transfer, recipe.distill.transfer_fraction, seed=seed,
+        labelled, transfer = job.student_sets(teacher)
+        results.append(job.train(role, step, phase.train or recipe.student.train, labelled,
+                                 transfer, recipe.distill.transfer_fraction, seed=seed,
                                  save=save))
         student.requires_grad_(True)
     return results, role

@@ -26,6 +26,7 @@ from torch import nn
 
 from vldistill import __version__
 from vldistill.config import Recipe, TrainSettings, dump_recipe
+from vldistill.data.augment import ViewDataset
 from vldistill.data.batches import VQACollator, VQAImageDataset
 from vldistill.distill.losses import VQABCELoss
 from vldistill.distill.step import DistillationStep, WeightedTerm
@@ -142,6 +143,23 @@ class VQAJob:
         """The student's unlabelled transfer set, or None when the recipe has none."""
         return self.dataset(self.data.transfer, labelled=False) if self.data.transfer else None
 
+    def base_student_datasets(self) -> list[VQAImageDataset]:
+        """The student's training items in order (labelled, then transfer), without views."""
+        return [self.labelled] + ([self.transfer] if self.transfer is not None else [])
+
+    def student_sets(self, teacher: nn.Module | None = None):
+        """(labelled, transfer) as the students train on them: each image's augmented views when
+        ``data.augment.views`` >= 1, replayed from the teacher cache's parameters when the
+        teacher is a cache (so student and teacher see the same pixels)."""
+        augment = self.recipe.data.augment
+        if not augment.views:
+            return self.labelled, self.transfer
+        stored = getattr(teacher, "view_parameters", None)
+        labelled = ViewDataset(self.labelled, augment, 0, stored)
+        transfer = (ViewDataset(self.transfer, augment, len(self.labelled), stored)
+                    if self.transfer is not None else None)
+        return labelled, transfer
+
     def build(self, role: str) -> tuple[nn.Module, Callable[[Path, nn.Module], None]]:
         settings = (self.recipe.teacher if role == "teacher" else self.recipe.student).model
         model = build_model(settings.name, settings.params, **self.sizes)
@@ -240,12 +258,13 @@ def train_student(job: VQAJob, teacher: nn.Module | None, seed: int,
                        job.run_dir / "checkpoints" / f"{role}-last.safetensors")
         return run, student
     model, save = job.build("student")
+    labelled, transfer = job.student_sets(teacher)
     if teacher is None:
         step = DistillationStep(model, task_terms(recipe))
-        result = job.train(role, step, recipe.student.train, job.labelled, seed=seed, save=save)
+        result = job.train(role, step, recipe.student.train, labelled, seed=seed, save=save)
     else:
         step = DistillationStep(model, distill_terms(recipe), teacher=teacher)
-        result = job.train(role, step, recipe.student.train, job.labelled, job.transfer,
+        result = job.train(role, step, recipe.student.train, labelled, transfer,
                            recipe.distill.transfer_fraction, seed=seed, save=save)
     run = ModelRun(role, seed, job.evaluate(result.student), result.wall_time_s,
                    job.run_dir / "checkpoints" / f"{role}-last.safetensors")
@@ -265,11 +284,13 @@ def measure_models(job: VQAJob, models: dict[str, nn.Module]) -> dict[str, Effic
                           job.recipe.eval.latency_repeats) for name, model in models.items()}
 
 
-def run_recipe(recipe: Recipe, phase: str | None = None, resume: bool = False) -> RunResult:
+def run_recipe(recipe: Recipe, phase: str | None = None, resume: bool = False,
+               recipe_hint: str = "RECIPE") -> RunResult:
     """Run the whole job; with ``phase``, only that phase of the KD student's phases (the
     teacher is reused from the run folder when it is there, the no-KD baseline is skipped).
     With ``resume``, continue the run in the run folder: finished models are loaded, an
-    interrupted one continues from its last resume point."""
+    interrupted one continues from its last resume point. ``recipe_hint`` is how error
+    messages name the recipe in the commands they suggest."""
     start = time.perf_counter()
     if phase is not None:
         select_phases(recipe.distill.phases, phase)   # fail before any work
@@ -293,12 +314,17 @@ def run_recipe(recipe: Recipe, phase: str | None = None, resume: bool = False) -
             job.recipe = recipe
     teacher, teacher_model = train_teacher(job)
     console.print(f"teacher: val VQA accuracy {teacher.predictions.metrics['vqa_accuracy']:.2f}")
+    kd_teacher: nn.Module = teacher_model
+    if recipe.teacher.mode == "cache":
+        from vldistill.pipeline_cache import open_cache
+
+        kd_teacher = open_cache(job, teacher_model, recipe_hint)
     students: dict[str, list[ModelRun]] = {"student (no KD)": [], "student (KD)": []}
     agreements: dict[str, list[float]] = {"student (no KD)": [], "student (KD)": []}
     for seed in recipe.seeds:
         baseline = recipe.distill.baseline and phase is None
         variants = [("student (no KD)", None)] if baseline else []
-        for name, teacher_arg in variants + [("student (KD)", teacher_model)]:
+        for name, teacher_arg in variants + [("student (KD)", kd_teacher)]:
             run, student_model = train_student(job, teacher_arg, seed, phase)
             students[name].append(run)
             agreements[name].append(agreement(run.predictions, teacher.predictions))

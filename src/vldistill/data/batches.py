@@ -111,7 +111,7 @@ class VQACollator:
         columns = np.concatenate([item["target_columns"] for item in items])
         targets[torch.from_numpy(rows), torch.from_numpy(columns)] = torch.from_numpy(
             np.concatenate([item["target_scores"] for item in items]))
-        return {
+        batch = {
             "inputs": {"images": torch.stack([item["image"] for item in items]),
                        "question_tokens": torch.from_numpy(tokens),
                        "question_lengths": torch.from_numpy(lengths),
@@ -121,6 +121,10 @@ class VQACollator:
             "labelled": torch.from_numpy(np.concatenate([item["labelled"] for item in items])),
             "meta": BatchMeta([s for item in items for s in item["samples"]]),
         }
+        if "view" in items[0]:      # augmented views (vldistill.data.augment): one per question
+            batch["views"] = torch.from_numpy(np.repeat([item["view"] for item in items],
+                                                        counts))
+        return batch
 
 
 class MixedBatchSampler(Sampler[list[int]]):

@@ -315,6 +315,9 @@ class FeatureLoss(ProjectedTerm):
         _check_choice("feature", "kind", kind, HINT_KINDS)
         self.feature, self.kind = feature, kind
 
+    def teacher_fields(self) -> tuple[str, ...]:
+        return (self.feature,)
+
     def forward(self, student, teacher, targets):
         student_feature = select_feature(student, self.feature)
         teacher_feature = select_feature(teacher, self.feature)
@@ -341,6 +344,9 @@ class ContrastiveLoss(ProjectedTerm):
             raise ValueError(f"contrastive queue_size must be an integer >= 0, got {queue_size}")
         self.feature, self.temperature, self.queue_size = feature, temperature, int(queue_size)
         self.register_buffer("queue", torch.zeros(0, 0), persistent=False)   # (Q, D_t)
+
+    def teacher_fields(self) -> tuple[str, ...]:
+        return (self.feature,)
 
     def forward(self, student, teacher, targets):
         student_embeds = select_feature(student, self.feature).flatten(1)          # (N, D_s)
@@ -370,6 +376,9 @@ class RelationalLoss(LossTerm):
         _check_choice("relational", "kind", kind, tuple(RELATIONAL_KINDS))
         self.feature, self.kind = feature, kind
 
+    def teacher_fields(self) -> tuple[str, ...]:
+        return (self.feature,)
+
     def forward(self, student, teacher, targets):
         return RELATIONAL_KINDS[self.kind](select_feature(student, self.feature),
                                            select_feature(teacher, self.feature))
@@ -386,6 +395,9 @@ class CLIPAffinityLoss(LossTerm):
         super().__init__()
         _check_temperature("clip_affinity", temperature)
         self.temperature = temperature
+
+    def teacher_fields(self) -> tuple[str, ...]:
+        return ("image_embeds", "text_embeds")
 
     def forward(self, student, teacher, targets):
         return clip_affinity_loss(

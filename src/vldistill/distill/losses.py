@@ -70,6 +70,10 @@ class LossTerm(nn.Module):
                 targets: torch.Tensor | None) -> torch.Tensor:
         raise NotImplementedError
 
+    def teacher_fields(self) -> tuple[str, ...]:
+        """The teacher outputs this term reads (what a teacher-output cache must store)."""
+        return ("logits",) if self.needs_teacher else ()
+
 
 LOSSES: Registry[type[LossTerm]] = Registry("loss")
 

@@ -103,6 +103,8 @@ class DistillationStep(nn.Module):
         if self.teacher is None or not self._uses_teacher:
             return None
         with torch.no_grad():
+            if hasattr(self.teacher, "teacher_outputs"):   # a teacher-output cache
+                return self.teacher.teacher_outputs(batch)
             return call_model(self.teacher, batch.get("teacher_inputs", batch["inputs"]))
 
     def forward(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:

@@ -1,0 +1,389 @@
+"""The teacher-output cache: run the teacher once, then distil at the student's own cost.
+
+Layout of a cache folder::
+
+    manifest.json                 fingerprint, field shapes and dtypes, shards with checksums
+    views.npy                     (K, items, 4) augmentation parameters of every view (K >= 1)
+    shard-00000.<field>.npy ...   rows of one shard: values (R, k) fp16, indices (R, k) int16/32,
+                                  lse (R,) fp32, then one (R, D) fp16 array per stored feature
+
+A row is one question seen through one view. Rows are view-major: ``row = view * questions +
+question_row``, questions in the order of the training items (labelled set, then transfer set).
+Shards are memory-mapped on read, so each process (each DDP rank) reads only the pages of its own
+samples.
+
+Safety: every file is written to a temporary name, fsynced and renamed; the manifest is
+rewritten after each finished shard, so an interrupted build resumes at the first missing shard.
+A cache is opened only when its fingerprint equals what this recipe would build (teacher
+weights, preprocessing, data ids and content, augmentation, k, fields, dtypes, vldistill
+version) and every file has its recorded size and SHA-256; otherwise :class:`CacheError` says
+which field differs or which file is damaged, and the command that rebuilds it.
+
+Logits are stored as top-k plus the full log-sum-exp (:mod:`vldistill.distill.topk`), so the
+unchanged logit losses read dense logits rebuilt from them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from vldistill import __version__
+from vldistill.data.augment import AugmentSettings, apply_view, view_parameters
+from vldistill.distill.step import call_model
+from vldistill.distill.topk import compress_logits, expand_logits
+from vldistill.errors import VldistillError
+from vldistill.fileio import atomic_write
+from vldistill.models.outputs import ModelOutput
+
+FORMAT = 1
+LOGIT_FIELDS = ("values", "indices", "lse")
+_TOP_LEVEL = ("logits", "image_embeds", "text_embeds")
+
+
+class CacheError(VldistillError, ValueError):
+    """A teacher cache is missing, stale (fingerprint differs) or damaged."""
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def teacher_fingerprint(model: nn.Module) -> str:
+    """SHA-256 over the teacher's state (names, dtypes, shapes and bytes, in name order)."""
+    digest = hashlib.sha256()
+    state = model.state_dict()
+    for name, tensor in sorted(state.items()):
+        tensor = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{name}|{tensor.dtype}|{tuple(state[name].shape)}|".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+def data_fingerprint(datasets: Sequence[Any]) -> str:
+    """SHA-256 over what the teacher reads of every training item, in order: question ids and
+    texts and the image bytes (VQAImageDataset groups)."""
+    digest = hashlib.sha256()
+    for dataset in datasets:
+        for group in dataset.groups:
+            for sample in group:
+                digest.update(f"{sample.question_id!r}|{sample.question}\n".encode())
+            digest.update(np.ascontiguousarray(dataset.images.rgb(group[0].image_id)).tobytes())
+    return digest.hexdigest()
+
+
+def _json_hash(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class CacheSpec:
+    """What a cache is built from; its fingerprint decides whether a cache may be used."""
+
+    teacher: str                         # teacher_fingerprint
+    data: str                            # data_fingerprint
+    preprocessing: dict[str, Any]        # image size, vocabularies
+    augmentation: dict[str, Any]         # AugmentSettings, as a dict
+    top_k: int
+    fields: tuple[str, ...]              # teacher outputs stored besides the logits
+    num_classes: int
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {"teacher_weights": self.teacher, "data": self.data,
+                "preprocessing": self.preprocessing, "augmentation": self.augmentation,
+                "top_k": self.top_k, "fields": list(self.fields),
+                "num_classes": self.num_classes,
+                "dtypes": {"values": "float16", "indices": _index_dtype(self.num_classes).name,
+                           "lse": "float32", "features": "float16"},
+                "vldistill_version": __version__, "format": FORMAT}
+
+
+def _index_dtype(num_classes: int) -> np.dtype:
+    return np.dtype(np.int16 if num_classes <= np.iinfo(np.int16).max else np.int32)
+
+
+def rebuild_command(recipe_hint: str) -> str:
+    return f"`vldistill cache build {recipe_hint}`"
+
+
+# --- building -----------------------------------------------------------------------------
+
+
+def _teacher_fields(output: ModelOutput, fields: Sequence[str]) -> dict[str, torch.Tensor]:
+    from vldistill.distill.feature_losses import select_feature
+
+    stored = {}
+    for name in fields:
+        value = select_feature(output, name)
+        if value.shape[0] != output.logits.shape[0]:
+            raise CacheError(
+                f"the teacher's feature {name!r} has shape {tuple(value.shape)}: one row per "
+                f"image, not per question ({output.logits.shape[0]} questions). The cache stores "
+                "per-question outputs; distil this feature online (teacher.mode: online).")
+        stored[name] = value.flatten(1)
+    return stored
+
+
+def build_cache(directory: Path, teacher: nn.Module, datasets: Sequence[Any],
+                collate: Callable, spec: CacheSpec, augment: AugmentSettings, *,
+                batch_images: int = 64, shard_items: int = 4096,
+                progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """Run ``teacher`` over every view of every item of ``datasets`` and store its outputs.
+
+    Resumes an interrupted build of the same fingerprint (finished shards are kept); a folder
+    holding another fingerprint is rebuilt from scratch. Returns the final manifest.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    fingerprint = spec.fingerprint()
+    items = [(d, i) for d in datasets for i in range(len(d))]
+    views = max(1, augment.views)
+    parameters = np.stack([[view_parameters(augment, item, view) for item in range(len(items))]
+                           for view in range(views)]).astype(np.float32)    # (K, items, 4)
+    questions = sum(len(d.groups[i]) for d, i in items)
+    manifest = _resumable_manifest(directory, fingerprint)
+    if manifest is None:
+        for stale in directory.glob("shard-*.npy"):
+            stale.unlink()
+        manifest = {"format": FORMAT, "fingerprint": fingerprint, "complete": False,
+                    "views": views, "items": len(items), "questions": questions,
+                    "rows": views * questions, "shards": [], "build_time_s": 0.0}
+        _save_array(directory / "views.npy", parameters)
+        manifest["views_file"] = _file_record(directory / "views.npy")
+        _write_manifest(directory, manifest)
+    # work units: (view, first item, last item) blocks of at most shard_items items
+    units = [(view, start, min(start + shard_items, len(items)))
+             for view in range(views) for start in range(0, len(items), shard_items)]
+    start_time = time.perf_counter()
+    teacher.eval()
+    for number, (view, first, last) in enumerate(units):
+        if number < len(manifest["shards"]):
+            continue                                            # finished before
+        arrays = _run_block(teacher, items[first:last], parameters[view, first:last], collate,
+                            spec, batch_images)
+        files = {}
+        for field, array in arrays.items():
+            path = directory / f"shard-{number:05d}.{field}.npy"
+            _save_array(path, array)
+            files[field] = _file_record(path)
+        manifest["shards"].append({"view": view, "first_item": first, "items": last - first,
+                                   "rows": int(arrays["lse"].shape[0]), "files": files})
+        manifest["build_time_s"] += time.perf_counter() - start_time
+        start_time = time.perf_counter()
+        _write_manifest(directory, manifest)
+        if progress is not None:
+            progress(number + 1, len(units))
+    manifest["complete"] = True
+    _write_manifest(directory, manifest)
+    return manifest
+
+
+def _run_block(teacher: nn.Module, items: Sequence[tuple[Any, int]], parameters: np.ndarray,
+               collate: Callable, spec: CacheSpec, batch_images: int) -> dict[str, np.ndarray]:
+    parts: dict[str, list[np.ndarray]] = {}
+    device = next((p.device for p in teacher.parameters()), torch.device("cpu"))
+    with torch.no_grad():
+        for start in range(0, len(items), batch_images):
+            records = []
+            for offset, (dataset, index) in enumerate(items[start:start + batch_images]):
+                record = dict(dataset[index])
+                record["image"] = apply_view(record["image"], parameters[start + offset])
+                records.append(record)
+            batch = collate(records)
+            inputs = {k: v.to(device) for k, v in batch["inputs"].items()}
+            output = call_model(teacher, inputs)
+            values, indices, lse = compress_logits(output.logits, spec.top_k)
+            block = {"values": values.cpu().numpy(),
+                     "indices": indices.cpu().numpy().astype(_index_dtype(spec.num_classes)),
+                     "lse": lse.cpu().numpy().astype(np.float32)}
+            for name, value in _teacher_fields(output, spec.fields).items():
+                block[f"feature.{name}"] = value.cpu().numpy().astype(np.float16)
+            for field, array in block.items():
+                parts.setdefault(field, []).append(array)
+    return {field: np.concatenate(arrays) for field, arrays in parts.items()}
+
+
+def _save_array(path: Path, array: np.ndarray) -> None:
+    def write(temporary: Path) -> None:
+        with open(temporary, "wb") as handle:
+            np.save(handle, array, allow_pickle=False)
+    atomic_write(path, write)
+
+
+def _file_record(path: Path) -> dict[str, Any]:
+    return {"name": path.name, "bytes": path.stat().st_size, "sha256": sha256_file(path)}
+
+
+def _write_manifest(directory: Path, manifest: Mapping[str, Any]) -> None:
+    atomic_write(directory / "manifest.json",
+                 lambda path: path.write_text(json.dumps(manifest, indent=1) + "\n"))
+
+
+def _read_manifest(directory: Path) -> dict[str, Any] | None:
+    path = directory / "manifest.json"
+    if not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as error:
+        raise CacheError(f"teacher cache manifest {path} is not valid JSON ({error}); the "
+                         "cache is damaged.") from None
+    if not isinstance(manifest, dict) or "fingerprint" not in manifest:
+        raise CacheError(f"{path} is not a vldistill teacher-cache manifest (no fingerprint).")
+    return manifest
+
+
+def _resumable_manifest(directory: Path, fingerprint: Mapping[str, Any]) -> dict | None:
+    """The manifest of an unfinished (or finished) build of the same fingerprint whose shards
+    are intact, else None (build from scratch)."""
+    try:
+        manifest = _read_manifest(directory)
+    except CacheError:
+        return None
+    if manifest is None or manifest["fingerprint"] != fingerprint:
+        return None
+    intact = []
+    for shard in manifest["shards"]:
+        if not all(_file_ok(directory, record) for record in shard["files"].values()):
+            break
+        intact.append(shard)
+    if not _file_ok(directory, manifest.get("views_file", {})):
+        return None
+    manifest["shards"], manifest["complete"] = intact, False
+    return manifest
+
+
+def _file_ok(directory: Path, record: Mapping[str, Any]) -> bool:
+    path = directory / record.get("name", "")
+    return (path.is_file() and path.stat().st_size == record.get("bytes")
+            and sha256_file(path) == record.get("sha256"))
+
+
+# --- reading --------------------------------------------------------------------------------
+
+
+def fingerprint_differences(saved: Mapping[str, Any], expected: Mapping[str, Any]) -> list[str]:
+    """Names of the fingerprint fields (dotted for nested dicts) that differ."""
+    differences = []
+    for key in sorted(set(saved) | set(expected)):
+        a, b = saved.get(key), expected.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            differences += [f"{key}.{d}" for d in fingerprint_differences(a, b)]
+        elif a != b:
+            differences.append(key)
+    return differences
+
+
+class _Rows:
+    """One stored field across shards, gathered by global row index (memory-mapped)."""
+
+    def __init__(self, arrays: Sequence[np.ndarray]) -> None:
+        self.arrays = list(arrays)
+        self.starts = np.cumsum([0] + [len(a) for a in self.arrays])
+
+    def __getitem__(self, rows: np.ndarray) -> np.ndarray:
+        shard = np.searchsorted(self.starts, rows, side="right") - 1
+        first = self.arrays[0]
+        out = np.empty((len(rows), *first.shape[1:]), dtype=first.dtype)
+        for number in np.unique(shard):
+            mask = shard == number
+            out[mask] = self.arrays[number][rows[mask] - self.starts[number]]
+        return out
+
+
+class CachedTeacher(nn.Module):
+    """Stands in for the teacher in a :class:`~vldistill.distill.DistillationStep`: returns the
+    stored outputs for the questions (and views) of a batch instead of running a model."""
+
+    def __init__(self, directory: Path, spec: CacheSpec, datasets: Sequence[Any], *,
+                 rebuild_hint: str = "RECIPE", verify: bool = True) -> None:
+        super().__init__()
+        directory = Path(directory)
+        command = rebuild_command(rebuild_hint)
+        manifest = _read_manifest(directory)
+        if manifest is None:
+            raise CacheError(f"no teacher cache in {directory} (manifest.json is missing). "
+                             f"Build it with {command}.")
+        if not manifest.get("complete"):
+            raise CacheError(f"the teacher cache in {directory} is incomplete (its build was "
+                             f"interrupted after {len(manifest['shards'])} shards). Finish it "
+                             f"with {command}; the build resumes where it stopped.")
+        differences = fingerprint_differences(manifest["fingerprint"], spec.fingerprint())
+        if differences:
+            raise CacheError(
+                f"the teacher cache in {directory} was built for other settings; these "
+                f"fields differ from this recipe's: {', '.join(differences)}. Using it would "
+                f"distil stale teacher outputs. Rebuild it with {command}.")
+        records = [manifest["views_file"]] + [r for s in manifest["shards"]
+                                              for r in s["files"].values()]
+        for record in records:
+            path = directory / record["name"]
+            if not path.is_file():
+                raise CacheError(f"teacher cache file {path} is missing. Rebuild the cache "
+                                 f"with {command}.")
+            size = path.stat().st_size
+            if size != record["bytes"]:
+                raise CacheError(f"teacher cache file {path} is truncated or padded ({size} "
+                                 f"bytes, the manifest says {record['bytes']}). Rebuild the "
+                                 f"cache with {command}.")
+            if verify and sha256_file(path) != record["sha256"]:
+                raise CacheError(f"teacher cache file {path} fails its SHA-256 checksum (the "
+                                 f"file is damaged). Rebuild the cache with {command}.")
+        self.directory, self.spec, self.manifest = directory, spec, manifest
+        self.view_parameters = np.load(directory / "views.npy", allow_pickle=False)
+        fields = manifest["shards"][0]["files"].keys() if manifest["shards"] else []
+        self.fields = {field: _Rows([np.load(directory / s["files"][field]["name"],
+                                             mmap_mode="r", allow_pickle=False)
+                                     for s in manifest["shards"]]) for field in fields}
+        self.questions = int(manifest["questions"])
+        ids = [s.question_id for d in datasets for group in d.groups for s in group]
+        self.row_of = {question_id: row for row, question_id in enumerate(ids)}
+        self.register_buffer("_device_marker", torch.zeros(0), persistent=False)
+
+    @property
+    def bytes_per_row(self) -> float:
+        total = sum(r["bytes"] for s in self.manifest["shards"] for r in s["files"].values())
+        return total / max(1, self.manifest["rows"])
+
+    def rows(self, batch: Mapping[str, Any]) -> np.ndarray:
+        try:
+            rows = np.fromiter((self.row_of[s.question_id] for s in batch["meta"].samples),
+                               dtype=np.int64)
+        except KeyError as error:
+            raise CacheError(f"question {error.args[0]!r} is not in the teacher cache in "
+                             f"{self.directory}: the cache covers the training items only.") \
+                from None
+        views = batch.get("views")
+        if views is not None:
+            rows = rows + np.asarray(views.cpu(), dtype=np.int64) * self.questions
+        return rows
+
+    def teacher_outputs(self, batch: Mapping[str, Any]) -> ModelOutput:
+        rows = self.rows(batch)
+        device = self._device_marker.device
+
+        def tensor(field: str) -> torch.Tensor:
+            return torch.from_numpy(self.fields[field][rows]).to(device)
+
+        logits = expand_logits(tensor("values"), tensor("indices"), tensor("lse"),
+                               self.spec.num_classes)
+        stored = {name: tensor(f"feature.{name}").float() for name in self.spec.fields}
+        return ModelOutput(logits, stored.pop("image_embeds", None),
+                           stored.pop("text_embeds", None), stored)
+
+    def forward(self, *args, **kwargs):
+        raise TypeError("a CachedTeacher answers for a whole batch: DistillationStep calls "
+                        "teacher_outputs(batch); it cannot run on model inputs alone.")

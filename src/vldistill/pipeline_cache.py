@@ -1,0 +1,119 @@
+"""The teacher-output cache in the main job: what to store, where, and when to build it.
+
+``teacher.mode: cache`` makes the KD students read the teacher's outputs from the cache instead
+of running the teacher (vldistill.distill.cache). ``vldistill run`` builds a missing cache (or
+finishes an interrupted build) and refuses a stale or damaged one; ``vldistill cache build``
+(re)builds it explicitly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from torch import nn
+
+from vldistill.config import Recipe
+from vldistill.console import console
+from vldistill.distill.cache import (CachedTeacher, CacheSpec, build_cache, data_fingerprint,
+                                     teacher_fingerprint)
+from vldistill.phases import build_terms
+
+if TYPE_CHECKING:
+    from vldistill.pipeline import VQAJob
+
+
+def cache_dir(job: VQAJob) -> Path:
+    return job.recipe.teacher.cache.dir or job.run_dir / "teacher-cache"
+
+
+def stored_fields(recipe: Recipe) -> tuple[str, ...]:
+    """Teacher outputs the recipe's distillation terms (and phases) read, besides logits."""
+    terms = list(recipe.distill.terms) + [t for p in recipe.distill.phases for t in p.terms]
+    fields = {field for term in build_terms(terms) for field in term.term.teacher_fields()}
+    return tuple(sorted(fields - {"logits"}))
+
+
+def _hash(value) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
+
+
+def cache_spec(job: VQAJob, teacher: nn.Module) -> CacheSpec:
+    from vldistill.pipeline import image_size
+
+    recipe = job.recipe
+    augment = recipe.data.augment
+    return CacheSpec(
+        teacher=teacher_fingerprint(teacher),
+        data=data_fingerprint(job.base_student_datasets()),
+        preprocessing={"image_size": image_size(recipe.data.model_dump(mode="json")),
+                       "answer_vocab": _hash(job.data.answer_vocab.to_json()),
+                       "question_vocab": _hash(job.data.tokenizer.to_json())},
+        augmentation=augment.model_dump() if augment.views else {"views": 0},
+        top_k=recipe.teacher.cache.top_k, fields=stored_fields(recipe),
+        num_classes=len(job.data.answer_vocab))
+
+
+def build(job: VQAJob, teacher: nn.Module, spec: CacheSpec | None = None) -> dict:
+    """Build (or finish, or rebuild for new settings) the cache; returns its manifest."""
+    spec = spec or cache_spec(job, teacher)
+    directory = cache_dir(job)
+    settings = job.recipe.teacher.cache
+    start = time.perf_counter()
+    with Progress(TextColumn("teacher cache"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=console, transient=True,
+                  disable=not job.recipe.trainer.progress_bar) as progress:
+        task = progress.add_task("build", total=None)
+        manifest = build_cache(
+            directory, teacher, job.base_student_datasets(), job.collate, spec,
+            job.recipe.data.augment, batch_images=job.recipe.eval.batch_images,
+            shard_items=settings.shard_items,
+            progress=lambda done, total: progress.update(task, completed=done, total=total))
+    console.print(f"teacher cache: {manifest['rows']} rows ({manifest['views']} view(s) x "
+                  f"{manifest['questions']} questions) in {directory}, built in "
+                  f"{time.perf_counter() - start:.1f} s")
+    return manifest
+
+
+def open_cache(job: VQAJob, teacher: nn.Module, recipe_hint: str = "RECIPE") -> CachedTeacher:
+    """The cached teacher for the KD students: build the cache when there is none (or finish an
+    interrupted build); a stale or damaged cache is refused (see CachedTeacher)."""
+    spec = cache_spec(job, teacher)
+    directory = cache_dir(job)
+    manifest_path = directory / "manifest.json"
+    complete = False
+    if manifest_path.is_file():
+        try:
+            complete = bool(json.loads(manifest_path.read_text()).get("complete"))
+        except ValueError:
+            complete = True        # let CachedTeacher report the damage
+    if not complete:
+        build(job, teacher, spec)
+    return CachedTeacher(directory, spec, job.base_student_datasets(), rebuild_hint=recipe_hint,
+                         verify=job.recipe.teacher.cache.verify)
+
+
+def build_for_recipe(recipe: Recipe, recipe_hint: str = "RECIPE") -> dict:
+    """`vldistill cache build`: the recipe's teacher (its checkpoint, the run folder's finished
+    teacher, or trained now) run over the student's training data into the cache."""
+    from vldistill.models.checkpoint import build_from_checkpoint, load_checkpoint
+    from vldistill.pipeline import VQAJob, check_teacher_matches, make_run_dir, train_teacher
+    from vldistill.pipeline_data import prepare_data
+    from vldistill.train.resume import done_path
+
+    run_dir = make_run_dir(recipe)
+    job = VQAJob(recipe, prepare_data(recipe.data, recipe.seeds[0], progress=True), run_dir)
+    saved = run_dir / "checkpoints" / "teacher-last.safetensors"
+    if recipe.teacher.checkpoint is None and saved.is_file() and \
+            done_path(run_dir, "teacher").is_file():
+        console.print(f"teacher: loading the run folder's trained teacher {saved}")
+        checkpoint = load_checkpoint(saved)
+        check_teacher_matches(checkpoint.extra, job, saved)
+        teacher = build_from_checkpoint(checkpoint)
+    else:
+        _, teacher = train_teacher(job)
+    return build(job, teacher)
