@@ -161,7 +161,7 @@ def test_fingerprints_see_weights_and_pixels(job, teacher):
 def test_a_damaged_shard_is_detected(tmp_path, job, teacher, damage):
     spec = spec_for(job, teacher)
     manifest = build(tmp_path, job, teacher, spec, shard_items=50)
-    path = tmp_path / manifest["shards"][1]["files"]["values"]["name"]
+    path = tmp_path / manifest["shards"][1]["files"]["logits"]["name"]
     data = bytearray(path.read_bytes())
     if damage == "flip":
         data[len(data) // 2] ^= 0x01
@@ -230,7 +230,7 @@ def test_a_shard_damaged_before_resuming_is_rebuilt(tmp_path, job, teacher):
 
     with pytest.raises(Stop):
         build(tmp_path, job, teacher, spec, shard_items=50, progress=stop_after_two)
-    (tmp_path / "shard-00001.lse.npy").write_bytes(b"garbage")
+    (tmp_path / "shard-00001.logits.npy").write_bytes(b"garbage")
     counting = CountingTeacher(teacher)
     build(tmp_path, job, counting, spec, shard_items=50)
     assert counting.images == 120 - 50                        # shards 2 and 3 again

@@ -20,13 +20,14 @@ def teacher_like(n=256, classes=100, seed=0):
 
 def test_hand_computed_rebuild():
     logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]])
-    values, indices, lse = compress_logits(logits, 2)
+    values, indices, fill = compress_logits(logits, 2)
     assert indices.tolist() == [[0, 1]]
-    assert values.dtype == torch.float16 and lse.dtype == torch.float32
-    assert lse.item() == pytest.approx(math.log(math.e ** 2 + math.e + 1 + math.e ** -1), rel=1e-6)
-    rebuilt = expand_logits(values, indices, lse, 4)
-    # the two tail classes share the tail's mass (1 + e^-1) equally
+    assert values.dtype == torch.float16 and fill.dtype == torch.float32
+    # the two tail classes share the tail's mass (e^0 + e^-1 = 1 + e^-1) equally: each gets
+    # the logit log((1 + e^-1) / 2)
     tail = math.log((1 + math.e ** -1) / 2)
+    assert fill.item() == pytest.approx(tail, abs=1e-6)
+    rebuilt = expand_logits(values, indices, fill, 4)
     assert rebuilt.tolist()[0] == pytest.approx([2.0, 1.0, tail, tail], abs=1e-3)
 
 
@@ -60,7 +61,7 @@ def gradient_error(loss, teacher, rebuilt, classes, seed=1):
 
 
 def test_top_32_of_100_at_temperature_one_stays_within_the_stated_tolerance():
-    """The README's figures: gradient error of kd and loca below 1 %, of dkd below 6 %
+    """The README's figures: gradient error of kd and loca below 1 %, of dkd below 3 %
     (dkd's non-target part renormalises the tail, where top-k keeps only the total)."""
     logits, target = teacher_like()
     rebuilt = expand_logits(*compress_logits(logits, 32), 100)
@@ -68,7 +69,7 @@ def test_top_32_of_100_at_temperature_one_stays_within_the_stated_tolerance():
     assert gradient_error(lambda s, t: loca_loss(s, t, target, 0.9, 1.0),
                           logits, rebuilt, 100) < 0.01
     assert gradient_error(lambda s, t: dkd_loss(s, t, target, 1.0, 2.0, 1.0),
-                          logits, rebuilt, 100) < 0.06
+                          logits, rebuilt, 100) < 0.03
 
 
 def test_error_shrinks_as_k_grows():

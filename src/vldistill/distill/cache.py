@@ -4,8 +4,10 @@ Layout of a cache folder::
 
     manifest.json                 fingerprint, field shapes and dtypes, shards with checksums
     views.npy                     (K, items, 4) augmentation parameters of every view (K >= 1)
-    shard-00000.<field>.npy ...   rows of one shard: values (R, k) fp16, indices (R, k) int16/32,
-                                  lse (R,) fp32, then one (R, D) fp16 array per stored feature
+    shard-00000.logits.npy ...    rows of one shard, one record each: top-k values (k,) fp16,
+                                  their indices (k,) int16/32 and the fill logit of the other
+                                  answers, fp32 (vldistill.distill.topk)
+    shard-00000.feature.<name>.npy   (R, D) fp16, one per feature the losses read
 
 A row is one question seen through one view. Rows are view-major: ``row = view * questions +
 question_row``, questions in the order of the training items (labelled set, then transfer set).
@@ -19,14 +21,15 @@ weights, preprocessing, data ids and content, augmentation, k, fields, dtypes, v
 version) and every file has its recorded size and SHA-256; otherwise :class:`CacheError` says
 which field differs or which file is damaged, and the command that rebuilds it.
 
-Logits are stored as top-k plus the full log-sum-exp (:mod:`vldistill.distill.topk`), so the
-unchanged logit losses read dense logits rebuilt from them.
+Logits are stored as top-k plus one fill value for the rest (:mod:`vldistill.distill.topk`),
+so the unchanged logit losses read dense logits rebuilt from them.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import operator
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -46,8 +49,6 @@ from vldistill.fileio import atomic_write
 from vldistill.models.outputs import ModelOutput
 
 FORMAT = 1
-LOGIT_FIELDS = ("values", "indices", "lse")
-_TOP_LEVEL = ("logits", "image_embeds", "text_embeds")
 
 
 class CacheError(VldistillError, ValueError):
@@ -107,12 +108,19 @@ class CacheSpec:
                 "top_k": self.top_k, "fields": list(self.fields),
                 "num_classes": self.num_classes,
                 "dtypes": {"values": "float16", "indices": _index_dtype(self.num_classes).name,
-                           "lse": "float32", "features": "float16"},
+                           "fill": "float32", "features": "float16"},
                 "vldistill_version": __version__, "format": FORMAT}
 
 
 def _index_dtype(num_classes: int) -> np.dtype:
     return np.dtype(np.int16 if num_classes <= np.iinfo(np.int16).max else np.int32)
+
+
+def logit_record(top_k: int, num_classes: int) -> np.dtype:
+    """One row of stored logits: read with a single gather."""
+    k = min(top_k, num_classes)
+    return np.dtype([("values", np.float16, (k,)), ("indices", _index_dtype(num_classes), (k,)),
+                     ("fill", np.float32)])
 
 
 def rebuild_command(recipe_hint: str) -> str:
@@ -180,7 +188,7 @@ def build_cache(directory: Path, teacher: nn.Module, datasets: Sequence[Any],
             _save_array(path, array)
             files[field] = _file_record(path)
         manifest["shards"].append({"view": view, "first_item": first, "items": last - first,
-                                   "rows": int(arrays["lse"].shape[0]), "files": files})
+                                   "rows": int(arrays["logits"].shape[0]), "files": files})
         manifest["build_time_s"] += time.perf_counter() - start_time
         start_time = time.perf_counter()
         _write_manifest(directory, manifest)
@@ -205,10 +213,12 @@ def _run_block(teacher: nn.Module, items: Sequence[tuple[Any, int]], parameters:
             batch = collate(records)
             inputs = {k: v.to(device) for k, v in batch["inputs"].items()}
             output = call_model(teacher, inputs)
-            values, indices, lse = compress_logits(output.logits, spec.top_k)
-            block = {"values": values.cpu().numpy(),
-                     "indices": indices.cpu().numpy().astype(_index_dtype(spec.num_classes)),
-                     "lse": lse.cpu().numpy().astype(np.float32)}
+            values, indices, fill = compress_logits(output.logits, spec.top_k)
+            record = np.empty(len(values), dtype=logit_record(spec.top_k, spec.num_classes))
+            record["values"] = values.cpu().numpy()
+            record["indices"] = indices.cpu().numpy()
+            record["fill"] = fill.cpu().numpy()
+            block = {"logits": record}
             for name, value in _teacher_fields(output, spec.fields).items():
                 block[f"feature.{name}"] = value.cpu().numpy().astype(np.float16)
             for field, array in block.items():
@@ -287,6 +297,9 @@ def fingerprint_differences(saved: Mapping[str, Any], expected: Mapping[str, Any
     return differences
 
 
+_question_id = operator.attrgetter("question_id")
+
+
 class _Rows:
     """One stored field across shards, gathered by global row index (memory-mapped)."""
 
@@ -295,12 +308,15 @@ class _Rows:
         self.starts = np.cumsum([0] + [len(a) for a in self.arrays])
 
     def __getitem__(self, rows: np.ndarray) -> np.ndarray:
+        if len(self.arrays) == 1:
+            return self.arrays[0][rows]
         shard = np.searchsorted(self.starts, rows, side="right") - 1
         first = self.arrays[0]
         out = np.empty((len(rows), *first.shape[1:]), dtype=first.dtype)
-        for number in np.unique(shard):
-            mask = shard == number
-            out[mask] = self.arrays[number][rows[mask] - self.starts[number]]
+        for number, array in enumerate(self.arrays):
+            where = np.flatnonzero(shard == number)
+            if len(where):
+                out[where] = array[rows[where] - self.starts[number]]
         return out
 
 
@@ -360,8 +376,8 @@ class CachedTeacher(nn.Module):
 
     def rows(self, batch: Mapping[str, Any]) -> np.ndarray:
         try:
-            rows = np.fromiter((self.row_of[s.question_id] for s in batch["meta"].samples),
-                               dtype=np.int64)
+            rows = np.array(list(map(self.row_of.__getitem__,
+                                     map(_question_id, batch["meta"].samples))), dtype=np.int64)
         except KeyError as error:
             raise CacheError(f"question {error.args[0]!r} is not in the teacher cache in "
                              f"{self.directory}: the cache covers the training items only.") \
@@ -374,13 +390,15 @@ class CachedTeacher(nn.Module):
     def teacher_outputs(self, batch: Mapping[str, Any]) -> ModelOutput:
         rows = self.rows(batch)
         device = self._device_marker.device
+        record = self.fields["logits"][rows]
 
-        def tensor(field: str) -> torch.Tensor:
-            return torch.from_numpy(self.fields[field][rows]).to(device)
+        def tensor(array: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(np.ascontiguousarray(array)).to(device)
 
-        logits = expand_logits(tensor("values"), tensor("indices"), tensor("lse"),
-                               self.spec.num_classes)
-        stored = {name: tensor(f"feature.{name}").float() for name in self.spec.fields}
+        logits = expand_logits(tensor(record["values"]), tensor(record["indices"]),
+                               tensor(record["fill"]), self.spec.num_classes)
+        stored = {name: tensor(self.fields[f"feature.{name}"][rows]).float()
+                  for name in self.spec.fields}
         return ModelOutput(logits, stored.pop("image_embeds", None),
                            stored.pop("text_embeds", None), stored)
 

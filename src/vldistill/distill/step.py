@@ -115,8 +115,10 @@ class DistillationStep(nn.Module):
         total = student.logits.new_zeros((), dtype=torch.float32)
         for name, term in self.terms.items():
             if term.needs_labels:
+                # a task term gets no teacher (and the teacher's rows are not gathered for it)
                 value = term(student.select(labelled),
-                             teacher.select(labelled) if teacher is not None else None,
+                             teacher.select(labelled)
+                             if teacher is not None and term.needs_teacher else None,
                              targets[labelled])
             elif getattr(term, "labels_optional", False):   # every row, unlabelled marked
                 value = term(student, teacher, mark_unlabelled(targets, labelled))
