@@ -125,16 +125,9 @@ def cache_build(recipe: RecipeArg = None, set_: SetOption = None) -> None:
 
 def _is_global_zero() -> bool:
     """Only the global rank 0 writes reports (Lightning DDP, torchrun and SLURM alike)."""
-    import os
+    from vldistill.ranks import is_global_zero
 
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank() == 0
-    for variable in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
-        if variable in os.environ:
-            return os.environ[variable] == "0" and os.environ.get("NODE_RANK", "0") == "0"
-    return True
+    return is_global_zero()
 
 
 @app.command("eval")

@@ -9,6 +9,7 @@ Each stage is a named function; ``run_recipe`` only calls them in order.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import platform
 import time
@@ -31,6 +32,8 @@ from vldistill.data.batches import VQACollator, VQAImageDataset
 from vldistill.distill.losses import VQABCELoss
 from vldistill.distill.step import DistillationStep, WeightedTerm
 from vldistill.errors import DataError, RecipeError
+from vldistill.fileio import atomic_write
+from vldistill.ranks import is_global_zero
 from vldistill.eval.efficiency import Efficiency, measure
 from vldistill.eval.evaluators import Predictions, VQAEvaluator, agreement, predict
 from vldistill.models import build_model
@@ -83,14 +86,38 @@ def library_versions() -> dict[str, str]:
 
 
 def make_run_dir(recipe: Recipe, resume: bool = False) -> Path:
-    """The run folder; with ``resume`` the recipe saved there must match this one."""
+    """The run folder; with ``resume`` the recipe saved there must match this one. Rank 0
+    writes the resolved recipe and the library versions there (atomically)."""
     run_dir = recipe.output_dir / recipe.name
     if resume:
         check_same_recipe(run_dir, recipe)
     (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-    (run_dir / "recipe.yaml").write_text(dump_recipe(recipe), encoding="utf-8")
-    (run_dir / "versions.json").write_text(json.dumps(library_versions(), indent=2) + "\n")
+    if is_global_zero():
+        for name, text in (("recipe.yaml", dump_recipe(recipe)),
+                           ("versions.json", json.dumps(library_versions(), indent=2) + "\n")):
+            atomic_write(run_dir / name, lambda path, text=text: path.write_text(
+                text, encoding="utf-8"))
     return run_dir
+
+
+# recipe fields that change only what is displayed, not what is trained
+DISPLAY_ONLY = ("trainer.progress_bar",)
+
+
+def recipe_stamp(recipe: Recipe, role: str = "student") -> str:
+    """A hash of what decides a role's training: for the teacher, its data, model, training,
+    seed and task loss; for students, the whole recipe (display settings aside)."""
+    data = yaml.safe_load(dump_recipe(recipe))
+    for key in DISPLAY_ONLY:
+        section, name = key.split(".")
+        data.get(section, {}).pop(name, None)
+    if role == "teacher":
+        data = {"data": data["data"], "teacher": data["teacher"], "trainer": data["trainer"],
+                "seed": data["seeds"][0],
+                "task": [t.name for t in task_terms(recipe)]}
+        data["teacher"].pop("mode", None)
+        data["teacher"].pop("cache", None)
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def check_same_recipe(run_dir: Path, recipe: Recipe) -> None:
@@ -101,8 +128,7 @@ def check_same_recipe(run_dir: Path, recipe: Recipe) -> None:
                           f"({saved_path} is missing). Run without --resume to start it.")
     saved = yaml.safe_load(saved_path.read_text(encoding="utf-8"))
     current = yaml.safe_load(dump_recipe(recipe))
-    ignored = {"trainer.progress_bar"}     # display only: does not change what is trained
-    differences = [key for key in _differences(saved, current) if key not in ignored]
+    differences = [key for key in _differences(saved, current) if key not in DISPLAY_ONLY]
     if differences:
         raise RecipeError(
             f"--resume: this recipe differs from the one the run in {run_dir} was started with, "
@@ -125,6 +151,10 @@ class VQAJob:
     def __init__(self, recipe: Recipe, data: RunData, run_dir: Path, resume: bool = False
                  ) -> None:
         self.recipe, self.data, self.run_dir, self.resume = recipe, data, run_dir, resume
+        # what resume files must have been written for (see vldistill.train.resume)
+        self.stamps = {"teacher": recipe_stamp(recipe, "teacher"),
+                       "student": recipe_stamp(recipe)}
+        self._teacher_stamps: dict[int, str] = {}
         self.collate = VQACollator(len(data.answer_vocab))
         self.val = VQAImageDataset(data.val, data.val_images, data.answer_vocab, data.tokenizer)
         self.sizes = {"num_answers": len(data.answer_vocab), "vocab_size": len(data.tokenizer)}
@@ -179,7 +209,23 @@ class VQAJob:
                                 val_batch=self.recipe.eval.batch_images)
         return fit(step, loaders, VQAEvaluator(self.data.answer_vocab), train,
                    self.recipe.trainer, run_dir=self.run_dir, role=role, save=save,
-                   resume=self.resume)
+                   resume=self.resume, stamp=self.stamp_for(role, step.teacher))
+
+    def stamp_for(self, role: str, teacher: nn.Module | None = None) -> str:
+        """The resume stamp of a fit: the recipe's, plus the teacher's weights when it has one
+        (a student resumed against a retrained teacher would mix two teachers)."""
+        base = self.stamps["teacher" if role == "teacher" else "student"]
+        if teacher is None:
+            return base
+        key = id(teacher)
+        if key not in self._teacher_stamps:
+            from vldistill.distill.cache import teacher_fingerprint
+
+            manifest = getattr(teacher, "manifest", None)     # a CachedTeacher
+            self._teacher_stamps[key] = (manifest["fingerprint"]["teacher_weights"]
+                                         if manifest is not None
+                                         else teacher_fingerprint(teacher))[:16]
+        return f"{base}-{self._teacher_stamps[key]}"
 
     def evaluate(self, model: nn.Module) -> Predictions:
         return predict(model, self.val, self.collate, VQAEvaluator(self.data.answer_vocab),

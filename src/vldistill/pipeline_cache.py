@@ -19,9 +19,10 @@ from torch import nn
 
 from vldistill.config import Recipe
 from vldistill.console import console
-from vldistill.distill.cache import (CachedTeacher, CacheSpec, build_cache, data_fingerprint,
-                                     teacher_fingerprint)
+from vldistill.distill.cache import (CachedTeacher, CacheError, CacheSpec, build_cache,
+                                     data_fingerprint, teacher_fingerprint)
 from vldistill.phases import build_terms
+from vldistill.ranks import is_global_zero
 
 if TYPE_CHECKING:
     from vldistill.pipeline import VQAJob
@@ -49,6 +50,7 @@ def cache_spec(job: VQAJob, teacher: nn.Module) -> CacheSpec:
     augment = recipe.data.augment
     return CacheSpec(
         teacher=teacher_fingerprint(teacher),
+        teacher_model=recipe.teacher.model.model_dump(mode="json"),
         data=data_fingerprint(job.base_student_datasets()),
         preprocessing={"image_size": image_size(recipe.data.model_dump(mode="json")),
                        "answer_vocab": _hash(job.data.answer_vocab.to_json()),
@@ -79,6 +81,21 @@ def build(job: VQAJob, teacher: nn.Module, spec: CacheSpec | None = None) -> dic
     return manifest
 
 
+def wait_for_build(manifest_path: Path, timeout_s: float = 24 * 3600.0,
+                   poll_s: float = 2.0) -> None:
+    """Other ranks wait for rank 0's build (no process group exists yet at this point)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if json.loads(manifest_path.read_text()).get("complete"):
+                return
+        except (OSError, ValueError):
+            pass                            # not written yet
+        time.sleep(poll_s)
+    raise CacheError(f"gave up after {timeout_s:.0f} s waiting for rank 0 to build the teacher "
+                     f"cache ({manifest_path} never became complete).")
+
+
 def open_cache(job: VQAJob, teacher: nn.Module, recipe_hint: str = "RECIPE") -> CachedTeacher:
     """The cached teacher for the KD students: build the cache when there is none (or finish an
     interrupted build); a stale or damaged cache is refused (see CachedTeacher)."""
@@ -92,7 +109,10 @@ def open_cache(job: VQAJob, teacher: nn.Module, recipe_hint: str = "RECIPE") -> 
         except ValueError:
             complete = True        # let CachedTeacher report the damage
     if not complete:
-        build(job, teacher, spec)
+        if is_global_zero():
+            build(job, teacher, spec)
+        else:
+            wait_for_build(manifest_path)
     return CachedTeacher(directory, spec, job.base_student_datasets(), rebuild_hint=recipe_hint,
                          verify=job.recipe.teacher.cache.verify)
 
@@ -100,20 +120,17 @@ def open_cache(job: VQAJob, teacher: nn.Module, recipe_hint: str = "RECIPE") -> 
 def build_for_recipe(recipe: Recipe, recipe_hint: str = "RECIPE") -> dict:
     """`vldistill cache build`: the recipe's teacher (its checkpoint, the run folder's finished
     teacher, or trained now) run over the student's training data into the cache."""
-    from vldistill.models.checkpoint import build_from_checkpoint, load_checkpoint
-    from vldistill.pipeline import VQAJob, check_teacher_matches, make_run_dir, train_teacher
+    from vldistill.pipeline import VQAJob, make_run_dir, train_teacher
     from vldistill.pipeline_data import prepare_data
-    from vldistill.train.resume import done_path
+    from vldistill.train.resume import read_done
 
     run_dir = make_run_dir(recipe)
-    job = VQAJob(recipe, prepare_data(recipe.data, recipe.seeds[0], progress=True), run_dir)
-    saved = run_dir / "checkpoints" / "teacher-last.safetensors"
-    if recipe.teacher.checkpoint is None and saved.is_file() and \
-            done_path(run_dir, "teacher").is_file():
-        console.print(f"teacher: loading the run folder's trained teacher {saved}")
-        checkpoint = load_checkpoint(saved)
-        check_teacher_matches(checkpoint.extra, job, saved)
-        teacher = build_from_checkpoint(checkpoint)
-    else:
-        _, teacher = train_teacher(job)
+    # resume=True: a teacher this recipe finished is loaded and an interrupted one continues
+    # (its stamp must match the recipe); otherwise it is trained
+    job = VQAJob(recipe, prepare_data(recipe.data, recipe.seeds[0], progress=True), run_dir,
+                 resume=True)
+    if recipe.teacher.checkpoint is None and (done := read_done(run_dir, "teacher")) and \
+            done["stamp"] == job.stamp_for("teacher"):
+        console.print("teacher: loading the run folder's trained teacher")
+    _, teacher = train_teacher(job)
     return build(job, teacher)

@@ -251,3 +251,31 @@ def test_per_image_features_are_refused_with_the_way_out(tmp_path, job, teacher)
     with pytest.raises(CacheError, match="'image_grid' .* one row per image.*teacher.mode: "
                                          "online"):
         build(tmp_path, job, teacher, spec)
+
+
+def test_a_resumed_build_with_another_shard_size_still_lines_up(tmp_path, job, teacher):
+    spec = spec_for(job, teacher, top_k=1000)
+
+    def stop_after_one(done, total):
+        if done == 1:
+            raise Stop
+
+    with pytest.raises(Stop):
+        build(tmp_path, job, teacher, spec, shard_items=50, progress=stop_after_one)
+    build(tmp_path, job, teacher, spec, shard_items=30)       # 4 shards of 30, not 50 + ...
+    cached = CachedTeacher(tmp_path, spec, job.base_student_datasets())
+    assert [s["items"] for s in cached.manifest["shards"]] == [30, 30, 30, 30]
+    batch = batch_of(job.base_student_datasets(), job.collate, [29, 30, 31, 119])
+    assert torch.allclose(cached.teacher_outputs(batch).logits,
+                          call_model(teacher, batch["inputs"]).logits, atol=2e-2)
+
+
+def test_a_manifest_that_does_not_add_up_is_refused(tmp_path, job, teacher):
+    spec = spec_for(job, teacher)
+    build(tmp_path, job, teacher, spec, shard_items=50)
+    path = tmp_path / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["shards"] = manifest["shards"][:2]               # a shard dropped from the record
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(CacheError, match="does not line up with the training questions"):
+        CachedTeacher(tmp_path, spec, job.base_student_datasets())

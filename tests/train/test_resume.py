@@ -72,7 +72,9 @@ def uninterrupted(tmp_path_factory):
     return run_recipe(tiny(recipe_path, tmp_path_factory.mktemp("whole")))
 
 
-@pytest.mark.parametrize("crash_after", [5, 7])   # resume from a validation / mid-epoch point
+# resume from a point saved after a batch in mid-epoch (3), after a validation (4), at the end
+# of an epoch (6)
+@pytest.mark.parametrize("crash_after", [4, 5, 7])
 def test_kd_student_resumes_to_identical_weights(tmp_path, tiny_recipe_path, crash_role,
                                                  uninterrupted, crash_after):
     recipe = tiny(tiny_recipe_path, tmp_path)
@@ -81,7 +83,7 @@ def test_kd_student_resumes_to_identical_weights(tmp_path, tiny_recipe_path, cra
         run_recipe(recipe)
     checkpoints = tmp_path / "r" / "checkpoints"
     state = load_training_state(checkpoints / "student-kd-seed0-resume.ckpt")
-    assert state["global_step"] == {5: 4, 7: 6}[crash_after]
+    assert state["global_step"] == {4: 3, 5: 4, 7: 6}[crash_after]
     assert not any(k.startswith("step.teacher.") for k in state["state_dict"])
     assert not (checkpoints / "student-kd-seed0-done.json").exists()
     teacher_before = (checkpoints / "teacher-last.safetensors").stat().st_mtime_ns
@@ -91,6 +93,10 @@ def test_kd_student_resumes_to_identical_weights(tmp_path, tiny_recipe_path, cra
     assert (checkpoints / "teacher-last.safetensors").stat().st_mtime_ns == teacher_before
     assert_same_weights(weights(resumed, "student-kd-seed0"),
                         weights(uninterrupted, "student-kd-seed0"))
+    # the best-model record survived too (the resume point is taken after the validation)
+    assert_same_weights(
+        load_file(checkpoints / "student-kd-seed0-best.safetensors"),
+        load_file(uninterrupted.run_dir / "checkpoints" / "student-kd-seed0-best.safetensors"))
     assert resumed.students["student (KD)"][0].predictions.metrics == \
         uninterrupted.students["student (KD)"][0].predictions.metrics
     done = json.loads((checkpoints / "student-kd-seed0-done.json").read_text())
@@ -121,6 +127,20 @@ def test_fresh_run_forgets_old_resume_points(tmp_path, tiny_recipe_path, crash_r
     with pytest.raises(Crash):
         run_recipe(recipe)
     assert not (tmp_path / "r" / "checkpoints" / "student-kd-seed0-resume.ckpt").exists()
+
+
+def test_resume_does_not_reuse_models_finished_under_another_recipe(tmp_path, tiny_recipe_path,
+                                                                   crash_role):
+    run_recipe(tiny(tiny_recipe_path, tmp_path, "student.train.max_steps=4"))
+    done = tmp_path / "r" / "checkpoints" / "student-kd-seed0-done.json"
+    assert json.loads(done.read_text())["steps"] == 4
+    recipe = tiny(tiny_recipe_path, tmp_path)              # 8 steps now
+    crash_role("student-kd-seed0", 2)                      # crashes before any resume point
+    with pytest.raises(Crash):
+        run_recipe(recipe)
+    run_recipe(recipe, resume=True)
+    # the teacher (same data, model and training) was reused; the student was trained again
+    assert json.loads(done.read_text())["steps"] == 8
 
 
 def test_resume_refuses_another_recipe_or_a_missing_run(tmp_path, tiny_recipe_path):

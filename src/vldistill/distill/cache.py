@@ -95,6 +95,7 @@ class CacheSpec:
     """What a cache is built from; its fingerprint decides whether a cache may be used."""
 
     teacher: str                         # teacher_fingerprint
+    teacher_model: dict[str, Any]        # the teacher's architecture (name and settings)
     data: str                            # data_fingerprint
     preprocessing: dict[str, Any]        # image size, vocabularies
     augmentation: dict[str, Any]         # AugmentSettings, as a dict
@@ -103,7 +104,8 @@ class CacheSpec:
     num_classes: int
 
     def fingerprint(self) -> dict[str, Any]:
-        return {"teacher_weights": self.teacher, "data": self.data,
+        return {"teacher_weights": self.teacher, "teacher_model": self.teacher_model,
+                "data": self.data,
                 "preprocessing": self.preprocessing, "augmentation": self.augmentation,
                 "top_k": self.top_k, "fields": list(self.fields),
                 "num_classes": self.num_classes,
@@ -162,7 +164,10 @@ def build_cache(directory: Path, teacher: nn.Module, datasets: Sequence[Any],
     parameters = np.stack([[view_parameters(augment, item, view) for item in range(len(items))]
                            for view in range(views)]).astype(np.float32)    # (K, items, 4)
     questions = sum(len(d.groups[i]) for d, i in items)
-    manifest = _resumable_manifest(directory, fingerprint)
+    # work units: (view, first item, last item) blocks of at most shard_items items
+    units = [(view, start, min(start + shard_items, len(items)))
+             for view in range(views) for start in range(0, len(items), shard_items)]
+    manifest = _resumable_manifest(directory, fingerprint, units)
     if manifest is None:
         for stale in directory.glob("shard-*.npy"):
             stale.unlink()
@@ -172,9 +177,6 @@ def build_cache(directory: Path, teacher: nn.Module, datasets: Sequence[Any],
         _save_array(directory / "views.npy", parameters)
         manifest["views_file"] = _file_record(directory / "views.npy")
         _write_manifest(directory, manifest)
-    # work units: (view, first item, last item) blocks of at most shard_items items
-    units = [(view, start, min(start + shard_items, len(items)))
-             for view in range(views) for start in range(0, len(items), shard_items)]
     start_time = time.perf_counter()
     teacher.eval()
     for number, (view, first, last) in enumerate(units):
@@ -256,9 +258,11 @@ def _read_manifest(directory: Path) -> dict[str, Any] | None:
     return manifest
 
 
-def _resumable_manifest(directory: Path, fingerprint: Mapping[str, Any]) -> dict | None:
-    """The manifest of an unfinished (or finished) build of the same fingerprint whose shards
-    are intact, else None (build from scratch)."""
+def _resumable_manifest(directory: Path, fingerprint: Mapping[str, Any],
+                        units: Sequence[tuple[int, int, int]]) -> dict | None:
+    """The manifest of an unfinished (or finished) build of the same fingerprint, cut to its
+    leading shards that are intact and cover the same work units as this build (the shard size
+    may have changed), else None (build from scratch)."""
     try:
         manifest = _read_manifest(directory)
     except CacheError:
@@ -266,8 +270,11 @@ def _resumable_manifest(directory: Path, fingerprint: Mapping[str, Any]) -> dict
     if manifest is None or manifest["fingerprint"] != fingerprint:
         return None
     intact = []
-    for shard in manifest["shards"]:
-        if not all(_file_ok(directory, record) for record in shard["files"].values()):
+    for shard, (view, first, last) in zip(manifest["shards"], units):
+        same_unit = (shard["view"], shard["first_item"], shard["items"]) == (view, first,
+                                                                             last - first)
+        if not same_unit or not all(_file_ok(directory, record)
+                                    for record in shard["files"].values()):
             break
         intact.append(shard)
     if not _file_ok(directory, manifest.get("views_file", {})):
@@ -308,6 +315,8 @@ class _Rows:
         self.starts = np.cumsum([0] + [len(a) for a in self.arrays])
 
     def __getitem__(self, rows: np.ndarray) -> np.ndarray:
+        if len(rows) and (rows.min() < 0 or rows.max() >= self.starts[-1]):
+            raise IndexError(f"cache rows {rows.min()}..{rows.max()} outside 0..{self.starts[-1]}")
         if len(self.arrays) == 1:
             return self.arrays[0][rows]
         shard = np.searchsorted(self.starts, rows, side="right") - 1
@@ -339,10 +348,15 @@ class CachedTeacher(nn.Module):
                              f"with {command}; the build resumes where it stopped.")
         differences = fingerprint_differences(manifest["fingerprint"], spec.fingerprint())
         if differences:
+            hint = ""
+            if "teacher_weights" in differences:
+                hint = (" The teacher's weights changed: a teacher trained again (on a GPU, "
+                        "training is not bit-reproducible) needs a new cache. To keep one "
+                        "teacher, continue the run with --resume or set teacher.checkpoint.")
             raise CacheError(
                 f"the teacher cache in {directory} was built for other settings; these "
                 f"fields differ from this recipe's: {', '.join(differences)}. Using it would "
-                f"distil stale teacher outputs. Rebuild it with {command}.")
+                f"distil stale teacher outputs.{hint} Rebuild it with {command}.")
         records = [manifest["views_file"]] + [r for s in manifest["shards"]
                                               for r in s["files"].values()]
         for record in records:
@@ -367,6 +381,16 @@ class CachedTeacher(nn.Module):
         self.questions = int(manifest["questions"])
         ids = [s.question_id for d in datasets for group in d.groups for s in group]
         self.row_of = {question_id: row for row, question_id in enumerate(ids)}
+        stored_rows = sum(int(shard["rows"]) for shard in manifest["shards"])
+        if not (len(self.row_of) == len(ids) == self.questions
+                and stored_rows == manifest["rows"] == manifest["views"] * self.questions
+                and all(len(array) == shard["rows"] for array, shard in
+                        zip(next(iter(self.fields.values())).arrays, manifest["shards"]))):
+            raise CacheError(
+                f"the teacher cache in {directory} does not line up with the training "
+                f"questions ({stored_rows} stored rows, {manifest['rows']} in the manifest, "
+                f"{manifest['views']} view(s) x {len(ids)} questions expected). Rebuild it with "
+                f"{command}.")
         self.register_buffer("_device_marker", torch.zeros(0), persistent=False)
 
     @property

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.callbacks import Callback, EarlyStopping
+from lightning.pytorch.callbacks import Callback, Checkpoint, EarlyStopping
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch import nn
 from torch.nn.parameter import is_lazy
@@ -24,8 +24,10 @@ from vldistill.config import TrainerSettings, TrainSettings
 from vldistill.distill.step import DistillationStep
 from vldistill.train.module import DistillModule, Evaluator
 from vldistill.train.progress import StepProgressBar
+from vldistill.console import console
 from vldistill.train.resume import (AtomicCheckpointIO, ResumableLoader, ResumePoints, forget,
-                                    load_training_state, read_done, resume_path, write_done)
+                                    load_training_state, read_done, resume_path, resume_stamp,
+                                    write_done)
 
 SaveFn = Callable[[Path, nn.Module], None]
 
@@ -90,7 +92,7 @@ def mixed_loaders(labelled: Dataset, transfer: Dataset | None, collate: Callable
     return LoaderModule(ConcatDataset(datasets), sampler, collate, val, val_batches)
 
 
-class SafetensorsCheckpoint(Callback):
+class SafetensorsCheckpoint(Checkpoint):
     """Saves ``<role>-last.safetensors`` after each validation and at the end, and
     ``<role>-best.safetensors`` when the monitored metric improves (rank 0 only)."""
 
@@ -143,24 +145,41 @@ def build_trainer(settings: TrainerSettings, train: TrainSettings, log_dir: Path
         limit_val_batches=1.0 if has_val else 0,
         logger=[TensorBoardLogger(log_dir, name=role, version=""),
                 CSVLogger(log_dir, name=role, version="")],
-        callbacks=callbacks, enable_checkpointing=False,
+        # our own Checkpoint callbacks (resume points, safetensors weights) replace Lightning's
+        # default ModelCheckpoint
+        callbacks=callbacks, enable_checkpointing=True,
         enable_progress_bar=settings.progress_bar, enable_model_summary=False,
         log_every_n_steps=settings.log_every_n_steps, use_distributed_sampler=False,
         default_root_dir=log_dir, plugins=[AtomicCheckpointIO()])
 
 
+def _resumable(run_dir: Path, role: str, stamp: str) -> bool:
+    """Whether the role's resume files (if any) were written under this stamp."""
+    done = read_done(run_dir, role)
+    if done is not None and done["stamp"] != stamp:
+        return False
+    checkpoint = resume_path(run_dir, role)
+    return not checkpoint.is_file() or resume_stamp(load_training_state(checkpoint)) == stamp
+
+
 def fit(step: DistillationStep, data: LoaderModule, evaluator: Evaluator, train: TrainSettings,
         settings: TrainerSettings, *, run_dir: Path, role: str, save: SaveFn | None = None,
-        resume: bool = False, callbacks: Sequence[Callback] = ()) -> FitResult:
+        resume: bool = False, stamp: str = "", callbacks: Sequence[Callback] = ()
+        ) -> FitResult:
     """Train ``step.student`` with Lightning; returns the trained student and its wall time.
 
     With ``resume``, a role that finished before is not trained again (its final weights are
     loaded) and one that was interrupted continues from its last resume point (see
-    :mod:`vldistill.train.resume`); without, the role's earlier resume files are removed first.
-    ``callbacks`` are extra Lightning callbacks.
+    :mod:`vldistill.train.resume`), as long as their ``stamp`` (recipe and teacher) matches;
+    without, the role's earlier resume files are removed first. ``callbacks`` are extra Lightning
+    callbacks.
     """
     quiet_lightning()
     checkpoint = resume_path(run_dir, role)
+    if resume and not _resumable(run_dir, role, stamp):
+        console.print(f"{role}: its resume files were written for another recipe or teacher; "
+                      "training it from the start")
+        resume = False
     if not resume:
         forget(run_dir, role)
     monitor = f"val/{evaluator.name}"
@@ -176,8 +195,8 @@ def fit(step: DistillationStep, data: LoaderModule, evaluator: Evaluator, train:
         return FitResult(step.student, done["wall_time_s"], done["steps"], done["metrics"])
     has_val = data.val_dataset is not None
     points = ResumePoints(checkpoint, train.checkpoint_every_n_steps,
-                          train.val_every_n_steps if has_val else None)
-    callbacks = [points, *callbacks]
+                          train.val_every_n_steps if has_val else None, stamp)
+    callbacks = list(callbacks)
     if settings.progress_bar:
         callbacks.append(StepProgressBar(role, monitor))
     if save is not None:
@@ -185,6 +204,7 @@ def fit(step: DistillationStep, data: LoaderModule, evaluator: Evaluator, train:
     if train.early_stopping_patience is not None and data.val_dataset is not None:
         callbacks.append(EarlyStopping(monitor=monitor, mode="max",
                                        patience=train.early_stopping_patience))
+    callbacks.append(points)          # last: a resume point holds every other callback's state
     trainer = build_trainer(settings, train, run_dir / "logs", role, callbacks, has_val)
     # Lightning keeps each module's train/eval flag as it finds it: a student handed over from
     # an earlier fit (a previous phase) was left in eval mode, so put the step in train mode
@@ -198,6 +218,6 @@ def fit(step: DistillationStep, data: LoaderModule, evaluator: Evaluator, train:
     wall = points.elapsed()
     metrics: dict[str, Any] = {k: float(v) for k, v in trainer.callback_metrics.items()}
     if trainer.is_global_zero:
-        write_done(run_dir, role, trainer.global_step, wall, metrics)
+        write_done(run_dir, role, trainer.global_step, wall, metrics, stamp)
     step.student.eval()
     return FitResult(step.student, wall, trainer.global_step, metrics)

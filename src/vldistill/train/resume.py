@@ -11,9 +11,11 @@ Every fit (one role: the teacher, a student, one phase of a student) keeps two f
                          is complete.
     <role>-done.json     written once the fit has finished: its steps, wall time and metrics.
 
-``fit(..., resume=True)`` continues from ``-resume.ckpt`` when there is one, and does not train
-again a role that is done (it loads the final weights). Without ``resume`` both files of the role
-are removed before training starts, so a later ``--resume`` never mixes two runs.
+Both carry a *stamp*: a hash of the recipe and, for a distilled student, of the teacher's
+weights. ``fit(..., resume=True)`` continues from ``-resume.ckpt`` and skips a role that is done
+(loading its final weights) only when the stamp matches; files stamped by another recipe or
+another teacher are removed and the role trains from its start. Without ``resume`` a role's
+files are removed before it trains.
 
 Lightning restores the loops (including a stop in the middle of an epoch, through the stateful
 data loader below); this file adds only what Lightning leaves to the user: where to write, how to
@@ -30,7 +32,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Checkpoint
 from torch.utils.data import DataLoader
 
 from vldistill.errors import VldistillError
@@ -88,15 +90,21 @@ class ResumableLoader(DataLoader):
         self.batch_sampler.load_state_dict(state)
 
 
-class ResumePoints(Callback):
+class ResumePoints(Checkpoint):
     """Writes ``<role>-resume.ckpt`` every ``every_n_steps`` optimiser steps and after every
-    validation, and carries the torch RNG state and the training time across a resume."""
+    validation, and carries the torch RNG state, the stamp and the training time across a resume.
 
-    def __init__(self, path: Path, every_n_steps: int | None, val_every_n_steps: int | None
-                 ) -> None:
+    A :class:`Checkpoint` subclass on purpose: Lightning runs checkpoint callbacks after all
+    others, so a resume point taken after a validation already holds that validation's effect on
+    early stopping and on the best-model record."""
+
+    def __init__(self, path: Path, every_n_steps: int | None, val_every_n_steps: int | None,
+                 stamp: str = "") -> None:
         self.path, self.every_n_steps, self.val_every_n_steps = path, every_n_steps, val_every_n_steps
+        self.stamp = stamp
         self.elapsed_before = 0.0          # training seconds of earlier, interrupted attempts
         self._started = time.perf_counter()
+        self._last_saved_step = -1
 
     @property
     def state_key(self) -> str:
@@ -106,7 +114,8 @@ class ResumePoints(Callback):
         return self.elapsed_before + time.perf_counter() - self._started
 
     def state_dict(self) -> dict[str, Any]:
-        return {"torch_rng": torch.get_rng_state(), "elapsed_s": self.elapsed()}
+        return {"torch_rng": torch.get_rng_state(), "elapsed_s": self.elapsed(),
+                "stamp": self.stamp}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         torch.set_rng_state(state["torch_rng"])
@@ -117,8 +126,11 @@ class ResumePoints(Callback):
         step = trainer.global_step
         if not self.every_n_steps or step == 0 or step % self.every_n_steps:
             return
+        if step == self._last_saved_step:
+            return      # the later micro-batches of a step under gradient accumulation
         if self.val_every_n_steps and step % self.val_every_n_steps == 0:
             return                          # saved after that validation instead
+        self._last_saved_step = step
         trainer.save_checkpoint(self.path)
 
     def on_validation_end(self, trainer: L.Trainer, module) -> None:
@@ -127,8 +139,9 @@ class ResumePoints(Callback):
 
 
 def write_done(run_dir: Path, role: str, steps: int, wall_time_s: float,
-               metrics: dict[str, float]) -> None:
-    record = {"role": role, "steps": steps, "wall_time_s": wall_time_s, "metrics": metrics}
+               metrics: dict[str, float], stamp: str = "") -> None:
+    record = {"role": role, "steps": steps, "wall_time_s": wall_time_s, "metrics": metrics,
+              "stamp": stamp}
     atomic_write(done_path(run_dir, role),
                  lambda path: path.write_text(json.dumps(record, indent=2) + "\n"))
 
@@ -140,10 +153,16 @@ def read_done(run_dir: Path, role: str) -> dict[str, Any] | None:
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
         return {"steps": int(record["steps"]), "wall_time_s": float(record["wall_time_s"]),
-                "metrics": {str(k): float(v) for k, v in record["metrics"].items()}}
+                "metrics": {str(k): float(v) for k, v in record["metrics"].items()},
+                "stamp": str(record.get("stamp", ""))}
     except (ValueError, KeyError, TypeError, AttributeError) as error:
         raise ResumeError(f"{path} is damaged ({error}); delete it to train {role!r} again, "
                           "then run with --resume.") from None
+
+
+def resume_stamp(state: dict[str, Any]) -> str:
+    """The stamp a resume checkpoint was written with ("" when it has none)."""
+    return str(state.get("callbacks", {}).get("ResumePoints", {}).get("stamp", ""))
 
 
 def forget(run_dir: Path, role: str) -> None:
