@@ -72,3 +72,16 @@ def test_data_export_reads_back_identically(tmp_path, tiny_recipe_path):
             assert np.allclose(images.depth(image_id), np.round(depth.astype(np.float64) * 1000) / 1000,
                                atol=1e-5)
     assert (tmp_path / "facts.jsonl").read_text().count("\n") == len(world.facts)
+
+
+def test_data_export_in_the_vizwiz_layout(tmp_path, tiny_recipe_path):
+    from vldistill.data.vizwiz import read_vizwiz
+
+    result = runner.invoke(app, ["data", "shapesworld", "--out", str(tmp_path),
+                                 "--recipe", str(tiny_recipe_path), "--format", "vizwiz"])
+    assert result.exit_code == 0, result.output
+    samples, images = read_vizwiz(tmp_path / "annotations" / "val.json", tmp_path / "val")
+    assert samples and images.rgb(samples[0].image_id).shape == (64, 64, 3)
+    result = runner.invoke(app, ["data", "shapesworld", "--out", str(tmp_path),
+                                 "--format", "csv"])
+    assert result.exit_code == 2 and "expected vqa or vizwiz" in result.output

@@ -152,18 +152,23 @@ def data_shapesworld(
         out: Annotated[Path, typer.Option("--out", help="folder to write the export into")],
         recipe: Annotated[Optional[Path], typer.Option(help="take ShapesWorld settings from "
                                                        "this recipe")] = None,
-        set_: SetOption = None) -> None:
-    """Export ShapesWorld in the VQAv2 layout (questions/annotations JSON, images/, depth/),
-    plus facts.jsonl and captions.jsonl."""
+        set_: SetOption = None,
+        format: Annotated[str, typer.Option(
+            "--format", help="vqa: the VQAv2 layout; vizwiz: the VizWiz layout")] = "vqa"
+        ) -> None:
+    """Export ShapesWorld in the VQAv2 layout (questions/annotations JSON, images/, depth/,
+    plus facts.jsonl and captions.jsonl) or in the VizWiz layout (--format vizwiz)."""
     from vldistill.config import load_recipe
     from vldistill.data.export import export_shapesworld
     from vldistill.data.shapesworld import load_shapesworld
 
+    if format not in ("vqa", "vizwiz"):
+        _fail(ValueError(f"--format {format!r}: expected vqa or vizwiz"))
     try:
         settings = load_recipe(recipe, set_ or []).data.shapesworld
         start = time.perf_counter()
         world = load_shapesworld(settings, progress=True)
-        written = export_shapesworld(world, out)
+        written = export_shapesworld(world, out, format)
     except VldistillError as error:
         _fail(error)
     for name, path in written.items():

@@ -32,6 +32,7 @@ class Sample:
     question_type: str = ""
     answer_type: str = ""
     fact_ids: tuple[str, ...] = ()
+    answerable: bool | None = None      # VizWiz: can the question be answered from the image?
 
     @property
     def labelled(self) -> bool:
@@ -40,7 +41,7 @@ class Sample:
     def unlabelled(self) -> Sample:
         """The same question with its answers removed (for a transfer set)."""
         return Sample(self.question_id, self.image_id, self.question, (), self.question_type,
-                      "", self.fact_ids)
+                      "", self.fact_ids, None)
 
 
 class ImageStore(Protocol):

@@ -38,6 +38,9 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from vldistill.data.sample import ImageId, ImageStore, QuestionId, Sample
+from vldistill.data.jsonio import (MAX_LISTED as _MAX_LISTED, check_unique as _check_unique,
+                                   first as _first, get as _get, load_json as _load_json,
+                                   show as _show)
 from vldistill.errors import DataError, MissingFileError
 from vldistill.fileio import atomic_write
 
@@ -46,7 +49,6 @@ _PLAIN_NAME = re.compile(r"^(.+)\.(?:png|jpg)$")
 _IMAGE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError,
                  Image.DecompressionBombError)
 _DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I")
-_MAX_LISTED = 5
 
 
 # ----------------------------------------------------------------------------- image folder
@@ -376,21 +378,6 @@ def _with_answers(sample: Sample, annotation: _Annotation | None, path: Path) ->
                    answer_type=annotation.answer_type, fact_ids=fact_ids)
 
 
-def _load_json(path: Path, what: str) -> Any:
-    if not path.is_file():
-        raise MissingFileError(f"{what} file {path} does not exist. Fix: check the path.")
-    try:
-        with path.open(encoding="utf-8") as file:
-            return json.load(file)
-    except json.JSONDecodeError as err:
-        raise DataError(f"{path}: not valid JSON at line {err.lineno}, column {err.colno} "
-                        f"(char {err.pos}): {err.msg}. Fix: repair or re-export the file."
-                        ) from err
-    except UnicodeDecodeError as err:
-        raise DataError(f"{path}: not UTF-8 text (bad byte at offset {err.start}). Fix: "
-                        f"re-save the file as UTF-8 JSON.") from err
-
-
 def _records(document: Any, key: str, path: Path) -> list[dict[str, Any]]:
     records = document.get(key) if isinstance(document, dict) else None
     if not isinstance(records, list):
@@ -403,52 +390,6 @@ def _records(document: Any, key: str, path: Path) -> list[dict[str, Any]]:
             raise DataError(f"{path}: {key}[{i}] is {_show(record)}; expected a JSON object. "
                             f"Fix: correct that record.")
     return records
-
-
-_REQUIRED = object()
-_KINDS: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "id": (lambda v: type(v) in (int, str), "an int id (or a string id)"),
-    "int": (lambda v: type(v) is int, "an int"),
-    "str": (lambda v: isinstance(v, str), "a string"),
-    "list": (lambda v: isinstance(v, list), "a list"),
-    "str_list": (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
-                 "a list of strings"),
-}
-
-
-def _get(record: dict[str, Any], field: str, path: Path, where: str, kind: str,
-         default: Any = _REQUIRED) -> Any:
-    """``record[field]`` checked to be of ``kind``; ``default`` when absent (else an error)."""
-    is_kind, expected = _KINDS[kind]
-    if field not in record:
-        if default is not _REQUIRED:
-            return default
-        raise DataError(f"{path}: {where} has no field {field!r} (it has {sorted(record)}); "
-                        f"expected {expected}. Fix: add the field to that record.")
-    value = record[field]
-    if not is_kind(value):
-        raise DataError(f"{path}: {where} field {field!r} is {_show(value)} "
-                        f"({type(value).__name__}); expected {expected}. Fix: correct that "
-                        f"record.")
-    return value
-
-
-def _check_unique(question_ids: list[QuestionId], path: Path, key: str) -> None:
-    counts = Counter(question_ids)
-    duplicates = [question_id for question_id, n in counts.items() if n > 1]
-    if duplicates:
-        raise DataError(f"{path}: {len(duplicates)} question ids appear more than once in "
-                        f"{key!r}: {_first(duplicates)}. Fix: keep one record per question id.")
-
-
-def _first(values: Sequence[Any], n: int = _MAX_LISTED) -> str:
-    shown = ", ".join(repr(v) for v in values[:n])
-    return f"[{shown}{', ...' if len(values) > n else ''}]"
-
-
-def _show(value: Any, limit: int = 80) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit] + "..."
 
 
 # ----------------------------------------------------------------------------- writing

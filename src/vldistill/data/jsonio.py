@@ -1,0 +1,78 @@
+"""Reading JSON datasets with errors that name the file, the record, the field and the fix.
+
+Shared by the readers of every JSON layout (VQAv2 / OK-VQA, VizWiz).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from vldistill.data.sample import QuestionId
+from vldistill.errors import DataError, MissingFileError
+
+MAX_LISTED = 5
+
+
+def load_json(path: Path, what: str) -> Any:
+    if not path.is_file():
+        raise MissingFileError(f"{what} file {path} does not exist. Fix: check the path.")
+    try:
+        with path.open(encoding="utf-8") as file:
+            return json.load(file)
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path}: not valid JSON at line {err.lineno}, column {err.colno} "
+                        f"(char {err.pos}): {err.msg}. Fix: repair or re-export the file."
+                        ) from err
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not UTF-8 text (bad byte at offset {err.start}). Fix: "
+                        f"re-save the file as UTF-8 JSON.") from err
+
+
+_REQUIRED = object()
+_KINDS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "id": (lambda v: type(v) in (int, str), "an int id (or a string id)"),
+    "int": (lambda v: type(v) is int, "an int"),
+    "str": (lambda v: isinstance(v, str), "a string"),
+    "list": (lambda v: isinstance(v, list), "a list"),
+    "str_list": (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
+                 "a list of strings"),
+}
+
+
+def get(record: dict[str, Any], field: str, path: Path, where: str, kind: str,
+         default: Any = _REQUIRED) -> Any:
+    """``record[field]`` checked to be of ``kind``; ``default`` when absent (else an error)."""
+    is_kind, expected = _KINDS[kind]
+    if field not in record:
+        if default is not _REQUIRED:
+            return default
+        raise DataError(f"{path}: {where} has no field {field!r} (it has {sorted(record)}); "
+                        f"expected {expected}. Fix: add the field to that record.")
+    value = record[field]
+    if not is_kind(value):
+        raise DataError(f"{path}: {where} field {field!r} is {show(value)} "
+                        f"({type(value).__name__}); expected {expected}. Fix: correct that "
+                        f"record.")
+    return value
+
+
+def check_unique(question_ids: list[QuestionId], path: Path, key: str) -> None:
+    counts = Counter(question_ids)
+    duplicates = [question_id for question_id, n in counts.items() if n > 1]
+    if duplicates:
+        raise DataError(f"{path}: {len(duplicates)} question ids appear more than once in "
+                        f"{key!r}: {first(duplicates)}. Fix: keep one record per question id.")
+
+
+def first(values: Sequence[Any], n: int = MAX_LISTED) -> str:
+    shown = ", ".join(repr(v) for v in values[:n])
+    return f"[{shown}{', ...' if len(values) > n else ''}]"
+
+
+def show(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
