@@ -192,7 +192,8 @@ class VQAJob:
 
     def build(self, role: str) -> tuple[nn.Module, Callable[[Path, nn.Module], None]]:
         settings = (self.recipe.teacher if role == "teacher" else self.recipe.student).model
-        model = build_model(settings.name, settings.params, **self.sizes)
+        model = build_model(settings.name, settings.params,
+                            answers=self.data.answer_vocab.to_json(), **self.sizes)
         extra = {"answer_vocab": self.data.answer_vocab.to_json(),
                  "question_vocab": self.data.tokenizer.to_json(),
                  "data": self.recipe.data.model_dump(mode="json"), "role": role}
@@ -323,7 +324,8 @@ def measure_models(job: VQAJob, models: dict[str, nn.Module]) -> dict[str, Effic
     single["inputs"] = {**single["inputs"],
                         "question_tokens": single["inputs"]["question_tokens"][:1],
                         "question_lengths": single["inputs"]["question_lengths"][:1],
-                        "image_index": single["inputs"]["image_index"][:1]}
+                        "image_index": single["inputs"]["image_index"][:1],
+                        "questions": single["inputs"]["questions"][:1]}
     count = min(job.recipe.eval.throughput_images, len(job.val))
     batch = job.collate([job.val[i] for i in range(count)])
     return {name: measure(model, single["inputs"], batch["inputs"], len(batch["labelled"]),

@@ -116,7 +116,9 @@ class VQACollator:
                        "question_tokens": torch.from_numpy(tokens),
                        "question_lengths": torch.from_numpy(lengths),
                        "image_index": torch.from_numpy(np.repeat(np.arange(len(items)),
-                                                                 counts))},
+                                                                 counts)),
+                       # the raw text, for models that tokenize with their own tokenizer
+                       "questions": [s.question for item in items for s in item["samples"]]},
             "targets": targets,
             "labelled": torch.from_numpy(np.concatenate([item["labelled"] for item in items])),
             "meta": BatchMeta([s for item in items for s in item["samples"]]),

@@ -213,7 +213,8 @@ def _run_block(teacher: nn.Module, items: Sequence[tuple[Any, int]], parameters:
                 record["image"] = apply_view(record["image"], parameters[start + offset])
                 records.append(record)
             batch = collate(records)
-            inputs = {k: v.to(device) for k, v in batch["inputs"].items()}
+            inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v
+                      for k, v in batch["inputs"].items()}
             output = call_model(teacher, inputs)
             values, indices, fill = compress_logits(output.logits, spec.top_k)
             record = np.empty(len(values), dtype=logit_record(spec.top_k, spec.num_classes))

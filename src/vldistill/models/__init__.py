@@ -7,9 +7,10 @@ Every model returns a :class:`ModelOutput`. Models named in recipes are register
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from vldistill.models.outputs import ModelOutput, as_model_output
@@ -21,10 +22,32 @@ from vldistill.registry import Registry
 class ModelEntry:
     config_class: type[BaseModel]
     build: Callable[..., nn.Module]   # build(config, num_answers=..., vocab_size=...)
+    needs_answers: bool = False       # build(..., answers=[...]) too: the answer strings
+
+
+class ViltSettings(BaseModel):
+    """A Hugging Face ViltForQuestionAnswering in a local folder (vldistill.models.hf_vilt)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    path: Path = Field(description="folder written by save_pretrained: config.json, "
+                       "model.safetensors, tokenizer and processor config")
+    max_text_length: int | None = Field(None, ge=2, description="question tokens kept (longer "
+                                        "ones are truncated, with a warning); None: the model's")
+
+
+def _build_vilt(config: ViltSettings, num_answers: int, vocab_size: int,
+                answers: list[str] | None = None) -> nn.Module:
+    from vldistill.models.hf_vilt import ViltVQA
+
+    if answers is None:                # rebuilt from a checkpoint without its vocabulary
+        answers = [str(i) for i in range(num_answers)]
+    return ViltVQA.from_pretrained(config.path, answers, config.max_text_length)
 
 
 MODELS: Registry[ModelEntry] = Registry("model")
 MODELS.register("vqa_attention")(ModelEntry(VQANetConfig, VQANet))
+MODELS.register("vilt")(ModelEntry(ViltSettings, _build_vilt, needs_answers=True))
 
 
 def model_config(name: str, params: dict[str, Any]) -> BaseModel:
@@ -37,9 +60,13 @@ def model_config(name: str, params: dict[str, Any]) -> BaseModel:
     return entry.config_class(**params)
 
 
-def build_model(name: str, params: dict[str, Any], **sizes: int) -> nn.Module:
-    """Build a registered model from its recipe params and data-derived sizes."""
-    return MODELS.get(name).build(model_config(name, params), **sizes)
+def build_model(name: str, params: dict[str, Any], answers: list[str] | None = None,
+                **sizes: int) -> nn.Module:
+    """Build a registered model from its recipe params and data-derived sizes (and the answer
+    strings, for models whose head is labelled, such as Hugging Face ones)."""
+    entry = MODELS.get(name)
+    extra = {"answers": answers} if entry.needs_answers and answers is not None else {}
+    return entry.build(model_config(name, params), **sizes, **extra)
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:

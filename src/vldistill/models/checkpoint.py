@@ -72,6 +72,7 @@ def load_checkpoint(path: str | Path) -> ModelCheckpoint:
 def build_from_checkpoint(checkpoint: ModelCheckpoint) -> nn.Module:
     from vldistill.models import build_model
 
-    model = build_model(checkpoint.model_name, checkpoint.model_params, **checkpoint.sizes)
+    model = build_model(checkpoint.model_name, checkpoint.model_params,
+                        answers=checkpoint.extra.get("answer_vocab"), **checkpoint.sizes)
     model.load_state_dict(checkpoint.state_dict)
     return model.eval()

@@ -21,6 +21,7 @@ Several questions share one image, so the stem (most of the cost) runs once per 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -180,9 +181,11 @@ class VQANet(nn.Module):
         self.question_norm = nn.LayerNorm(width) if config.layer_norm else nn.Identity()
 
     def forward(self, images: torch.Tensor, question_tokens: torch.Tensor,
-                question_lengths: torch.Tensor, image_index: torch.Tensor) -> ModelOutput:
+                question_lengths: torch.Tensor, image_index: torch.Tensor,
+                questions: Sequence[str] | None = None) -> ModelOutput:
         """images (N_img, 3, H, W) uint8; question_tokens (N_q, L) long; question_lengths
-        (N_q,); image_index (N_q,) long in [0, N_img)."""
+        (N_q,); image_index (N_q,) long in [0, N_img). ``questions`` (the raw strings, which
+        models with their own tokenizer read) is not used: this net reads the tokens."""
         grid = self.grid_norm(self.stem(images))                       # (N_img, G*G, D)
         keys = self.keys(grid)
         question = self.question_norm(self.question(question_tokens, question_lengths))

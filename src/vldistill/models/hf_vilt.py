@@ -1,0 +1,141 @@
+"""Hugging Face ``ViltForQuestionAnswering`` as a vldistill teacher or student (issue 6).
+
+The adapter loads a model and its processor with ``from_pretrained`` from a local folder the
+user names (nothing is downloaded), preprocesses with the model's own processor (PIL backend:
+its image size, normalisation and tokenizer), and returns the typed
+:class:`~vldistill.models.ModelOutput`, so every loss applies. Teacher and student may differ in
+all of their preprocessing: both read the same raw inputs::
+
+    images       (N_img, 3, H, W) uint8, as the data pipeline yields them
+    image_index  (N_q,) the image each question is about
+    questions    N_q question strings
+
+Outputs: ``logits`` (N_q, answers); ``text_embeds``: the text [CLS] token; ``image_embeds``:
+the image [CLS] token; ``features["fused"]``: ViLT's pooled joint embedding (what its answer
+head reads).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from vldistill.errors import MissingFileError
+from vldistill.models.outputs import ModelOutput
+
+_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
+_TOKENIZER = ("tokenizer.json", "vocab.txt")
+_PROCESSOR = ("preprocessor_config.json", "processor_config.json")
+
+
+class CheckpointFolderError(MissingFileError):
+    """A Hugging Face checkpoint folder lacks a file the model needs."""
+
+
+def check_folder(path: Path) -> None:
+    """Refuse a folder without a config, safetensors weights, a tokenizer or a processor
+    config; the message lists what is missing and what was found."""
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointFolderError(f"ViLT checkpoint folder {path} does not exist. Fix: pass "
+                                    "the folder that save_pretrained wrote.")
+    found = sorted(os.listdir(path))
+    missing = []
+    if "config.json" not in found:
+        missing.append("config.json")
+    if not any(name in found for name in _WEIGHTS):
+        pickled = [n for n in found if n.endswith((".bin", ".pt", ".pth", ".ckpt"))]
+        missing.append("model.safetensors" + (
+            f" (found {', '.join(pickled)}: pickled weights are never loaded; convert them "
+            "with save_pretrained(..., safe_serialization=True) where you trust the file)"
+            if pickled else ""))
+    if not any(name in found for name in _TOKENIZER):
+        missing.append("a tokenizer (tokenizer.json or vocab.txt)")
+    if not any(name in found for name in _PROCESSOR):
+        missing.append("a processor config (preprocessor_config.json or processor_config.json)")
+    if missing:
+        raise CheckpointFolderError(
+            f"ViLT checkpoint folder {path} is missing {'; '.join(missing)}. It holds: "
+            f"{', '.join(found) or 'nothing'}. Fix: save the model and its processor there "
+            "with model.save_pretrained(folder) and processor.save_pretrained(folder).")
+
+
+class ViltVQA(nn.Module):
+    """A ``ViltForQuestionAnswering`` and its processor behind vldistill's model interface."""
+
+    def __init__(self, model, processor, max_text_length: int | None = None) -> None:
+        super().__init__()
+        self.model, self.processor = model, processor
+        limit = model.config.max_position_embeddings
+        self.max_text_length = min(max_text_length or limit, limit)
+        self._warned = False
+
+    @classmethod
+    def from_pretrained(cls, path: Path, answers: Sequence[str] | None = None,
+                        max_text_length: int | None = None) -> ViltVQA:
+        """Load model and processor from a local folder. With ``answers`` (a vocabulary in
+        order), the answer head is kept when the folder's labels are exactly these, and is
+        otherwise replaced by a new one over them (a warning says so)."""
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        from transformers import ViltForQuestionAnswering, ViltProcessor
+
+        check_folder(path)
+        processor = ViltProcessor.from_pretrained(path)
+        model = ViltForQuestionAnswering.from_pretrained(path)
+        if answers is not None:
+            labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
+            if labels != list(answers):
+                warnings.warn(f"{path}: its {len(labels)} answer labels differ from the "
+                              f"{len(answers)} answers of this data; the answer head is new "
+                              "(randomly initialised) and must be trained.", stacklevel=2)
+                model = ViltForQuestionAnswering.from_pretrained(
+                    path, num_labels=len(answers), id2label=dict(enumerate(answers)),
+                    label2id={a: i for i, a in enumerate(answers)},
+                    ignore_mismatched_sizes=True)
+        return cls(model, processor, max_text_length)
+
+    @property
+    def answers(self) -> list[str]:
+        return [self.model.config.id2label[i] for i in range(self.model.config.num_labels)]
+
+    def save_pretrained(self, path: Path) -> None:
+        """Model (safetensors) and processor, loadable again with :meth:`from_pretrained`."""
+        self.model.save_pretrained(path)
+        self.processor.save_pretrained(path)
+
+    def encode(self, images: torch.Tensor, image_index: torch.Tensor,
+               questions: Sequence[str]) -> dict[str, torch.Tensor]:
+        """The model's own preprocessing of one image per question."""
+        if len(questions) != len(image_index):
+            raise ValueError(f"{len(questions)} questions but {len(image_index)} image indices")
+        pixels = images.detach().cpu().permute(0, 2, 3, 1).numpy()             # (N_img, H, W, 3)
+        per_question = [np.ascontiguousarray(pixels[i]) for i in image_index.tolist()]
+        lengths = [len(self.processor.tokenizer(q)["input_ids"]) for q in questions]
+        if max(lengths, default=0) > self.max_text_length and not self._warned:
+            warnings.warn(f"{sum(n > self.max_text_length for n in lengths)} question(s) are "
+                          f"longer than this ViLT's text limit of {self.max_text_length} "
+                          f"tokens (longest: {max(lengths)}); they are truncated.",
+                          stacklevel=3)
+            self._warned = True
+        encoded = self.processor(images=per_question, text=list(questions), padding=True,
+                                 truncation=True, max_length=self.max_text_length,
+                                 return_tensors="pt")
+        device = next(self.model.parameters()).device
+        return {k: v.to(device) for k, v in encoded.items()}
+
+    def forward(self, images: torch.Tensor, image_index: torch.Tensor,
+                questions: Sequence[str], **unused) -> ModelOutput:
+        encoded = self.encode(images, image_index, questions)
+        out = self.model.vilt(**encoded)
+        pooled = out.pooler_output                                              # (N_q, D)
+        text_length = encoded["input_ids"].shape[1]
+        hidden = out.last_hidden_state                                          # (N_q, T+I, D)
+        return ModelOutput(logits=self.model.classifier(pooled),
+                           image_embeds=hidden[:, text_length], text_embeds=hidden[:, 0],
+                           features={"fused": pooled})

@@ -1,0 +1,165 @@
+"""The ViLT adapter: tiny random configs saved and loaded back through the user's path."""
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+
+from vldistill.distill import DistillationStep, KDLoss, WeightedTerm  # noqa: E402
+from vldistill.distill.feature_losses import ContrastiveLoss  # noqa: E402
+from vldistill.models.hf_vilt import CheckpointFolderError, ViltVQA  # noqa: E402
+
+WORDS = "what is the colour of shape how many are there red blue circle square yes no".split()
+ANSWERS = ["red", "blue", "yes", "no", "2"]
+
+
+def save_tiny_vilt(folder, *, hidden=32, image_size=32, mean=0.5, answers=ANSWERS, seed=0):
+    """A tiny random ViLT with a word-level tokenizer, saved as a user would."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import (PreTrainedTokenizerFast, ViltConfig, ViltForQuestionAnswering,
+                              ViltProcessor)
+    from transformers.models.vilt.image_processing_pil_vilt import ViltImageProcessorPil
+
+    vocabulary = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]"] + WORDS)}
+    tokenizer = Tokenizer(models.WordLevel(vocabulary, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="[PAD]",
+                                   unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]")
+    torch.manual_seed(seed)
+    config = ViltConfig(vocab_size=len(vocabulary), hidden_size=hidden, num_hidden_layers=2,
+                        num_attention_heads=2, intermediate_size=2 * hidden,
+                        image_size=image_size, patch_size=16, max_position_embeddings=12,
+                        num_labels=len(answers), id2label=dict(enumerate(answers)),
+                        label2id={a: i for i, a in enumerate(answers)})
+    image_processor = ViltImageProcessorPil(size={"shortest_edge": image_size},
+                                            size_divisor=16, image_mean=[mean] * 3,
+                                            image_std=[0.5] * 3)
+    ViltForQuestionAnswering(config).save_pretrained(folder)
+    ViltProcessor(image_processor=image_processor, tokenizer=fast).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    teacher = save_tiny_vilt(tmp_path_factory.mktemp("teacher"), hidden=32, image_size=48)
+    student = save_tiny_vilt(tmp_path_factory.mktemp("student"), hidden=16, image_size=32,
+                             mean=0.4, seed=1)
+    return teacher, student
+
+
+def inputs(questions=("what is the colour", "how many are there", "what shape")):
+    generator = np.random.default_rng(0)
+    images = torch.from_numpy(generator.integers(0, 256, (2, 3, 40, 40), dtype=np.uint8))
+    return {"images": images, "image_index": torch.tensor([0, 0, 1][:len(questions)]),
+            "questions": list(questions)}
+
+
+def test_loads_from_a_folder_and_returns_the_typed_output(folders):
+    model = ViltVQA.from_pretrained(folders[0], answers=ANSWERS).eval()
+    assert model.answers == ANSWERS
+    out = model(**inputs())
+    assert out.logits.shape == (3, len(ANSWERS))
+    assert out.image_embeds.shape == out.text_embeds.shape == out.features["fused"].shape \
+        == (3, 32)
+    # the model's own processor: 48-px teacher input, whatever size the data has
+    assert model.encode(**inputs())["pixel_values"].shape[-2:] == (48, 48)
+
+
+def test_the_same_as_calling_transformers_directly(folders):
+    from transformers import ViltForQuestionAnswering, ViltProcessor
+
+    model = ViltVQA.from_pretrained(folders[0]).eval()
+    reference = ViltForQuestionAnswering.from_pretrained(folders[0]).eval()
+    processor = ViltProcessor.from_pretrained(folders[0])
+    batch = inputs()
+    images = [batch["images"][i].permute(1, 2, 0).numpy() for i in batch["image_index"]]
+    encoded = processor(images=images, text=batch["questions"], padding=True,
+                        return_tensors="pt")
+    with torch.no_grad():
+        assert torch.allclose(model(**batch).logits, reference(**encoded).logits, atol=1e-6)
+
+
+def test_save_and_load_round_trip(folders, tmp_path):
+    model = ViltVQA.from_pretrained(folders[1]).eval()
+    model.save_pretrained(tmp_path)
+    again = ViltVQA.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        assert torch.equal(model(**inputs()).logits, again(**inputs()).logits)
+
+
+def test_other_answers_get_a_new_head(folders):
+    with pytest.warns(UserWarning, match="answer labels differ .* the answer head is new"):
+        model = ViltVQA.from_pretrained(folders[1], answers=["a", "b", "c"])
+    assert model.answers == ["a", "b", "c"]
+    assert model(**inputs()).logits.shape == (3, 3)
+
+
+def test_teacher_and_student_with_different_preprocessing_distil(folders):
+    teacher = ViltVQA.from_pretrained(folders[0])
+    student = ViltVQA.from_pretrained(folders[1])
+    step = DistillationStep(student, [WeightedTerm("kd", 1.0, KDLoss(2.0)),
+                                      WeightedTerm("c", 1.0, ContrastiveLoss("fused"))],
+                            teacher=teacher)
+    batch = {"inputs": inputs(), "targets": torch.zeros(3, len(ANSWERS)),
+             "labelled": torch.zeros(3, dtype=torch.bool)}
+    step.materialize(batch)
+    losses = step(batch)
+    losses["loss"].backward()
+    assert all(p.grad is None for p in teacher.parameters())
+    assert student.model.classifier[0].weight.grad is not None
+
+
+def test_long_questions_are_truncated_with_a_warning(folders):
+    model = ViltVQA.from_pretrained(folders[1])
+    long = " ".join(["what"] * 30)
+    with pytest.warns(UserWarning, match=r"longer than this ViLT's text limit of 12 tokens "
+                                         r"\(longest: 32\); they are truncated"):
+        out = model(**inputs((long, "what is the colour", "what shape")))
+    assert out.logits.shape == (3, len(ANSWERS))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                        # warned once, not every batch
+        model(**inputs((long, "what", "what")))
+
+
+def test_a_folder_missing_files_lists_what_is_missing_and_found(tmp_path, folders):
+    with pytest.raises(CheckpointFolderError, match="does not exist"):
+        ViltVQA.from_pretrained(tmp_path / "nope")
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "pytorch_model.bin").write_bytes(b"not loaded")
+    with pytest.raises(CheckpointFolderError) as error:
+        ViltVQA.from_pretrained(tmp_path)
+    message = str(error.value)
+    assert "missing model.safetensors (found pytorch_model.bin: pickled weights are never " \
+           "loaded" in message
+    assert "a tokenizer (tokenizer.json or vocab.txt)" in message
+    assert "It holds: config.json, pytorch_model.bin" in message
+
+
+@pytest.mark.filterwarnings("ignore:.*longer than this ViLT's text limit")
+def test_a_vilt_teacher_in_the_main_job(tmp_path, tiny_recipe_path):
+    """`teacher.model: {name: vilt, params: {path: ...}}`: trained, checkpointed, rebuilt from
+    its checkpoint, and distilled into the built-in student (another tokenizer, image size and
+    normalisation)."""
+    from vldistill.config import load_recipe
+    from vldistill.evaluate_checkpoint import evaluate_checkpoint
+    from vldistill.pipeline import run_recipe
+
+    folder = save_tiny_vilt(tmp_path / "vilt", answers=["x"])     # head replaced by the data's
+    recipe = load_recipe(tiny_recipe_path, [
+        f"output_dir={tmp_path}", "name=v", "distill.baseline=false",
+        f"teacher.model={{name: vilt, params: {{path: {folder}}}}}",
+        "teacher.train.max_steps=4", "teacher.train.val_every_n_steps=2"])
+    with pytest.warns(UserWarning, match="answer head is new"):
+        result = run_recipe(recipe)
+    checkpoint = tmp_path / "v" / "checkpoints" / "teacher-last.safetensors"
+    assert result.teacher.predictions.metrics["vqa_accuracy"] >= 0
+    assert "student (KD)" in result.students
+    with pytest.warns(UserWarning, match="answer head is new"):
+        metrics = evaluate_checkpoint(checkpoint)
+    assert metrics["vqa_accuracy"] == pytest.approx(
+        result.teacher.predictions.metrics["vqa_accuracy"])
