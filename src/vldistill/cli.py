@@ -1,4 +1,4 @@
-"""The `vldistill` command: run | validate | eval | cache | data.
+"""The `vldistill` command: run | validate | eval | export | cache | data.
 
 Heavy libraries (Lightning, matplotlib) load inside the commands that need them, so
 `vldistill validate` and `vldistill --help` stay quick.
@@ -103,6 +103,37 @@ def _recipe_hint(recipe: Path | None, overrides: list[str]) -> str:
 
     return " ".join([shlex.quote(str(recipe)) if recipe else "",
                      *(f"--set {shlex.quote(o)}" for o in overrides)]).strip()
+
+
+@app.command("export")
+def export(checkpoint: Annotated[Path, typer.Argument(help="a .safetensors checkpoint")],
+           out: Annotated[Optional[Path], typer.Option(
+               "--out", help="export folder; default: <checkpoint name>-onnx beside it")] = None,
+           format: Annotated[str, typer.Option("--format", help="onnx")] = "onnx",
+           int8: Annotated[bool, typer.Option("--int8", help="also write a dynamically "
+                                              "quantised int8 model")] = False,
+           tolerance: Annotated[float, typer.Option(
+               help="largest logit difference allowed between onnxruntime and PyTorch")] = 1e-4
+           ) -> None:
+    """Export a trained student to ONNX (optionally int8), checked against PyTorch."""
+    from vldistill.export.onnx import export_onnx
+    from vldistill.models.checkpoint import build_from_checkpoint, load_checkpoint
+
+    if format != "onnx":
+        _fail(ValueError(f"--format {format!r}: only onnx is supported"))
+    target = out or checkpoint.with_name(checkpoint.stem + "-onnx")
+    try:
+        model = build_from_checkpoint(load_checkpoint(checkpoint))
+        report = export_onnx(model, target, int8=int8, tolerance=tolerance)
+    except VldistillError as error:
+        _fail(error)
+    console.print(f"exported to {report.directory}: {', '.join(report.files)}")
+    console.print(f"fp32 ONNX vs PyTorch: max |logit difference| {report.fp32_max_abs_diff:.2e} "
+                  f"(tolerance {report.tolerance:g})")
+    if report.int8_max_abs_diff is not None:
+        console.print(f"int8 ONNX vs PyTorch: max |logit difference| "
+                      f"{report.int8_max_abs_diff:.3f}, top-1 agreement "
+                      f"{100 * report.int8_top1_agreement:.1f} %")
 
 
 @cache_app.command("build")

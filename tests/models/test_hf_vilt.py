@@ -12,42 +12,13 @@ from vldistill.distill import DistillationStep, KDLoss, WeightedTerm  # noqa: E4
 from vldistill.distill.feature_losses import ContrastiveLoss  # noqa: E402
 from vldistill.models.hf_vilt import CheckpointFolderError, ViltVQA  # noqa: E402
 
-WORDS = "what is the colour of shape how many are there red blue circle square yes no".split()
 ANSWERS = ["red", "blue", "yes", "no", "2"]
 
 
-def save_tiny_vilt(folder, *, hidden=32, image_size=32, mean=0.5, answers=ANSWERS, seed=0):
-    """A tiny random ViLT with a word-level tokenizer, saved as a user would."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import (PreTrainedTokenizerFast, ViltConfig, ViltForQuestionAnswering,
-                              ViltProcessor)
-    from transformers.models.vilt.image_processing_pil_vilt import ViltImageProcessorPil
-
-    vocabulary = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]"] + WORDS)}
-    tokenizer = Tokenizer(models.WordLevel(vocabulary, unk_token="[UNK]"))
-    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="[PAD]",
-                                   unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]")
-    torch.manual_seed(seed)
-    config = ViltConfig(vocab_size=len(vocabulary), hidden_size=hidden, num_hidden_layers=2,
-                        num_attention_heads=2, intermediate_size=2 * hidden,
-                        image_size=image_size, patch_size=16, max_position_embeddings=12,
-                        num_labels=len(answers), id2label=dict(enumerate(answers)),
-                        label2id={a: i for i, a in enumerate(answers)})
-    image_processor = ViltImageProcessorPil(size={"shortest_edge": image_size},
-                                            size_divisor=16, image_mean=[mean] * 3,
-                                            image_std=[0.5] * 3)
-    ViltForQuestionAnswering(config).save_pretrained(folder)
-    ViltProcessor(image_processor=image_processor, tokenizer=fast).save_pretrained(folder)
-    return folder
-
-
 @pytest.fixture(scope="module")
-def folders(tmp_path_factory):
-    teacher = save_tiny_vilt(tmp_path_factory.mktemp("teacher"), hidden=32, image_size=48)
-    student = save_tiny_vilt(tmp_path_factory.mktemp("student"), hidden=16, image_size=32,
+def folders(tmp_path_factory, make_tiny_vilt):
+    teacher = make_tiny_vilt(tmp_path_factory.mktemp("teacher"), hidden=32, image_size=48)
+    student = make_tiny_vilt(tmp_path_factory.mktemp("student"), hidden=16, image_size=32,
                              mean=0.4, seed=1)
     return teacher, student
 
@@ -141,7 +112,7 @@ def test_a_folder_missing_files_lists_what_is_missing_and_found(tmp_path, folder
 
 
 @pytest.mark.filterwarnings("ignore:.*longer than this ViLT's text limit")
-def test_a_vilt_teacher_in_the_main_job(tmp_path, tiny_recipe_path):
+def test_a_vilt_teacher_in_the_main_job(tmp_path, tiny_recipe_path, make_tiny_vilt):
     """`teacher.model: {name: vilt, params: {path: ...}}`: trained, checkpointed, rebuilt from
     its checkpoint, and distilled into the built-in student (another tokenizer, image size and
     normalisation)."""
@@ -149,7 +120,7 @@ def test_a_vilt_teacher_in_the_main_job(tmp_path, tiny_recipe_path):
     from vldistill.evaluate_checkpoint import evaluate_checkpoint
     from vldistill.pipeline import run_recipe
 
-    folder = save_tiny_vilt(tmp_path / "vilt", answers=["x"])     # head replaced by the data's
+    folder = make_tiny_vilt(tmp_path / "vilt", answers=["x"])     # head replaced by the data's
     recipe = load_recipe(tiny_recipe_path, [
         f"output_dir={tmp_path}", "name=v", "distill.baseline=false",
         f"teacher.model={{name: vilt, params: {{path: {folder}}}}}",

@@ -1,0 +1,80 @@
+"""ONNX export of a ViLT student: parity with PyTorch, int8, refusal above the tolerance."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("onnxruntime")
+
+from vldistill.export.onnx import (ExportError, ExportableVilt, encode_fixed,  # noqa: E402
+                                   export_onnx)
+from vldistill.models.hf_vilt import ViltVQA  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def vilt(tmp_path_factory, make_tiny_vilt):
+    folder = make_tiny_vilt(tmp_path_factory.mktemp("vilt"))
+    return ViltVQA.from_pretrained(folder).eval()
+
+
+def test_the_rewritten_embedding_equals_hugging_face(vilt):
+    images = [np.random.default_rng(i).integers(0, 256, (50, 40, 3), np.uint8) for i in range(3)]
+    encoded = encode_fixed(vilt.processor, images, ["what is the colour", "how many", "yes"],
+                           32, vilt.max_text_length)
+    tensors = {k: torch.from_numpy(v) for k, v in encoded.items()}
+    with torch.no_grad():
+        reference = vilt.model(**tensors, pixel_mask=torch.ones(3, 32, 32, dtype=torch.long))
+        mine = ExportableVilt(vilt, 32)(**tensors)
+    assert torch.allclose(mine, reference.logits, atol=1e-6)
+
+
+def test_export_matches_pytorch_and_writes_its_manifest(vilt, tmp_path):
+    import onnxruntime
+
+    report = export_onnx(vilt, tmp_path, int8=True)
+    assert report.fp32_max_abs_diff < 1e-4
+    assert report.int8_max_abs_diff is not None and report.int8_max_abs_diff < 0.25
+    manifest = json.loads((tmp_path / "vldistill-export.json").read_text())
+    assert manifest["answers"] == vilt.answers and manifest["image_size"] == 32
+    assert (tmp_path / "processor" / "tokenizer.json").is_file()
+    # dynamic batch and text length: other shapes than the export's
+    session = onnxruntime.InferenceSession(str(tmp_path / "model.onnx"),
+                                           providers=["CPUExecutionProvider"])
+    encoded = encode_fixed(vilt.processor, [np.zeros((20, 20, 3), np.uint8)],
+                           ["what is the colour of the red circle"], 32, vilt.max_text_length)
+    logits = session.run(["logits"], encoded)[0]
+    with torch.no_grad():
+        expected = ExportableVilt(vilt, 32)(**{k: torch.from_numpy(v)
+                                               for k, v in encoded.items()}).numpy()
+    assert logits.shape == (1, len(vilt.answers))
+    assert np.abs(logits - expected).max() < 1e-4
+
+
+def test_drift_beyond_the_tolerance_fails_with_the_numbers(vilt, tmp_path):
+    with pytest.raises(ExportError, match=r"differ from PyTorch's by up to .* \(tolerance 0\)"):
+        export_onnx(vilt, tmp_path, tolerance=0.0)
+
+
+def test_only_vilt_students_export(tmp_path):
+    with pytest.raises(ExportError, match="implemented for ViLT students"):
+        export_onnx(torch.nn.Linear(2, 2), tmp_path)
+
+
+def test_cli_exports_a_checkpoint(vilt, tmp_path):
+    from typer.testing import CliRunner
+
+    from vldistill.cli import app
+    from vldistill.models.checkpoint import save_model
+
+    folder = tmp_path / "folder"
+    vilt.save_pretrained(folder)
+    checkpoint = tmp_path / "student.safetensors"
+    save_model(checkpoint, vilt, "vilt", {"path": str(folder)},
+               {"num_answers": len(vilt.answers), "vocab_size": 0},
+               {"answer_vocab": vilt.answers})
+    result = CliRunner().invoke(app, ["export", str(checkpoint), "--int8"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "student-onnx" / "model.int8.onnx").is_file()
+    assert "fp32 ONNX vs PyTorch: max |logit difference|" in result.output
