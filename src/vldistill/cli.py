@@ -1,4 +1,4 @@
-"""The `vldistill` command: run | validate | eval | export | cache | data.
+"""The `vldistill` command: run | validate | eval | export | predict | cache | data.
 
 Heavy libraries (Lightning, matplotlib) load inside the commands that need them, so
 `vldistill validate` and `vldistill --help` stay quick.
@@ -134,6 +134,28 @@ def export(checkpoint: Annotated[Path, typer.Argument(help="a .safetensors check
         console.print(f"int8 ONNX vs PyTorch: max |logit difference| "
                       f"{report.int8_max_abs_diff:.3f}, top-1 agreement "
                       f"{100 * report.int8_top1_agreement:.1f} %")
+
+
+@app.command("predict")
+def predict_command(
+        model: Annotated[Path, typer.Option("--model", help="an export folder (vldistill "
+                                            "export) or a .safetensors checkpoint")],
+        image: Annotated[Path, typer.Option("--image", help="the image file")],
+        question: Annotated[str, typer.Option("--question", help="the question")],
+        int8: Annotated[bool, typer.Option("--int8", help="use the export's int8 model")] = False
+        ) -> None:
+    """Answer one question about one image; says whether it is judged unanswerable."""
+    from vldistill.predict import predict
+
+    try:
+        result = predict(model, image, question, int8)
+    except VldistillError as error:
+        _fail(error)
+    console.print(f"answer: {result.answer}  (confidence {result.confidence:.3f})")
+    if result.unanswerable_score is not None or result.unanswerable:
+        score = ("" if result.unanswerable_score is None
+                 else f" (unanswerable score {result.unanswerable_score:.3f})")
+        console.print(f"unanswerable: {'yes' if result.unanswerable else 'no'}{score}")
 
 
 @cache_app.command("build")

@@ -8,8 +8,8 @@ import torch
 
 pytest.importorskip("onnxruntime")
 
-from vldistill.export.onnx import (ExportError, ExportableVilt, encode_fixed,  # noqa: E402
-                                   export_onnx)
+from vldistill.export.onnx import ExportableVilt, ExportError, export_onnx  # noqa: E402
+from vldistill.export.runtime import encode_fixed  # noqa: E402
 from vldistill.models.hf_vilt import ViltVQA  # noqa: E402
 
 
@@ -78,3 +78,48 @@ def test_cli_exports_a_checkpoint(vilt, tmp_path):
     assert result.exit_code == 0, result.output
     assert (tmp_path / "student-onnx" / "model.int8.onnx").is_file()
     assert "fp32 ONNX vs PyTorch: max |logit difference|" in result.output
+
+
+def test_predict_with_the_export_loads_no_model_code(vilt, tmp_path):
+    """`vldistill predict --model EXPORT` in a fresh process: the answer equals PyTorch's, and
+    neither the ViLT model classes nor vldistill's model code are imported."""
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    export_onnx(vilt, tmp_path / "export", int8=True)
+    image = np.random.default_rng(3).integers(0, 256, (40, 30, 3), np.uint8)
+    Image.fromarray(image).save(tmp_path / "photo.png")
+    script = (
+        "import sys\n"
+        "from vldistill.cli import app\n"
+        "try:\n"
+        f"    app(['predict', '--model', r'{tmp_path / 'export'}', '--image',"
+        f" r'{tmp_path / 'photo.png'}', '--question', 'what is the colour'],"
+        " standalone_mode=False)\n"
+        "finally:\n"
+        "    loaded = [m for m in sys.modules if m.startswith(('vldistill.models',"
+        " 'transformers.models.vilt.modeling_vilt', 'vldistill.train', 'lightning'))]\n"
+        "    print('LOADED', loaded)\n")
+    output = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=120)
+    assert output.returncode == 0, output.stderr
+    assert "LOADED []" in output.stdout
+    encoded = encode_fixed(vilt.processor, [image], ["what is the colour"], 32,
+                           vilt.max_text_length)
+    with torch.no_grad():
+        logits = ExportableVilt(vilt, 32)(**{k: torch.from_numpy(v) for k, v in encoded.items()})
+    expected = vilt.answers[int(logits.argmax())]
+    assert f"answer: {expected}" in output.stdout
+
+
+def test_predict_names_an_undecodable_image(vilt, tmp_path):
+    from vldistill.errors import DataError
+    from vldistill.predict import predict
+
+    export_onnx(vilt, tmp_path / "export")
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"not an image")
+    with pytest.raises(DataError, match="broken.jpg"):
+        predict(tmp_path / "export", bad, "what")

@@ -27,10 +27,9 @@ import torch
 from torch import nn
 
 from vldistill.errors import VldistillError
+from vldistill.export.runtime import INPUTS, MANIFEST, encode_fixed
 from vldistill.fileio import atomic_write
 
-INPUTS = ("input_ids", "attention_mask", "pixel_values")
-MANIFEST = "vldistill-export.json"
 _CHECK_QUESTIONS = ("what is this", "what colour is the object on the left",
                     "how many objects are there", "is there a red circle")
 
@@ -94,25 +93,6 @@ def processor_image_size(processor) -> int:
         raise ExportError(f"cannot read an image size from the processor's size {size!r}; "
                           "pass image_size")
     return int(value)
-
-
-def encode_fixed(processor, images: list[np.ndarray], questions: list[str], image_size: int,
-                 max_text_length: int) -> dict[str, np.ndarray]:
-    """The export's preprocessing: each image resized to S x S (PIL, bilinear), then the
-    model's own processor; returns numpy arrays for onnxruntime."""
-    from PIL import Image
-
-    resized = [np.asarray(Image.fromarray(np.asarray(img, dtype=np.uint8)).resize(
-        (image_size, image_size), Image.Resampling.BILINEAR)) for img in images]
-    encoded = processor(images=resized, text=questions, padding=True, truncation=True,
-                        max_length=max_text_length, return_tensors="np")
-    pixel_values = encoded["pixel_values"]
-    if pixel_values.shape[-2:] != (image_size, image_size):
-        raise ExportError(f"the processor turned {image_size} x {image_size} images into "
-                          f"{pixel_values.shape[-2:]}; export with its size")
-    return {"input_ids": encoded["input_ids"].astype(np.int64),
-            "attention_mask": encoded["attention_mask"].astype(np.int64),
-            "pixel_values": pixel_values.astype(np.float32)}
 
 
 def export_onnx(model, out_dir: Path, *, int8: bool = False, tolerance: float = 1e-4,

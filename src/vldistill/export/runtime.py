@@ -1,0 +1,90 @@
+"""Running an ONNX export: preprocessing and answers without any PyTorch model code.
+
+Only numpy, PIL, onnxruntime and the model's own processor (its tokenizer and image settings,
+loaded from the export's ``processor/`` folder) are used here; ``vldistill predict`` on an
+export imports neither the model classes nor vldistill's training code.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from vldistill.errors import DataError, MissingFileError
+
+MANIFEST = "vldistill-export.json"
+INPUTS = ("input_ids", "attention_mask", "pixel_values")
+UNANSWERABLE = "unanswerable"
+
+
+def encode_fixed(processor, images: list[np.ndarray], questions: list[str], image_size: int,
+                 max_text_length: int) -> dict[str, np.ndarray]:
+    """The export's preprocessing: each image resized to S x S (PIL, bilinear), then the
+    model's own processor; numpy arrays for onnxruntime."""
+    from PIL import Image
+
+    resized = [np.asarray(Image.fromarray(np.asarray(img, dtype=np.uint8)).resize(
+        (image_size, image_size), Image.Resampling.BILINEAR)) for img in images]
+    encoded = processor(images=resized, text=questions, padding=True, truncation=True,
+                        max_length=max_text_length, return_tensors="np")
+    pixel_values = encoded["pixel_values"]
+    if pixel_values.shape[-2:] != (image_size, image_size):
+        raise DataError(f"the processor turned {image_size} x {image_size} images into "
+                        f"{tuple(pixel_values.shape[-2:])}; the export expects {image_size}")
+    return {"input_ids": encoded["input_ids"].astype(np.int64),
+            "attention_mask": encoded["attention_mask"].astype(np.int64),
+            "pixel_values": pixel_values.astype(np.float32)}
+
+
+@dataclass
+class Prediction:
+    answer: str
+    confidence: float               # sigmoid of the answer's logit (answers are scored by BCE)
+    unanswerable: bool
+    unanswerable_score: float | None
+
+
+def answer_from_logits(logits: np.ndarray, answers: list[str]) -> Prediction:
+    """The top answer of one question's logits, with its sigmoid score; the question is judged
+    unanswerable when "unanswerable" is the top answer or scores above 0.5."""
+    scores = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+    top = int(np.argmax(logits))
+    unanswerable_score = (float(scores[answers.index(UNANSWERABLE)])
+                          if UNANSWERABLE in answers else None)
+    judged = answers[top] == UNANSWERABLE or (unanswerable_score or 0.0) > 0.5
+    return Prediction(answers[top], float(scores[top]), judged, unanswerable_score)
+
+
+class OnnxVQA:
+    """An export folder written by ``vldistill export``, ready to answer questions."""
+
+    def __init__(self, directory: Path, int8: bool = False) -> None:
+        import onnxruntime
+
+        self.directory = Path(directory)
+        manifest_path = self.directory / MANIFEST
+        if not manifest_path.is_file():
+            raise MissingFileError(f"{self.directory} is not a vldistill export ({MANIFEST} is "
+                                   "missing). Fix: pass the folder `vldistill export` wrote.")
+        self.manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        model = self.directory / ("model.int8.onnx" if int8 else "model.onnx")
+        if not model.is_file():
+            raise MissingFileError(f"{model} does not exist" + (
+                ": export with --int8 to get it" if int8 else ""))
+        from transformers import ViltProcessor
+
+        self.processor = ViltProcessor.from_pretrained(self.directory / "processor")
+        self.session = onnxruntime.InferenceSession(str(model),
+                                                    providers=["CPUExecutionProvider"])
+        self.answers: list[str] = self.manifest["answers"]
+
+    def logits(self, images: list[np.ndarray], questions: list[str]) -> np.ndarray:
+        encoded = encode_fixed(self.processor, images, questions, self.manifest["image_size"],
+                               self.manifest["max_text_length"])
+        return self.session.run(["logits"], {name: encoded[name] for name in INPUTS})[0]
+
+    def predict(self, image: np.ndarray, question: str) -> Prediction:
+        return answer_from_logits(self.logits([image], [question])[0], self.answers)

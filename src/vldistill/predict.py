@@ -1,0 +1,67 @@
+"""`vldistill predict`: answer one question about one image with an export or a checkpoint.
+
+An export folder (``vldistill export``) runs in onnxruntime with the model's own processor and
+no PyTorch model code (:mod:`vldistill.export.runtime`). A ``.safetensors`` checkpoint from
+``vldistill run`` is rebuilt in PyTorch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from vldistill.errors import DataError, MissingFileError
+from vldistill.export.runtime import MANIFEST, OnnxVQA, Prediction, answer_from_logits
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    """An image file as uint8 (H, W, 3); a missing or undecodable file gets a clear error."""
+    from vldistill.data.vqa import _read_image
+
+    return np.asarray(_read_image(Path(path), "image").convert("RGB"), dtype=np.uint8)
+
+
+def predict(model_path: Path, image_path: Path, question: str, int8: bool = False
+            ) -> Prediction:
+    model_path = Path(model_path)
+    image = read_rgb(image_path)
+    if model_path.is_dir() and (model_path / MANIFEST).is_file():
+        return OnnxVQA(model_path, int8=int8).predict(image, question)
+    if model_path.suffix == ".safetensors":
+        if int8:
+            raise DataError("--int8 needs an ONNX export folder (vldistill export --int8); "
+                            f"{model_path} is a PyTorch checkpoint")
+        return _predict_checkpoint(model_path, image, question)
+    raise MissingFileError(f"{model_path} is neither an export folder (with {MANIFEST}) nor a "
+                           ".safetensors checkpoint. Fix: pass what `vldistill export` or "
+                           "`vldistill run` wrote.")
+
+
+def _predict_checkpoint(path: Path, image: np.ndarray, question: str) -> Prediction:
+    import torch
+    from PIL import Image
+
+    from vldistill.data.tokenizer import QuestionTokenizer
+    from vldistill.models.checkpoint import build_from_checkpoint, load_checkpoint
+    from vldistill.pipeline import image_size
+
+    checkpoint = load_checkpoint(path)
+    if "answer_vocab" not in checkpoint.extra:
+        raise DataError(f"checkpoint {path} has no answer vocabulary in its metadata; it was "
+                        "not saved by `vldistill run`.")
+    answers = checkpoint.extra["answer_vocab"]
+    model = build_from_checkpoint(checkpoint)
+    size = image_size(checkpoint.extra.get("data", {}))
+    if size:
+        image = np.asarray(Image.fromarray(image).resize((size, size),
+                                                         Image.Resampling.BILINEAR))
+    inputs = {"images": torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None],
+              "image_index": torch.zeros(1, dtype=torch.long), "questions": [question]}
+    if "question_vocab" in checkpoint.extra:
+        tokens = QuestionTokenizer.from_json(checkpoint.extra["question_vocab"]).encode(question)
+        inputs.update(question_tokens=torch.tensor([tokens or [0]]),
+                      question_lengths=torch.tensor([max(1, len(tokens))]))
+    with torch.no_grad():
+        logits = model(**inputs).logits[0].float().numpy()
+    return answer_from_logits(logits, answers)
