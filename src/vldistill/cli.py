@@ -1,4 +1,4 @@
-"""The `vldistill` command: run | validate | eval | export | predict | cache | data.
+"""The `vldistill` command: run | validate | eval | export | predict | bench | cache | data.
 
 Heavy libraries (Lightning, matplotlib) load inside the commands that need them, so
 `vldistill validate` and `vldistill --help` stay quick.
@@ -24,6 +24,8 @@ data_app = typer.Typer(no_args_is_help=True, help="Generate and export built-in 
 app.add_typer(data_app, name="data")
 cache_app = typer.Typer(no_args_is_help=True, help="The teacher-output cache.")
 app.add_typer(cache_app, name="cache")
+bench_app = typer.Typer(no_args_is_help=True, help="Measurements of trained models.")
+app.add_typer(bench_app, name="bench")
 
 RecipeArg = Annotated[Optional[Path], typer.Argument(
     help="recipe YAML; omitted: the built-in default (recipes/default.yaml)")]
@@ -123,8 +125,10 @@ def export(checkpoint: Annotated[Path, typer.Argument(help="a .safetensors check
         _fail(ValueError(f"--format {format!r}: only onnx is supported"))
     target = out or checkpoint.with_name(checkpoint.stem + "-onnx")
     try:
-        model = build_from_checkpoint(load_checkpoint(checkpoint))
-        report = export_onnx(model, target, int8=int8, tolerance=tolerance)
+        loaded = load_checkpoint(checkpoint)
+        model = build_from_checkpoint(loaded)
+        kept = {k: loaded.extra[k] for k in ("data", "role") if k in loaded.extra}
+        report = export_onnx(model, target, int8=int8, tolerance=tolerance, metadata=kept)
     except VldistillError as error:
         _fail(error)
     console.print(f"exported to {report.directory}: {', '.join(report.files)}")
@@ -156,6 +160,26 @@ def predict_command(
         score = ("" if result.unanswerable_score is None
                  else f" (unanswerable score {result.unanswerable_score:.3f})")
         console.print(f"unanswerable: {'yes' if result.unanswerable else 'no'}{score}")
+
+
+@bench_app.command("latency")
+def bench_latency_command(
+        model: Annotated[list[str], typer.Option(
+            "--model", help="NAME=PATH: a .safetensors checkpoint, an export folder, or "
+                            "FOLDER:int8 for its int8 model; repeat for each model")],
+        threads: Annotated[int, typer.Option(help="torch / onnxruntime threads")] = 2,
+        repeats: Annotated[int, typer.Option(help="timed calls per model")] = 100,
+        questions: Annotated[int, typer.Option(help="validation questions scored")] = 200
+        ) -> None:
+    """p50 / p95 latency at batch 1, peak memory and VQA accuracy, each model in its own
+    process."""
+    from vldistill.bench import bench_latency, latency_table
+
+    try:
+        rows = bench_latency(model, threads, repeats, questions)
+    except VldistillError as error:
+        _fail(error)
+    console.print(latency_table(rows), markup=False)
 
 
 @cache_app.command("build")

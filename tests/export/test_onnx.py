@@ -123,3 +123,37 @@ def test_predict_names_an_undecodable_image(vilt, tmp_path):
     bad.write_bytes(b"not an image")
     with pytest.raises(DataError, match="broken.jpg"):
         predict(tmp_path / "export", bad, "what")
+
+
+@pytest.mark.filterwarnings("ignore:.*longer than this ViLT's text limit")
+@pytest.mark.filterwarnings("ignore:.*answer head is new")
+def test_bench_latency_over_checkpoints_and_exports(tmp_path, tiny_recipe_path, make_tiny_vilt):
+    """A ViLT teacher and the built-in student from the main job, the teacher exported to ONNX
+    fp32 and int8: every model answers the same questions in its own process."""
+    from typer.testing import CliRunner
+
+    from vldistill.bench import bench_latency, latency_table
+    from vldistill.cli import app
+    from vldistill.config import load_recipe
+    from vldistill.pipeline import run_recipe
+
+    folder = make_tiny_vilt(tmp_path / "vilt", answers=["x"])
+    recipe = load_recipe(tiny_recipe_path, [
+        f"output_dir={tmp_path}", "name=b", "distill.baseline=false",
+        f"teacher.model={{name: vilt, params: {{path: {folder}}}}}",
+        "teacher.train.max_steps=2", "teacher.train.val_every_n_steps=2"])
+    run_recipe(recipe)
+    checkpoints = tmp_path / "b" / "checkpoints"
+    result = CliRunner().invoke(app, ["export", str(checkpoints / "teacher-last.safetensors"),
+                                      "--int8", "--out", str(tmp_path / "export")])
+    assert result.exit_code == 0, result.output
+    rows = bench_latency([f"teacher={checkpoints / 'teacher-last.safetensors'}",
+                          f"student={checkpoints / 'student-kd-seed0-last.safetensors'}",
+                          f"teacher onnx={tmp_path / 'export'}",
+                          f"teacher int8={tmp_path / 'export'}:int8"],
+                         threads=1, repeats=10, questions=12)
+    assert [r.kind for r in rows] == ["PyTorch fp32", "PyTorch fp32", "ONNX fp32", "ONNX int8"]
+    for row in rows:
+        assert 0 < row.p50_ms <= row.p95_ms
+        assert row.peak_rss_mib > 50 and 0 <= row.vqa_accuracy <= 100 and row.questions == 12
+    assert "| teacher int8 | ONNX int8 |" in latency_table(rows)

@@ -98,11 +98,13 @@ def processor_image_size(processor) -> int:
 def export_onnx(model, out_dir: Path, *, int8: bool = False, tolerance: float = 1e-4,
                 int8_tolerance: float = 0.25, image_size: int | None = None,
                 check_images: list[np.ndarray] | None = None,
-                check_questions: list[str] | None = None) -> ExportReport:
+                check_questions: list[str] | None = None,
+                metadata: dict[str, Any] | None = None) -> ExportReport:
     """Export a :class:`~vldistill.models.hf_vilt.ViltVQA` to ``out_dir`` and check it.
 
     The fp32 model must match PyTorch within ``tolerance`` (max absolute logit difference) on
     the check inputs, else :class:`ExportError`; the int8 model within ``int8_tolerance``.
+    ``metadata`` (e.g. the training data settings) is kept in the export's manifest.
     """
     import onnxruntime
 
@@ -164,7 +166,8 @@ def export_onnx(model, out_dir: Path, *, int8: bool = False, tolerance: float = 
                               f"{report.int8_max_abs_diff:.3g} (tolerance {int8_tolerance:g}); "
                               "keep the fp32 export or calibrate the quantisation.")
     model.processor.save_pretrained(out_dir / "processor")
-    manifest: dict[str, Any] = {"format": 1, "model": "vilt", "inputs": list(INPUTS),
+    manifest: dict[str, Any] = {**(metadata or {}),
+                                "format": 1, "model": "vilt", "inputs": list(INPUTS),
                                 "image_size": size, "max_text_length": model.max_text_length,
                                 "answers": model.answers,
                                 **{k: v for k, v in asdict(report).items()

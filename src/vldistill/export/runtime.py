@@ -61,7 +61,8 @@ def answer_from_logits(logits: np.ndarray, answers: list[str]) -> Prediction:
 class OnnxVQA:
     """An export folder written by ``vldistill export``, ready to answer questions."""
 
-    def __init__(self, directory: Path, int8: bool = False) -> None:
+    def __init__(self, directory: Path, int8: bool = False, threads: int | None = None
+                 ) -> None:
         import onnxruntime
 
         self.directory = Path(directory)
@@ -77,14 +78,20 @@ class OnnxVQA:
         from transformers import ViltProcessor
 
         self.processor = ViltProcessor.from_pretrained(self.directory / "processor")
-        self.session = onnxruntime.InferenceSession(str(model),
+        options = onnxruntime.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        self.session = onnxruntime.InferenceSession(str(model), options,
                                                     providers=["CPUExecutionProvider"])
         self.answers: list[str] = self.manifest["answers"]
 
-    def logits(self, images: list[np.ndarray], questions: list[str]) -> np.ndarray:
+    def encode(self, images: list[np.ndarray], questions: list[str]) -> dict[str, np.ndarray]:
         encoded = encode_fixed(self.processor, images, questions, self.manifest["image_size"],
                                self.manifest["max_text_length"])
-        return self.session.run(["logits"], {name: encoded[name] for name in INPUTS})[0]
+        return {name: encoded[name] for name in INPUTS}
+
+    def logits(self, images: list[np.ndarray], questions: list[str]) -> np.ndarray:
+        return self.session.run(["logits"], self.encode(images, questions))[0]
 
     def predict(self, image: np.ndarray, question: str) -> Prediction:
         return answer_from_logits(self.logits([image], [question])[0], self.answers)

@@ -1,0 +1,169 @@
+"""`vldistill bench latency`: latency at batch 1, peak memory and accuracy, model by model.
+
+Each model runs in its own fresh process (so its peak memory is its own) with the same number
+of threads: a PyTorch checkpoint (``.safetensors`` from ``vldistill run``), an ONNX export
+folder (``vldistill export``) or its int8 model (``FOLDER:int8``). Every model answers the
+same validation questions, one question and one image per call; latency is the wall time of
+the model call alone (inputs prepared beforehand), reported as p50 and p95. Peak memory is the
+process's maximum resident set size after loading, answering and timing. Accuracy is the
+official VQA accuracy on the first ``questions`` validation questions of the data the
+checkpoint (or the export) was trained on.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import resource
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vldistill.errors import DataError
+
+
+@dataclass
+class LatencyRow:
+    name: str
+    kind: str                      # "PyTorch fp32" | "ONNX fp32" | "ONNX int8"
+    p50_ms: float
+    p95_ms: float
+    peak_rss_mib: float
+    vqa_accuracy: float
+    questions: int
+
+
+def parse_spec(spec: str) -> tuple[str, Path, bool]:
+    """``NAME=PATH`` or ``NAME=FOLDER:int8`` -> (name, path, int8)."""
+    if "=" not in spec:
+        raise DataError(f"--model {spec!r}: expected NAME=PATH, e.g. "
+                        "student=runs/x/checkpoints/student-kd-seed0-last.safetensors or "
+                        "'student int8=export-folder:int8'")
+    name, path = spec.split("=", 1)
+    int8 = path.endswith(":int8")
+    return name.strip(), Path(path[:-5] if int8 else path), int8
+
+
+def _percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q))
+
+
+def _val_data(data: dict[str, Any], questions: int):
+    from vldistill.config import DataSettings
+    from vldistill.pipeline_data import load_splits
+
+    _, _, val, val_images = load_splits(DataSettings.model_validate(data))
+    return val[:questions], val_images
+
+
+def measure_one(name: str, path: Path, int8: bool, threads: int, repeats: int,
+                questions: int) -> dict[str, Any]:
+    """Runs in a child process: load one model, score it, time it, report its peak memory."""
+    import torch
+
+    torch.set_num_threads(threads)
+    from vldistill.eval.vqa_accuracy import VQAAccuracy
+    from vldistill.export.runtime import MANIFEST, OnnxVQA, answer_from_logits
+
+    metric = VQAAccuracy()
+    times: list[float] = []
+    if path.is_dir() and (path / MANIFEST).is_file():
+        model = OnnxVQA(path, int8=int8, threads=threads)
+        if "data" not in model.manifest:
+            raise DataError(f"export {path} does not record its data settings; export it "
+                            "from a checkpoint saved by `vldistill run`")
+        samples, images = _val_data(model.manifest["data"], questions)
+        encoded = []
+        for sample in samples:
+            enc = model.encode([images.rgb(sample.image_id)], [sample.question])
+            encoded.append(enc)
+            logits = model.session.run(["logits"], enc)[0][0]
+            metric.update(answer_from_logits(logits, model.answers).answer, sample.answers)
+        for i in range(repeats):
+            enc = encoded[i % len(encoded)]
+            start = time.perf_counter()
+            model.session.run(["logits"], enc)
+            times.append(time.perf_counter() - start)
+        kind = "ONNX int8" if int8 else "ONNX fp32"
+    else:
+        from vldistill.data.answers import AnswerVocab
+        from vldistill.data.batches import VQACollator, VQAImageDataset
+        from vldistill.data.tokenizer import QuestionTokenizer
+        from vldistill.models.checkpoint import build_from_checkpoint, load_checkpoint
+
+        checkpoint = load_checkpoint(path)
+        model = build_from_checkpoint(checkpoint).eval()
+        vocab = AnswerVocab.from_json(checkpoint.extra["answer_vocab"])
+        answers = vocab.to_json()
+        tokenizer = QuestionTokenizer.from_json(checkpoint.extra["question_vocab"])
+        samples, images = _val_data(checkpoint.extra["data"], questions)
+        dataset = VQAImageDataset(samples, images, vocab, tokenizer)
+        collate = VQACollator(len(vocab))
+        singles = []
+        for index in range(len(dataset)):
+            item = dataset[index]
+            for row, sample in enumerate(item["samples"]):
+                batch = collate([{**item, "samples": [sample],
+                                  "tokens": item["tokens"][row:row + 1,
+                                                           :int(item["lengths"][row])],
+                                  "lengths": item["lengths"][row:row + 1],
+                                  "labelled": item["labelled"][row:row + 1],
+                                  "target_rows": np.zeros(0, np.int64),
+                                  "target_columns": np.zeros(0, np.int64),
+                                  "target_scores": np.zeros(0, np.float32)}])
+                singles.append((batch["inputs"], sample))
+        with torch.inference_mode():
+            for inputs, sample in singles:
+                logits = model(**inputs).logits[0].float().numpy()
+                metric.update(answer_from_logits(logits, answers).answer, sample.answers)
+            for i in range(repeats):
+                inputs = singles[i % len(singles)][0]
+                start = time.perf_counter()
+                model(**inputs)
+                times.append(time.perf_counter() - start)
+        kind = "PyTorch fp32"
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024      # KiB -> MiB (Linux)
+    result = metric.compute()
+    return asdict(LatencyRow(name, kind, 1000 * _percentile(times, 50),
+                             1000 * _percentile(times, 95), peak, result["overall"],
+                             result["count"]))
+
+
+def _child(queue, *args) -> None:
+    try:
+        queue.put(("ok", measure_one(*args)))
+    except Exception as error:          # reported to the parent with the model's name
+        queue.put(("error", f"{type(error).__name__}: {error}"))
+
+
+def bench_latency(specs: list[str], threads: int = 2, repeats: int = 100,
+                  questions: int = 200) -> list[LatencyRow]:
+    rows = []
+    context = multiprocessing.get_context("spawn")
+    for spec in specs:
+        name, path, int8 = parse_spec(spec)
+        queue = context.Queue()
+        process = context.Process(target=_child,
+                                  args=(queue, name, path, int8, threads, repeats, questions))
+        process.start()
+        status, payload = queue.get()
+        process.join()
+        if status != "ok":
+            raise DataError(f"--model {spec}: {payload}")
+        rows.append(LatencyRow(**payload))
+    return rows
+
+
+def latency_table(rows: list[LatencyRow]) -> str:
+    lines = ["| model | runtime | p50 ms | p95 ms | peak RSS MiB | VQA acc. % | questions |",
+             "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r.name} | {r.kind} | {r.p50_ms:.2f} | {r.p95_ms:.2f} | "
+              f"{r.peak_rss_mib:.0f} | {r.vqa_accuracy:.2f} | {r.questions} |" for r in rows]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":   # pragma: no cover
+    print(latency_table(bench_latency(sys.argv[1:])))
