@@ -115,17 +115,26 @@ def measure_one(name: str, path: Path, int8: bool, threads: int, repeats: int,
                                   "target_columns": np.zeros(0, np.int64),
                                   "target_scores": np.zeros(0, np.float32)}])
                 singles.append((batch["inputs"], sample))
+        call = model
+        encode = getattr(model, "encode", None)
+        if encode is not None:
+            # a Hugging Face model preprocesses inside forward (tokenizer, image processor):
+            # do that beforehand, as for ONNX, and time the network alone
+            singles = [(encode(inputs["images"], inputs["image_index"], inputs["questions"]),
+                        sample) for inputs, sample in singles]
+            call = model.model
         with torch.inference_mode():
             for inputs, sample in singles:
-                logits = model(**inputs).logits[0].float().numpy()
+                logits = call(**inputs).logits[0].float().numpy()
                 metric.update(answer_from_logits(logits, answers).answer, sample.answers)
             for i in range(repeats):
                 inputs = singles[i % len(singles)][0]
                 start = time.perf_counter()
-                model(**inputs)
+                call(**inputs)
                 times.append(time.perf_counter() - start)
         kind = "PyTorch fp32"
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024      # KiB -> MiB (Linux)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss              # KiB; bytes on macOS
+    peak = peak / (1024 * 1024 if sys.platform == "darwin" else 1024)
     result = metric.compute()
     return asdict(LatencyRow(name, kind, 1000 * _percentile(times, 50),
                              1000 * _percentile(times, 95), peak, result["overall"],
@@ -149,7 +158,15 @@ def bench_latency(specs: list[str], threads: int = 2, repeats: int = 100,
         process = context.Process(target=_child,
                                   args=(queue, name, path, int8, threads, repeats, questions))
         process.start()
-        status, payload = queue.get()
+        status, payload = "error", "the measuring process died without a result"
+        while True:
+            try:
+                status, payload = queue.get(timeout=5)
+                break
+            except Exception:              # queue.Empty: still running, or dead
+                if not process.is_alive():
+                    payload += f" (exit code {process.exitcode}; out of memory?)"
+                    break
         process.join()
         if status != "ok":
             raise DataError(f"--model {spec}: {payload}")

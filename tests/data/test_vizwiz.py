@@ -78,6 +78,8 @@ GOOD = {"image": "VizWiz_val_00000001.jpg", "question": "What is this?",
     ([{**GOOD, "image": "../secret.jpg"}], r"is not an image file name .*no folders"),
     ([{**GOOD, "image": "notes.txt"}], r"'notes.txt' is not an image file name"),
     ([{**GOOD, "answerable": "yes"}], r"answerable is 'yes'; expected 0 or 1"),
+    ([{**GOOD, "answerable": None}], r"answerable is None; expected 0 or 1"),
+    ([{**GOOD, "answerable": 2}], r"answerable is 2; expected 0 or 1"),
     ([{**GOOD, "answer_type": "colour"}], r"answer_type 'colour' is not one of other"),
     ([{**GOOD, "answers": ["soup"]}], r"answers\[0\] is 'soup'; expected"),
     ([GOOD, GOOD], r"question ids appear more than once in 'image'"),
@@ -118,3 +120,18 @@ def test_shapesworld_exports_the_vizwiz_layout_with_its_unanswerable_questions(t
     assert unanswerable and all(s.answerable is False for s in unanswerable)
     assert all(s.answerable for s in samples if s.answer_type != "unanswerable")
     assert [s.answers for s in samples] == [s.answers for s in original]
+
+
+def test_json_booleans_and_exact_file_names(tmp_path):
+    from PIL import Image
+
+    (tmp_path / "imgs").mkdir()
+    Image.new("RGB", (4, 4), "white").save(tmp_path / "imgs" / "c.png")
+    Image.new("RGB", (4, 4), "black").save(tmp_path / "imgs" / "c.jpeg")
+    path = write(tmp_path, [{**GOOD, "image": "c.jpeg", "answerable": True},
+                            {**GOOD, "image": "c.png", "answerable": False}])
+    samples, images = read_vizwiz(path, tmp_path / "imgs")
+    assert [s.answerable for s in samples] == [True, False]
+    # same stem, different files: each question reads its own image
+    assert images.rgb(samples[0].image_id).max() == 0
+    assert images.rgb(samples[1].image_id).min() == 255

@@ -58,7 +58,7 @@ def test_accumulator_reports_overall_per_type_and_answerability():
     result = metric.compute()
     assert result["overall"] == pytest.approx(200 / 3)
     assert result["per_answer_type"] == {"other": 100.0, "yes/no": 0.0, "unanswerable": 100.0}
-    assert result["unanswerability"] == {"average_precision": 100.0, "f1": 100.0}
+    assert result["unanswerability"] == {"average_precision": 100.0, "f1": 100.0, "count": 3}
     assert result["count"] == 3
 
 
@@ -69,3 +69,12 @@ def test_bad_arguments():
         vizwiz_accuracy("x", "x")
     with pytest.raises(TypeError, match="string answer"):
         vizwiz_accuracy(3, ["3"])
+
+
+def test_the_vizwiz_contractions_table_uses_curly_apostrophes():
+    assert normalize_prediction("dont know") == "don\u2019t know"
+    assert vizwiz_accuracy("dont know", ["don't know"] * 10) == 0.0       # straight: no match
+    assert vizwiz_accuracy("dont know", ["don\u2019t know"] * 10) == 1.0
+    assert normalize_prediction("weve") == "we've"                        # a straight one
+    assert normalize_prediction("somebody\u2019d") == "somebodyd"         # the reversed entry
+    assert vqa_accuracy("dont", ["don't"] * 5 + ["no"] * 5) > 0           # VQAv2: straight

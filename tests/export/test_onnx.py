@@ -157,3 +157,26 @@ def test_bench_latency_over_checkpoints_and_exports(tmp_path, tiny_recipe_path, 
         assert 0 < row.p50_ms <= row.p95_ms
         assert row.peak_rss_mib > 50 and 0 <= row.vqa_accuracy <= 100 and row.questions == 12
     assert "| teacher int8 | ONNX int8 |" in latency_table(rows)
+
+
+def test_the_export_sees_the_pixels_the_pytorch_model_sees(vilt, tmp_path):
+    """A raw, non-square photo: the export squares it to the training data's size and lets
+    the processor resize, exactly as training did; its logits equal the PyTorch model's."""
+    from PIL import Image
+
+    from vldistill.export.runtime import OnnxVQA
+
+    export_onnx(vilt, tmp_path, metadata={"data": {"source": "vqa", "image_size": 40}})
+    photo = np.random.default_rng(5).integers(0, 256, (50, 37, 3), np.uint8)
+    as_trained = np.array(Image.fromarray(photo).resize((40, 40), Image.Resampling.BILINEAR))
+    with torch.no_grad():
+        expected = vilt(images=torch.from_numpy(as_trained).permute(2, 0, 1)[None],
+                        image_index=torch.tensor([0]), questions=["what is the colour"])
+    logits = OnnxVQA(tmp_path).logits([photo], ["what is the colour"])
+    assert np.abs(logits - expected.logits.numpy()).max() < 1e-4
+
+
+def test_a_new_export_removes_the_old_int8_model(vilt, tmp_path):
+    export_onnx(vilt, tmp_path, int8=True)
+    export_onnx(vilt, tmp_path)
+    assert not (tmp_path / "model.int8.onnx").exists()

@@ -9,8 +9,8 @@ Annotation file (a JSON list, one record per image; VizWiz asks one question per
 
 "unanswerable" is an ordinary answer. The test split has no ``answers``, ``answer_type`` or
 ``answerable``: its questions are read unlabelled. A sample's question id is the ``image`` file
-name (the key of the official evaluation and of its result files); its image id is the name
-without the extension, found in the image folder as ``<id>.jpg`` or ``<id>.png``.
+name (the key of the official evaluation and of its result files), and so is its image id: the
+file is found by that exact name in the image folder.
 
 ``write_vizwiz`` writes samples in this layout. ShapesWorld asks several questions per image,
 so each question gets its own image name: a hard link to one PNG per scene, not a copy.
@@ -33,6 +33,7 @@ from vldistill.errors import DataError
 from vldistill.fileio import atomic_write
 
 ANSWER_TYPES = ("other", "yes/no", "number", "unanswerable")
+_ABSENT = object()
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
@@ -54,7 +55,7 @@ def read_vizwiz(annotations_path: Path, image_root: Path | None = None, *,
     samples = [_sample(record, path, index) for index, record in enumerate(document)]
     check_unique([s.question_id for s in samples], path, "image")
     root = Path(image_root) if image_root is not None else _default_root(path)
-    store = FolderImageStore(root, None, None, image_size)
+    store = FolderImageStore(root, "{image_id}", None, image_size)   # ids are file names
     if image_root is not None:
         store.check_images(samples)
     return samples, store
@@ -83,11 +84,13 @@ def _sample(record: Any, path: Path, index: int) -> Sample:
     if answer_type and answer_type not in ANSWER_TYPES:
         raise DataError(f"{path}: {where} answer_type {answer_type!r} is not one of "
                         f"{', '.join(ANSWER_TYPES)}. Fix: correct that record.")
-    answerable = record.get("answerable")
-    if answerable is not None and (type(answerable) is not int or answerable not in (0, 1)):
-        raise DataError(f"{path}: {where} answerable is {show(answerable)}; expected 0 or 1. "
-                        "Fix: correct that record.")
-    return Sample(question_id=image, image_id=stem, question=question, answers=answers,
+    answerable = record.get("answerable", _ABSENT)
+    if answerable is not _ABSENT and (type(answerable) not in (int, bool)
+                                      or answerable not in (0, 1)):
+        raise DataError(f"{path}: {where} answerable is {show(answerable)}; expected 0 or 1 "
+                        "(or false / true). Fix: correct that record.")
+    answerable = None if answerable is _ABSENT else answerable
+    return Sample(question_id=image, image_id=image, question=question, answers=answers,
                   question_type=answer_type, answer_type=answer_type,
                   answerable=None if answerable is None else bool(answerable))
 

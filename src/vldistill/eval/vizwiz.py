@@ -10,7 +10,8 @@ normalises (research notes: ``docs/notes/vizwiz-eval.md``)::
 So a prediction "one" becomes "1" and can never match a ground truth written "one"; VQAv2
 instead normalises both sides whenever the annotators disagree. ``answer_confidence`` is not
 used. The punctuation and digit/article steps, with their quirks, are the VQAv2 ones
-(:mod:`vldistill.data.answers`).
+(:mod:`vldistill.data.answers`), except for the contractions table: VizWiz's maps to curly
+apostrophes, so "dont" becomes "don’t" and never matches an annotator's "don't".
 
 Answerability: the positive class is *unanswerable*. With ``answerable`` ground truth g in
 {0, 1} and a predicted probability p that the question is answerable, the script computes
@@ -24,13 +25,15 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
-from vldistill.data.answers import (leave_one_out_accuracy, process_digit_article,
-                                    process_punctuation, strip_answer)
+from vldistill.data.answers import (VIZWIZ_CONTRACTIONS, leave_one_out_accuracy,
+                                    process_digit_article, process_punctuation, strip_answer)
 
 
 def normalize_prediction(prediction: str) -> str:
-    """What the VizWiz script does to a predicted answer (and only to it)."""
-    return process_digit_article(process_punctuation(strip_answer(prediction)))
+    """What the VizWiz script does to a predicted answer (and only to it), with its own
+    contractions table (curly apostrophes: "dont" -> "don’t")."""
+    return process_digit_article(process_punctuation(strip_answer(prediction)),
+                                 VIZWIZ_CONTRACTIONS)
 
 
 def vizwiz_accuracy(prediction: str, gt_answers: Sequence[str]) -> float:
@@ -108,4 +111,5 @@ class VizWizAccuracy:
             "count": len(self._scores)}
         if self._answerable:
             result["unanswerability"] = answerability(self._answerable, self._answerable_scores)
+            result["unanswerability"]["count"] = len(self._answerable)   # questions scored
         return result

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from vldistill.errors import VldistillError
-from vldistill.export.runtime import INPUTS, MANIFEST, encode_fixed
+from vldistill.export.runtime import INPUTS, MANIFEST, data_image_size, encode_fixed
 from vldistill.fileio import atomic_write
 
 _CHECK_QUESTIONS = ("what is this", "what colour is the object on the left",
@@ -116,13 +116,17 @@ def export_onnx(model, out_dir: Path, *, int8: bool = False, tolerance: float = 
                           "exportable yet.")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in ("model.onnx", "model.int8.onnx", MANIFEST):   # never mix two exports
+        (out_dir / stale).unlink(missing_ok=True)
     model = model.eval()
     size = image_size or processor_image_size(model.processor)
     generator = np.random.default_rng(0)
     questions = list(check_questions or _CHECK_QUESTIONS)
     images = check_images or [generator.integers(0, 256, (size + 7, size + 3, 3), np.uint8)
                               for _ in questions]
-    check = encode_fixed(model.processor, images, questions, size, model.max_text_length)
+    data_size = data_image_size((metadata or {}).get("data", {}))
+    check = encode_fixed(model.processor, images, questions, size, model.max_text_length,
+                         data_size)
     wrapper = ExportableVilt(model, size).eval()
     with torch.no_grad():
         expected = wrapper(*(torch.from_numpy(check[name]) for name in INPUTS)).numpy()

@@ -21,13 +21,21 @@ UNANSWERABLE = "unanswerable"
 
 
 def encode_fixed(processor, images: list[np.ndarray], questions: list[str], image_size: int,
-                 max_text_length: int) -> dict[str, np.ndarray]:
-    """The export's preprocessing: each image resized to S x S (PIL, bilinear), then the
-    model's own processor; numpy arrays for onnxruntime."""
+                 max_text_length: int, data_image_size: int | None = None
+                 ) -> dict[str, np.ndarray]:
+    """The export's preprocessing, the same as in training: each image squared to the training
+    data's size (PIL bilinear, as the data readers do; S when unknown), then the model's own
+    processor, which resizes it to S x S; numpy arrays for onnxruntime."""
     from PIL import Image
 
-    resized = [np.asarray(Image.fromarray(np.asarray(img, dtype=np.uint8)).resize(
-        (image_size, image_size), Image.Resampling.BILINEAR)) for img in images]
+    square = data_image_size or image_size
+    resized = []
+    for img in images:
+        img = np.asarray(img, dtype=np.uint8)
+        if img.shape[:2] != (square, square):
+            img = np.asarray(Image.fromarray(img).resize((square, square),
+                                                         Image.Resampling.BILINEAR))
+        resized.append(img)
     encoded = processor(images=resized, text=questions, padding=True, truncation=True,
                         max_length=max_text_length, return_tensors="np")
     pixel_values = encoded["pixel_values"]
@@ -37,6 +45,13 @@ def encode_fixed(processor, images: list[np.ndarray], questions: list[str], imag
     return {"input_ids": encoded["input_ids"].astype(np.int64),
             "attention_mask": encoded["attention_mask"].astype(np.int64),
             "pixel_values": pixel_values.astype(np.float32)}
+
+
+def data_image_size(data: dict) -> int | None:
+    """The image size the training data was read at (ShapesWorld or a resized folder)."""
+    if data.get("source") == "shapesworld":
+        return data.get("shapesworld", {}).get("image_size", 64)
+    return data.get("image_size")
 
 
 @dataclass
@@ -84,10 +99,11 @@ class OnnxVQA:
         self.session = onnxruntime.InferenceSession(str(model), options,
                                                     providers=["CPUExecutionProvider"])
         self.answers: list[str] = self.manifest["answers"]
+        self.data_image_size = data_image_size(self.manifest.get("data", {}))
 
     def encode(self, images: list[np.ndarray], questions: list[str]) -> dict[str, np.ndarray]:
         encoded = encode_fixed(self.processor, images, questions, self.manifest["image_size"],
-                               self.manifest["max_text_length"])
+                               self.manifest["max_text_length"], self.data_image_size)
         return {name: encoded[name] for name in INPUTS}
 
     def logits(self, images: list[np.ndarray], questions: list[str]) -> np.ndarray:

@@ -72,7 +72,13 @@ def load_checkpoint(path: str | Path) -> ModelCheckpoint:
 def build_from_checkpoint(checkpoint: ModelCheckpoint) -> nn.Module:
     from vldistill.models import build_model
 
-    model = build_model(checkpoint.model_name, checkpoint.model_params,
-                        answers=checkpoint.extra.get("answer_vocab"), **checkpoint.sizes)
+    import warnings
+
+    with warnings.catch_warnings():
+        # a Hugging Face model's answer head is rebuilt for the saved vocabulary; the saved
+        # weights replace it just below, so "the head is new" is not news here
+        warnings.filterwarnings("ignore", message=".*answer head is new")
+        model = build_model(checkpoint.model_name, checkpoint.model_params,
+                            answers=checkpoint.extra.get("answer_vocab"), **checkpoint.sizes)
     model.load_state_dict(checkpoint.state_dict)
     return model.eval()
