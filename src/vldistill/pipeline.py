@@ -193,7 +193,8 @@ class VQAJob:
     def build(self, role: str) -> tuple[nn.Module, Callable[[Path, nn.Module], None]]:
         settings = (self.recipe.teacher if role == "teacher" else self.recipe.student).model
         model = build_model(settings.name, settings.params,
-                            answers=self.data.answer_vocab.to_json(), **self.sizes)
+                            answers=self.data.answer_vocab.to_json(),
+                            question_vocab=self.data.tokenizer.to_json(), **self.sizes)
         extra = {"answer_vocab": self.data.answer_vocab.to_json(),
                  "question_vocab": self.data.tokenizer.to_json(),
                  "data": self.recipe.data.model_dump(mode="json"), "role": role}

@@ -135,3 +135,44 @@ def test_a_vilt_teacher_in_the_main_job(tmp_path, tiny_recipe_path, make_tiny_vi
         metrics = evaluate_checkpoint(checkpoint)
     assert metrics["vqa_accuracy"] == pytest.approx(
         result.teacher.predictions.metrics["vqa_accuracy"])
+
+
+@pytest.mark.filterwarnings("ignore:.*longer than this ViLT's text limit")
+def test_vilt_teacher_and_student_built_from_config(tmp_path, tiny_recipe_path):
+    """No pretrained folder: both ViLTs are built in code with the data's question vocabulary;
+    a checkpoint rebuilds them exactly (same tokenizer, same weights) and exports to ONNX."""
+    from vldistill.config import load_recipe
+    from vldistill.evaluate_checkpoint import evaluate_checkpoint
+    from vldistill.export.onnx import export_onnx
+    from vldistill.models.checkpoint import build_from_checkpoint, load_checkpoint
+    from vldistill.pipeline import run_recipe
+
+    small = ("{hidden_size: 16, num_hidden_layers: 1, num_attention_heads: 2, "
+             "intermediate_size: 32, image_size: 32, patch_size: 16}")
+    recipe = load_recipe(tiny_recipe_path, [
+        f"output_dir={tmp_path}", "name=c", "distill.baseline=false",
+        "teacher.model={name: vilt, params: {config: {hidden_size: 32, num_hidden_layers: 2, "
+        "num_attention_heads: 2, intermediate_size: 64, image_size: 32, patch_size: 16}}}",
+        f"student.model={{name: vilt, params: {{config: {small}}}}}",
+        "teacher.train.max_steps=2", "teacher.train.val_every_n_steps=2"])
+    result = run_recipe(recipe)
+    checkpoint = tmp_path / "c" / "checkpoints" / "student-kd-seed0-last.safetensors"
+    metrics = evaluate_checkpoint(checkpoint)
+    assert metrics["vqa_accuracy"] == pytest.approx(
+        result.students["student (KD)"][0].predictions.metrics["vqa_accuracy"])
+    student = build_from_checkpoint(load_checkpoint(checkpoint))
+    # the tokenizer knows the data's words (no [UNK] for a training question)
+    question = "what colour is the shape"
+    ids = student.processor.tokenizer(question)["input_ids"]
+    assert 1 not in ids and len(ids) == len(question.split()) + 2      # [CLS] words [SEP]
+    report = export_onnx(student, tmp_path / "export")
+    assert report.fp32_max_abs_diff < 1e-4
+
+
+def test_vilt_settings_need_exactly_one_source():
+    from vldistill.models import model_config
+
+    with pytest.raises(ValueError, match="exactly one of path"):
+        model_config("vilt", {})
+    with pytest.raises(ValueError, match="exactly one of path"):
+        model_config("vilt", {"path": "/x", "config": {"hidden_size": 8}})

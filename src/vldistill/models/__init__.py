@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from vldistill.models.outputs import ModelOutput, as_model_output
@@ -22,32 +22,54 @@ from vldistill.registry import Registry
 class ModelEntry:
     config_class: type[BaseModel]
     build: Callable[..., nn.Module]   # build(config, num_answers=..., vocab_size=...)
-    needs_answers: bool = False       # build(..., answers=[...]) too: the answer strings
+    # build(..., answers=[...], question_vocab=[...]) too: models with labelled heads or their
+    # own tokenizers need the strings, not only the sizes
+    needs_vocabularies: bool = False
 
 
 class ViltSettings(BaseModel):
-    """A Hugging Face ViltForQuestionAnswering in a local folder (vldistill.models.hf_vilt)."""
+    """A Hugging Face ViltForQuestionAnswering (vldistill.models.hf_vilt): from a local folder
+    (``path``), or built in code with random weights (``config``: ViltConfig fields)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    path: Path = Field(description="folder written by save_pretrained: config.json, "
-                       "model.safetensors, tokenizer and processor config")
+    path: Path | None = Field(None, description="folder written by save_pretrained: "
+                              "config.json, model.safetensors, tokenizer and processor config")
+    config: dict[str, Any] | None = Field(
+        None, description="ViltConfig fields for a model built in code, e.g. {hidden_size: 128, "
+        "num_hidden_layers: 4, num_attention_heads: 4, intermediate_size: 256, image_size: 64, "
+        "patch_size: 8}; its tokenizer is word-level over the data's question vocabulary")
+    image_size: int | None = Field(None, ge=8, description="processor image size for a "
+                                   "model built from config; None: config.image_size")
     max_text_length: int | None = Field(None, ge=2, description="question tokens kept (longer "
                                         "ones are truncated, with a warning); None: the model's")
 
+    @model_validator(mode="after")
+    def _one_source(self) -> ViltSettings:
+        if (self.path is None) == (self.config is None):
+            raise ValueError("give exactly one of path (a pretrained folder) and config (a "
+                             "ViLT built in code)")
+        return self
+
 
 def _build_vilt(config: ViltSettings, num_answers: int, vocab_size: int,
-                answers: list[str] | None = None) -> nn.Module:
+                answers: list[str] | None = None, question_vocab: list[str] | None = None
+                ) -> nn.Module:
     from vldistill.models.hf_vilt import ViltVQA
 
     if answers is None:                # rebuilt from a checkpoint without its vocabulary
         answers = [str(i) for i in range(num_answers)]
+    if config.config is not None:
+        if question_vocab is None:
+            raise ValueError("a ViLT built from config needs the data's question vocabulary")
+        return ViltVQA.from_config(config.config, answers, question_vocab, config.image_size,
+                                   config.max_text_length)
     return ViltVQA.from_pretrained(config.path, answers, config.max_text_length)
 
 
 MODELS: Registry[ModelEntry] = Registry("model")
 MODELS.register("vqa_attention")(ModelEntry(VQANetConfig, VQANet))
-MODELS.register("vilt")(ModelEntry(ViltSettings, _build_vilt, needs_answers=True))
+MODELS.register("vilt")(ModelEntry(ViltSettings, _build_vilt, needs_vocabularies=True))
 
 
 def model_config(name: str, params: dict[str, Any]) -> BaseModel:
@@ -61,11 +83,13 @@ def model_config(name: str, params: dict[str, Any]) -> BaseModel:
 
 
 def build_model(name: str, params: dict[str, Any], answers: list[str] | None = None,
-                **sizes: int) -> nn.Module:
+                question_vocab: list[str] | None = None, **sizes: int) -> nn.Module:
     """Build a registered model from its recipe params and data-derived sizes (and the answer
-    strings, for models whose head is labelled, such as Hugging Face ones)."""
+    and question vocabularies, for models with labelled heads or their own tokenizers, such as
+    Hugging Face ones)."""
     entry = MODELS.get(name)
-    extra = {"answers": answers} if entry.needs_answers and answers is not None else {}
+    extra = ({"answers": answers, "question_vocab": question_vocab}
+             if entry.needs_vocabularies else {})
     return entry.build(model_config(name, params), **sizes, **extra)
 
 

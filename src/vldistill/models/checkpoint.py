@@ -79,6 +79,8 @@ def build_from_checkpoint(checkpoint: ModelCheckpoint) -> nn.Module:
         # weights replace it just below, so "the head is new" is not news here
         warnings.filterwarnings("ignore", message=".*answer head is new")
         model = build_model(checkpoint.model_name, checkpoint.model_params,
-                            answers=checkpoint.extra.get("answer_vocab"), **checkpoint.sizes)
+                            answers=checkpoint.extra.get("answer_vocab"),
+                            question_vocab=checkpoint.extra.get("question_vocab"),
+                            **checkpoint.sizes)
     model.load_state_dict(checkpoint.state_dict)
     return model.eval()

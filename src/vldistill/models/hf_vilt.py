@@ -100,6 +100,42 @@ class ViltVQA(nn.Module):
                     ignore_mismatched_sizes=True)
         return cls(model, processor, max_text_length)
 
+    @classmethod
+    def from_config(cls, config: dict, answers: Sequence[str], question_vocab: Sequence[str],
+                    image_size: int | None = None, max_text_length: int | None = None
+                    ) -> ViltVQA:
+        """A randomly initialised ViLT built in code (no pretrained folder needed): ``config``
+        holds ``ViltConfig`` fields (``hidden_size``, ``num_hidden_layers``, ...); the tokenizer
+        is word-level over ``question_vocab`` (the data's question vocabulary, lower-cased
+        words, as vldistill's own tokenizer splits them); the image processor resizes to
+        ``image_size`` (default: the config's) and normalises to [-1, 1]."""
+        from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, processors
+        from transformers import PreTrainedTokenizerFast, ViltConfig, ViltForQuestionAnswering
+        from transformers import ViltProcessor
+        from transformers.models.vilt.image_processing_pil_vilt import ViltImageProcessorPil
+
+        special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
+        words = special + [w for w in question_vocab if w not in special and not
+                           w.startswith("<")]
+        tokenizer = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)},
+                                               unk_token="[UNK]"))
+        tokenizer.normalizer = normalizers.Lowercase()
+        tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex(r"[^a-z0-9]+"), behavior="removed")
+        tokenizer.post_processor = processors.TemplateProcessing(
+            single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+        fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="[PAD]",
+                                       unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]")
+        settings = {"max_position_embeddings": 40, **config}
+        vilt_config = ViltConfig(vocab_size=len(words), num_labels=len(answers),
+                                 id2label=dict(enumerate(answers)),
+                                 label2id={a: i for i, a in enumerate(answers)}, **settings)
+        size = image_size or vilt_config.image_size
+        processor = ViltProcessor(
+            image_processor=ViltImageProcessorPil(size={"shortest_edge": size},
+                                                  size_divisor=vilt_config.patch_size),
+            tokenizer=fast)
+        return cls(ViltForQuestionAnswering(vilt_config), processor, max_text_length)
+
     @property
     def answers(self) -> list[str]:
         return [self.model.config.id2label[i] for i in range(self.model.config.num_labels)]
