@@ -117,6 +117,8 @@ def test_replayed_views_are_the_pixels_the_teacher_saw(tmp_path, job, teacher):
     ({"top_k": 5}, "top_k"),
     ({"fields": ("fused",)}, "fields"),
     ({"num_classes": 1000}, "num_classes"),
+    ({"teacher_model": {"name": "vqa_attention", "params": {"width": 9}}},
+     "teacher_model.params"),
 ])
 def test_a_stale_cache_is_refused_naming_the_field(tmp_path, job, teacher, change, field):
     spec = spec_for(job, teacher)
@@ -279,3 +281,14 @@ def test_a_manifest_that_does_not_add_up_is_refused(tmp_path, job, teacher):
     path.write_text(json.dumps(manifest))
     with pytest.raises(CacheError, match="does not line up with the training questions"):
         CachedTeacher(tmp_path, spec, job.base_student_datasets())
+
+
+def test_changed_vocabularies_are_named(tmp_path, job, teacher):
+    spec = spec_for(job, teacher)
+    build(tmp_path, job, teacher, spec)
+    changed = spec_for(job, teacher, preprocessing={**spec.preprocessing, "answer_vocab": "0",
+                                                    "question_vocab": "1"})
+    with pytest.raises(CacheError, match=r"differ from this recipe's: "
+                                         r"preprocessing.answer_vocab, "
+                                         r"preprocessing.question_vocab\."):
+        CachedTeacher(tmp_path, changed, job.base_student_datasets())
