@@ -170,3 +170,33 @@ def test_every_registered_loss_runs_through_a_recipe(tmp_path, tiny_recipe_path)
     for name in ("kd", "dkd", "loca", "feature", "contrastive", "relational", "clip_affinity"):
         assert f"train/{name}" in header, name
     assert result.students["student (KD)"][0].predictions.metrics["vqa_accuracy"] >= 0.0
+
+
+def test_vizwiz_metric_in_the_main_job(tmp_path, tiny_recipe_path):
+    """eval.metric: vizwiz reports official VizWiz accuracy (recomputed here from the saved
+    predictions) and answerability, in results.json and in the table."""
+    from statistics import fmean
+
+    from vldistill.data.batches import group_by_image
+    from vldistill.eval.vizwiz import vizwiz_accuracy
+    from vldistill.pipeline_data import prepare_data
+    from vldistill.report.results import markdown_table
+
+    recipe = load_recipe(tiny_recipe_path, [f"output_dir={tmp_path}", "eval.metric=vizwiz",
+                                            "data.shapesworld.unanswerable_fraction=0.3"])
+    result = run_recipe(recipe)
+    teacher = result.teacher.predictions
+    data = prepare_data(recipe.data, 0)
+    answers = data.answer_vocab.to_json()
+    # predictions come in dataset order: questions grouped by image, images in order
+    ordered = [s for group in group_by_image(data.val) for s in group]
+    assert any(s.answer_type == "unanswerable" for s in ordered)
+    expected = fmean(vizwiz_accuracy(answers[i], s.answers)
+                     for i, s in zip(teacher.indices, ordered) if s.answers)
+    assert teacher.metrics["vizwiz_accuracy"] == pytest.approx(100 * expected)
+    assert 0 <= teacher.metrics["unanswerable_ap"] <= 100
+    results = results_dict(result)
+    assert results["metric"] == "vizwiz_accuracy"
+    assert "unanswerable_ap" in results["rows"][0]
+    table = markdown_table(results)
+    assert "VizWiz acc. val %" in table and "unanswerable AP %" in table

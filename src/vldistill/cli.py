@@ -52,10 +52,10 @@ def validate(recipe: RecipeArg = None, set_: SetOption = None) -> None:
 
 
 def print_results(results: dict) -> None:
-    from vldistill.report.results import HEADER, gain_line, table_rows
+    from vldistill.report.results import gain_line, header, table_rows
 
     table = Table(title=f"vldistill run {results['recipe']} (seeds {results['seeds']})")
-    for column in HEADER:
+    for column in header(results):
         table.add_column(escape(column), justify="left" if column == "model" else "right")
     for cells in table_rows(results):
         table.add_row(*cells)

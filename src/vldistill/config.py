@@ -244,6 +244,9 @@ class TrainerSettings(Strict):
 
 
 class EvalSettings(Strict):
+    metric: Literal["vqa", "vizwiz"] = Field(
+        "vqa", description="the accuracy reported and monitored: official VQAv2 accuracy, or "
+        "official VizWiz accuracy plus answerability (average precision, F1)")
     batch_images: int = Field(64, ge=1)
     latency_repeats: int = Field(50, ge=1)
     throughput_images: int = Field(32, ge=1, description="images per batch for throughput")

@@ -35,7 +35,7 @@ from vldistill.errors import DataError, RecipeError
 from vldistill.fileio import atomic_write
 from vldistill.ranks import is_global_zero
 from vldistill.eval.efficiency import Efficiency, measure
-from vldistill.eval.evaluators import Predictions, VQAEvaluator, agreement, predict
+from vldistill.eval.evaluators import Predictions, agreement, build_evaluator, predict
 from vldistill.models import build_model
 from vldistill.models.checkpoint import build_from_checkpoint, load_checkpoint, save_model
 from vldistill.phases import build_terms, select_phases, train_phases
@@ -209,9 +209,16 @@ class VQAJob:
                                 images_per_batch=train.images_per_batch,
                                 transfer_fraction=transfer_fraction, seed=seed,
                                 val_batch=self.recipe.eval.batch_images)
-        return fit(step, loaders, VQAEvaluator(self.data.answer_vocab), train,
+        return fit(step, loaders, self.evaluator(), train,
                    self.recipe.trainer, run_dir=self.run_dir, role=role, save=save,
                    resume=self.resume, stamp=self.stamp_for(role, step.teacher))
+
+    def evaluator(self):
+        return build_evaluator(self.recipe.eval.metric, self.data.answer_vocab)
+
+    @property
+    def metric_name(self) -> str:
+        return self.evaluator().name
 
     def stamp_for(self, role: str, teacher: nn.Module | None = None) -> str:
         """The resume stamp of a fit: the recipe's, plus the teacher's weights when it has one
@@ -230,7 +237,7 @@ class VQAJob:
         return f"{base}-{self._teacher_stamps[key]}"
 
     def evaluate(self, model: nn.Module) -> Predictions:
-        return predict(model, self.val, self.collate, VQAEvaluator(self.data.answer_vocab),
+        return predict(model, self.val, self.collate, self.evaluator(),
                        self.recipe.eval.batch_images)
 
 
@@ -362,7 +369,8 @@ def run_recipe(recipe: Recipe, phase: str | None = None, resume: bool = False,
                 update={"checkpoint": saved})})
             job.recipe = recipe
     teacher, teacher_model = train_teacher(job)
-    console.print(f"teacher: val VQA accuracy {teacher.predictions.metrics['vqa_accuracy']:.2f}")
+    metric = job.metric_name
+    console.print(f"teacher: val {metric} {teacher.predictions.metrics[metric]:.2f}")
     kd_teacher: nn.Module = teacher_model
     if recipe.teacher.mode == "cache":
         from vldistill.pipeline_cache import open_cache
@@ -377,8 +385,8 @@ def run_recipe(recipe: Recipe, phase: str | None = None, resume: bool = False,
             run, student_model = train_student(job, teacher_arg, seed, phase)
             students[name].append(run)
             agreements[name].append(agreement(run.predictions, teacher.predictions))
-            console.print(f"{run.role}: val VQA accuracy "
-                          f"{run.predictions.metrics['vqa_accuracy']:.2f} "
+            console.print(f"{run.role}: val {metric} "
+                          f"{run.predictions.metrics[metric]:.2f} "
                           f"({run.train_time_s:.0f} s)")
     efficiency = measure_models(job, {"teacher": teacher_model, "student": student_model})
     students = {k: v for k, v in students.items() if v}

@@ -43,6 +43,56 @@ class VQAEvaluator:
         return out
 
 
+class VizWizEvaluator:
+    """Official VizWiz accuracy of argmax answers, per answer type, and answerability: the
+    average precision and F1 of detecting unanswerable questions from the model's probability
+    that a question is answerable, ``1 - sigmoid(logit of "unanswerable")`` (answers are
+    scored by sigmoid/BCE). A question's ground truth is its ``answerable`` flag (VizWiz data)
+    or, when the data has none, whether its answer type is "unanswerable" (ShapesWorld)."""
+
+    name = "vizwiz_accuracy"
+
+    def __init__(self, answer_vocab: AnswerVocab) -> None:
+        from vldistill.eval.vizwiz import VizWizAccuracy
+
+        self.answer_vocab = answer_vocab
+        answers = answer_vocab.to_json()
+        self.unanswerable = answers.index("unanswerable") if "unanswerable" in answers else None
+        self.metric = VizWizAccuracy()
+
+    def reset(self) -> None:
+        self.metric.reset()
+
+    def update(self, batch: dict[str, Any], logits: torch.Tensor) -> None:
+        predictions = logits.argmax(dim=-1).tolist()
+        answerable_scores = ([None] * len(predictions) if self.unanswerable is None else
+                             (1 - torch.sigmoid(logits[:, self.unanswerable].float())).tolist())
+        for sample, index, score in zip(batch["meta"].samples, predictions, answerable_scores):
+            if sample.answers:
+                truth = (sample.answerable if sample.answerable is not None
+                         else sample.answer_type != "unanswerable")
+                self.metric.update(self.answer_vocab.answer(index), sample.answers,
+                                   sample.answer_type, truth, score)
+
+    def compute(self) -> dict[str, float]:
+        result = self.metric.compute()
+        out = {self.name: result["overall"]}
+        out.update({f"{self.name}/{k}": v for k, v in result["per_answer_type"].items()})
+        unanswerable = result.get("unanswerability")
+        if unanswerable is not None:
+            out["unanswerable_ap"] = unanswerable["average_precision"]
+            out["unanswerable_f1"] = unanswerable["f1"]
+        return out
+
+
+EVALUATORS = {"vqa": VQAEvaluator, "vizwiz": VizWizEvaluator}
+
+
+def build_evaluator(metric: str, answer_vocab: AnswerVocab):
+    """The evaluator a recipe's ``eval.metric`` names ("vqa" or "vizwiz")."""
+    return EVALUATORS[metric](answer_vocab)
+
+
 class ClassificationEvaluator:
     """Top-1 accuracy (percent) over labelled rows."""
 

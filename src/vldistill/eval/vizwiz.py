@@ -102,6 +102,8 @@ class VizWizAccuracy:
         return score
 
     def compute(self) -> dict[str, Any]:
+        """Without any unanswerable question among those scored, answerability is undefined
+        and left out."""
         if not self._scores:
             raise ValueError("VizWizAccuracy.compute() called before any update()")
         result: dict[str, Any] = {
@@ -109,7 +111,7 @@ class VizWizAccuracy:
             "per_answer_type": {name: 100 * float(sum(s)) / len(s)
                                 for name, s in self._by_answer_type.items()},
             "count": len(self._scores)}
-        if self._answerable:
+        if self._answerable and not all(self._answerable):
             result["unanswerability"] = answerability(self._answerable, self._answerable_scores)
             result["unanswerability"]["count"] = len(self._answerable)   # questions scored
         return result

@@ -16,21 +16,35 @@ def summarise(values: list[float]) -> dict[str, Any]:
             "std": statistics.pstdev(values) if len(values) > 1 else 0.0, "per_seed": values}
 
 
+# the metric key a recipe's eval.metric reports, and its label in tables and plots
+METRICS = {"vqa": ("vqa_accuracy", "VQA acc."), "vizwiz": ("vizwiz_accuracy", "VizWiz acc.")}
+EXTRA_METRICS = ("unanswerable_ap", "unanswerable_f1")     # reported when the evaluator has them
+
+
+def metric_key(results: dict[str, Any]) -> str:
+    return results.get("metric", "vqa_accuracy")
+
+
+def metric_label(results: dict[str, Any]) -> str:
+    return {key: label for key, label in METRICS.values()}[metric_key(results)]
+
+
 def results_dict(result: Any) -> dict[str, Any]:
     """The JSON-serialisable summary of a pipeline RunResult (see vldistill.pipeline)."""
-    teacher_accuracy = result.teacher.predictions.metrics["vqa_accuracy"]
+    key = METRICS[result.recipe.eval.metric][0]
+    teacher_accuracy = result.teacher.predictions.metrics[key]
     rows = [_row("teacher", [result.teacher], result.efficiency["teacher"], teacher_accuracy,
-                 None)]
+                 None, key)]
     for name, runs in result.students.items():
         rows.append(_row(name, runs, result.efficiency["student"], teacher_accuracy,
-                         result.agreement.get(name)))
+                         result.agreement.get(name), key))
     out: dict[str, Any] = {
-        "recipe": result.recipe.name, "seeds": result.recipe.seeds, "rows": rows,
+        "recipe": result.recipe.name, "seeds": result.recipe.seeds, "metric": key, "rows": rows,
         "wall_time_s": result.wall_time_s, "world_size": result.world_size,
         "per_question_type": {row["model"]: row.pop("per_question_type") for row in rows},
     }
     if {"student (no KD)", "student (KD)"} <= set(result.students):
-        gains = [kd.predictions.metrics["vqa_accuracy"] - base.predictions.metrics["vqa_accuracy"]
+        gains = [kd.predictions.metrics[key] - base.predictions.metrics[key]
                  for kd, base in zip(result.students["student (KD)"],
                                      result.students["student (no KD)"])]
         out["kd_gain"] = {**summarise(gains), "kd_wins_every_seed": all(g > 0 for g in gains)}
@@ -38,16 +52,18 @@ def results_dict(result: Any) -> dict[str, Any]:
 
 
 def _row(name: str, runs: list, efficiency: Any, teacher_accuracy: float,
-         agreements: list[float] | None) -> dict[str, Any]:
-    accuracies = [run.predictions.metrics["vqa_accuracy"] for run in runs]
+         agreements: list[float] | None, metric: str = "vqa_accuracy") -> dict[str, Any]:
+    accuracies = [run.predictions.metrics[metric] for run in runs]
     per_type: dict[str, list[float]] = {}
     for run in runs:
         for key, value in run.predictions.metrics.items():
-            if key.startswith("vqa_accuracy/"):
+            if key.startswith(metric + "/"):
                 per_type.setdefault(key.split("/", 1)[1], []).append(value)
+    extra = {key: summarise([run.predictions.metrics[key] for run in runs])
+             for key in EXTRA_METRICS if all(key in run.predictions.metrics for run in runs)}
     return {
         "model": name, "seeds": [run.seed for run in runs],
-        "vqa_accuracy": summarise(accuracies),
+        metric: summarise(accuracies), **extra,
         "parameters": efficiency.parameters, "latency_ms": efficiency.latency_ms,
         "throughput_qps": efficiency.throughput,
         "kept_of_teacher_pct": 100.0 * statistics.fmean(accuracies) / teacher_accuracy
@@ -70,12 +86,24 @@ HEADER = ["model", "VQA acc. val % (mean ± std [min–max])", "params", "latenc
           "throughput q/s", "kept of teacher", "agrees w/ teacher", "train time s"]
 
 
+def header(results: dict[str, Any]) -> list[str]:
+    """The table's columns: the run's metric first, then answerability when it was measured."""
+    columns = [HEADER[0], f"{metric_label(results)} val % (mean ± std [min–max])", *HEADER[2:]]
+    if any("unanswerable_ap" in row for row in results["rows"]):
+        columns[2:2] = ["unanswerable AP %", "unanswerable F1 %"]
+    return columns
+
+
 def table_rows(results: dict[str, Any]) -> list[list[str]]:
     rows = []
+    answerability = any("unanswerable_ap" in row for row in results["rows"])
     for row in results["rows"]:
         agreement = row["agreement_with_teacher_pct"]
+        extra = ([f"{row[k]['mean']:.1f}" if k in row else "-" for k in EXTRA_METRICS]
+                 if answerability else [])
         rows.append([
-            row["model"], _accuracy_cell(row["vqa_accuracy"]), f"{row['parameters']:,}",
+            row["model"], _accuracy_cell(row[metric_key(results)]), *extra,
+            f"{row['parameters']:,}",
             f"{row['latency_ms']:.2f}", f"{row['throughput_qps']:,.0f}",
             f"{row['kept_of_teacher_pct']:.1f} %" if row["kept_of_teacher_pct"] else "-",
             f"{agreement['mean']:.1f} %" if agreement else "-",
@@ -85,7 +113,8 @@ def table_rows(results: dict[str, Any]) -> list[list[str]]:
 
 
 def markdown_table(results: dict[str, Any]) -> str:
-    lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    columns = header(results)
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(cells) + " |" for cells in table_rows(results)]
     return "\n".join(lines)
 
@@ -110,7 +139,7 @@ def plot(results: dict[str, Any], path: Path) -> Path:
 
     figure, axes = plt.subplots(1, 2, figsize=(10, 4))
     for row in results["rows"]:
-        accuracy = row["vqa_accuracy"]
+        accuracy = row[metric_key(results)]
         error = [[accuracy["mean"] - accuracy["min"]], [accuracy["max"] - accuracy["mean"]]]
         for axis, x in zip(axes, (row["parameters"], row["latency_ms"])):
             axis.errorbar([x], [accuracy["mean"]], yerr=error, fmt="o", capsize=4,
@@ -122,7 +151,7 @@ def plot(results: dict[str, Any], path: Path) -> Path:
         axis.xaxis.set_minor_formatter(NullFormatter())
         axis.margins(x=0.15, y=0.1)
         axis.set_xlabel(label)
-        axis.set_ylabel("VQA accuracy, val (%)")
+        axis.set_ylabel(f"{metric_label(results)}, val (%)")
         axis.grid(alpha=0.3)
     axes[0].legend(loc="lower right")
     figure.suptitle(f"vldistill run {results['recipe']}: accuracy vs size and latency")
@@ -152,7 +181,9 @@ def write_report(results: dict[str, Any], run_dir: Path) -> Path:
         "of one image + one question on CPU; throughput counts questions per second; whole run "
         f"{results['wall_time_s']:.0f} s.",
         f"![accuracy against parameters and latency]({image.name})",
-        "## VQA accuracy per question type (mean over seeds)", per_type_table(results),
+        f"## {metric_label(results)} per "
+        f"{'answer' if metric_key(results) == 'vizwiz_accuracy' else 'question'} type "
+        "(mean over seeds)", per_type_table(results),
         "Files: `recipe.yaml` (resolved recipe), `versions.json`, `results.json`, "
         "`checkpoints/`, `logs/` (TensorBoard and CSV).",
     ])
