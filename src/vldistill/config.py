@@ -390,6 +390,17 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] = ()) -> Re
     return recipe_from_dict(_as_plain(data) if data is not None else {}, str(path), overrides)
 
 
+def nested_differences(saved: Any, current: Any, prefix: str = "") -> list[str]:
+    """Dotted names of the fields that differ between two nested dicts (sorted; a field
+    present on one side only differs). Used to name what changed in a recipe or a cache
+    fingerprint."""
+    if isinstance(saved, dict) and isinstance(current, dict):
+        return [d for key in sorted(set(saved) | set(current))
+                for d in nested_differences(saved.get(key), current.get(key),
+                                            f"{prefix}{key}.")]
+    return [] if saved == current else [prefix.rstrip(".")]
+
+
 def dump_recipe(recipe: Recipe) -> str:
     """The fully resolved recipe as YAML (saved next to checkpoints and reports)."""
     return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)

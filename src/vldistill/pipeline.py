@@ -9,7 +9,6 @@ Each stage is a named function; ``run_recipe`` only calls them in order.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import platform
 import time
@@ -26,12 +25,14 @@ from vldistill.console import console
 from torch import nn
 
 from vldistill import __version__
-from vldistill.config import Recipe, TrainSettings, dump_recipe
+from vldistill.config import Recipe, TrainSettings, dump_recipe, nested_differences
 from vldistill.data.augment import ViewDataset
 from vldistill.data.batches import VQACollator, VQAImageDataset
 from vldistill.distill.losses import VQABCELoss
 from vldistill.distill.step import DistillationStep, WeightedTerm
+from vldistill.distill.cache import json_hash
 from vldistill.errors import DataError, RecipeError
+from vldistill.export.runtime import data_image_size
 from vldistill.fileio import atomic_write
 from vldistill.ranks import is_global_zero
 from vldistill.eval.efficiency import Efficiency, measure
@@ -117,7 +118,7 @@ def recipe_stamp(recipe: Recipe, role: str = "student") -> str:
                 "task": [t.name for t in task_terms(recipe)]}
         data["teacher"].pop("mode", None)
         data["teacher"].pop("cache", None)
-    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+    return json_hash(data)[:16]
 
 
 def check_same_recipe(run_dir: Path, recipe: Recipe) -> None:
@@ -128,21 +129,14 @@ def check_same_recipe(run_dir: Path, recipe: Recipe) -> None:
                           f"({saved_path} is missing). Run without --resume to start it.")
     saved = yaml.safe_load(saved_path.read_text(encoding="utf-8"))
     current = yaml.safe_load(dump_recipe(recipe))
-    differences = [key for key in _differences(saved, current) if key not in DISPLAY_ONLY]
+    differences = [key for key in nested_differences(saved, current)
+                   if key not in DISPLAY_ONLY]
     if differences:
         raise RecipeError(
             f"--resume: this recipe differs from the one the run in {run_dir} was started with, "
             f"at {', '.join(differences[:8])}{' …' if len(differences) > 8 else ''}. Resume with "
             f"the same recipe ({saved_path}), or start a new run under another name "
             "(--set name=...).")
-
-
-def _differences(saved, current, prefix: str = "") -> list[str]:
-    if isinstance(saved, dict) and isinstance(current, dict):
-        keys = sorted(set(saved) | set(current))
-        return [d for k in keys for d in _differences(saved.get(k), current.get(k),
-                                                       f"{prefix}{k}.")]
-    return [] if saved == current else [prefix.rstrip(".")]
 
 
 class VQAJob:
@@ -257,20 +251,14 @@ def check_teacher_matches(extra: dict, job: VQAJob, path: Path) -> None:
     """A reused teacher must speak the same answers and words and see the same images."""
     expected = {"answer vocabulary": (extra.get("answer_vocab"), job.data.answer_vocab.to_json()),
                 "question vocabulary": (extra.get("question_vocab"), job.data.tokenizer.to_json()),
-                "image size": (image_size(extra.get("data", {})),
-                               image_size(job.recipe.data.model_dump(mode="json")))}
+                "image size": (data_image_size(extra.get("data", {})),
+                               data_image_size(job.recipe.data.model_dump(mode="json")))}
     for field_name, (saved, current) in expected.items():
         if saved != current:
             raise DataError(
                 f"teacher checkpoint {path} was trained with a different {field_name} than this "
                 f"recipe's data ({_describe(saved)} vs {_describe(current)}); KD needs the same. "
                 "Use the data settings the teacher was trained with, or retrain it.")
-
-
-def image_size(data: dict) -> int | None:
-    if data.get("source") == "shapesworld":
-        return data.get("shapesworld", {}).get("image_size")
-    return data.get("image_size")
 
 
 def _describe(value) -> str:

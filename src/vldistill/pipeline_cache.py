@@ -8,7 +8,6 @@ finishes an interrupted build) and refuses a stale or damaged one; ``vldistill c
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -20,7 +19,8 @@ from torch import nn
 from vldistill.config import Recipe
 from vldistill.console import console
 from vldistill.distill.cache import (CachedTeacher, CacheError, CacheSpec, build_cache,
-                                     data_fingerprint, teacher_fingerprint)
+                                     data_fingerprint, json_hash, teacher_fingerprint)
+from vldistill.export.runtime import data_image_size
 from vldistill.phases import build_terms
 from vldistill.ranks import is_global_zero
 
@@ -39,22 +39,16 @@ def stored_fields(recipe: Recipe) -> tuple[str, ...]:
     return tuple(sorted(fields - {"logits"}))
 
 
-def _hash(value) -> str:
-    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
-
-
 def cache_spec(job: VQAJob, teacher: nn.Module) -> CacheSpec:
-    from vldistill.pipeline import image_size
-
     recipe = job.recipe
     augment = recipe.data.augment
     return CacheSpec(
         teacher=teacher_fingerprint(teacher),
         teacher_model=recipe.teacher.model.model_dump(mode="json"),
         data=data_fingerprint(job.base_student_datasets()),
-        preprocessing={"image_size": image_size(recipe.data.model_dump(mode="json")),
-                       "answer_vocab": _hash(job.data.answer_vocab.to_json()),
-                       "question_vocab": _hash(job.data.tokenizer.to_json())},
+        preprocessing={"image_size": data_image_size(recipe.data.model_dump(mode="json")),
+                       "answer_vocab": json_hash(job.data.answer_vocab.to_json()),
+                       "question_vocab": json_hash(job.data.tokenizer.to_json())},
         augmentation=augment.model_dump() if augment.views else {"views": 0},
         top_k=recipe.teacher.cache.top_k, fields=stored_fields(recipe),
         num_classes=len(job.data.answer_vocab))

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from vldistill.errors import DataError, MissingFileError
-from vldistill.export.runtime import MANIFEST, OnnxVQA, Prediction, answer_from_logits
+from vldistill.export.runtime import (MANIFEST, OnnxVQA, Prediction, answer_from_logits,
+                                      data_image_size)
 
 
 def read_rgb(path: Path) -> np.ndarray:
@@ -44,15 +45,13 @@ def _predict_checkpoint(path: Path, image: np.ndarray, question: str) -> Predict
 
     from vldistill.data.tokenizer import QuestionTokenizer
     from vldistill.models.checkpoint import build_from_checkpoint, load_checkpoint
-    from vldistill.pipeline import image_size
-
     checkpoint = load_checkpoint(path)
     if "answer_vocab" not in checkpoint.extra:
         raise DataError(f"checkpoint {path} has no answer vocabulary in its metadata; it was "
                         "not saved by `vldistill run`.")
     answers = checkpoint.extra["answer_vocab"]
     model = build_from_checkpoint(checkpoint)
-    size = image_size(checkpoint.extra.get("data", {}))
+    size = data_image_size(checkpoint.extra.get("data", {}))
     if size:
         image = np.asarray(Image.fromarray(image).resize((size, size),
                                                          Image.Resampling.BILINEAR))

@@ -41,6 +41,7 @@ import torch
 from torch import nn
 
 from vldistill import __version__
+from vldistill.config import nested_differences
 from vldistill.data.augment import AugmentSettings, apply_view, view_parameters
 from vldistill.distill.step import call_model
 from vldistill.distill.topk import compress_logits, expand_logits
@@ -86,7 +87,8 @@ def data_fingerprint(datasets: Sequence[Any]) -> str:
     return digest.hexdigest()
 
 
-def _json_hash(value: Any) -> str:
+def json_hash(value: Any) -> str:
+    """SHA-256 of a JSON-serialisable value (keys sorted)."""
     return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
 
 
@@ -293,18 +295,6 @@ def _file_ok(directory: Path, record: Mapping[str, Any]) -> bool:
 # --- reading --------------------------------------------------------------------------------
 
 
-def fingerprint_differences(saved: Mapping[str, Any], expected: Mapping[str, Any]) -> list[str]:
-    """Names of the fingerprint fields (dotted for nested dicts) that differ."""
-    differences = []
-    for key in sorted(set(saved) | set(expected)):
-        a, b = saved.get(key), expected.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            differences += [f"{key}.{d}" for d in fingerprint_differences(a, b)]
-        elif a != b:
-            differences.append(key)
-    return differences
-
-
 _question_id = operator.attrgetter("question_id")
 
 
@@ -347,7 +337,7 @@ class CachedTeacher(nn.Module):
             raise CacheError(f"the teacher cache in {directory} is incomplete (its build was "
                              f"interrupted after {len(manifest['shards'])} shards). Finish it "
                              f"with {command}; the build resumes where it stopped.")
-        differences = fingerprint_differences(manifest["fingerprint"], spec.fingerprint())
+        differences = nested_differences(manifest["fingerprint"], spec.fingerprint())
         if differences:
             hint = ""
             if "teacher_weights" in differences:

@@ -83,21 +83,21 @@ class ViltVQA(nn.Module):
         order), the answer head is kept when the folder's labels are exactly these, and is
         otherwise replaced by a new one over them (a warning says so)."""
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        from transformers import ViltForQuestionAnswering, ViltProcessor
+        from transformers import ViltConfig, ViltForQuestionAnswering, ViltProcessor
 
         check_folder(path)
         processor = ViltProcessor.from_pretrained(path)
-        model = ViltForQuestionAnswering.from_pretrained(path)
-        if answers is not None:
-            labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
-            if labels != list(answers):
-                warnings.warn(f"{path}: its {len(labels)} answer labels differ from the "
-                              f"{len(answers)} answers of this data; the answer head is new "
-                              "(randomly initialised) and must be trained.", stacklevel=2)
-                model = ViltForQuestionAnswering.from_pretrained(
-                    path, num_labels=len(answers), id2label=dict(enumerate(answers)),
-                    label2id={a: i for i, a in enumerate(answers)},
-                    ignore_mismatched_sizes=True)
+        config = ViltConfig.from_pretrained(path)       # the labels, before loading weights once
+        labels = [config.id2label[i] for i in range(config.num_labels)]
+        if answers is None or labels == list(answers):
+            return cls(ViltForQuestionAnswering.from_pretrained(path), processor,
+                       max_text_length)
+        warnings.warn(f"{path}: its {len(labels)} answer labels differ from the "
+                      f"{len(answers)} answers of this data; the answer head is new "
+                      "(randomly initialised) and must be trained.", stacklevel=2)
+        model = ViltForQuestionAnswering.from_pretrained(
+            path, num_labels=len(answers), id2label=dict(enumerate(answers)),
+            label2id={a: i for i, a in enumerate(answers)}, ignore_mismatched_sizes=True)
         return cls(model, processor, max_text_length)
 
     @classmethod
@@ -152,13 +152,14 @@ class ViltVQA(nn.Module):
             raise ValueError(f"{len(questions)} questions but {len(image_index)} image indices")
         pixels = images.detach().cpu().permute(0, 2, 3, 1).numpy()             # (N_img, H, W, 3)
         per_question = [np.ascontiguousarray(pixels[i]) for i in image_index.tolist()]
-        lengths = [len(self.processor.tokenizer(q)["input_ids"]) for q in questions]
-        if max(lengths, default=0) > self.max_text_length and not self._warned:
-            warnings.warn(f"{sum(n > self.max_text_length for n in lengths)} question(s) are "
-                          f"longer than this ViLT's text limit of {self.max_text_length} "
-                          f"tokens (longest: {max(lengths)}); they are truncated.",
-                          stacklevel=3)
-            self._warned = True
+        if not self._warned:            # the warning comes once: stop measuring after it
+            lengths = [len(ids) for ids in self.processor.tokenizer(list(questions))["input_ids"]]
+            if max(lengths, default=0) > self.max_text_length:
+                warnings.warn(f"{sum(n > self.max_text_length for n in lengths)} question(s) "
+                              f"are longer than this ViLT's text limit of "
+                              f"{self.max_text_length} tokens (longest: {max(lengths)}); they "
+                              "are truncated.", stacklevel=3)
+                self._warned = True
         encoded = self.processor(images=per_question, text=list(questions), padding=True,
                                  truncation=True, max_length=self.max_text_length,
                                  return_tensors="pt")

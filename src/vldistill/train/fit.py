@@ -153,13 +153,18 @@ def build_trainer(settings: TrainerSettings, train: TrainSettings, log_dir: Path
         default_root_dir=log_dir, plugins=[AtomicCheckpointIO()])
 
 
-def _resumable(run_dir: Path, role: str, stamp: str) -> bool:
-    """Whether the role's resume files (if any) were written under this stamp."""
+def _resumable(run_dir: Path, role: str, stamp: str
+               ) -> tuple[bool, dict[str, Any] | None, dict[str, Any] | None]:
+    """Whether the role's resume files (if any) were written under this stamp; then its done
+    record and its resume checkpoint's state (each None when absent)."""
     done = read_done(run_dir, role)
     if done is not None and done["stamp"] != stamp:
-        return False
+        return False, None, None
     checkpoint = resume_path(run_dir, role)
-    return not checkpoint.is_file() or resume_stamp(load_training_state(checkpoint)) == stamp
+    state = load_training_state(checkpoint) if checkpoint.is_file() else None
+    if state is not None and resume_stamp(state) != stamp:
+        return False, None, None
+    return True, done, state
 
 
 def fit(step: DistillationStep, data: LoaderModule, evaluator: Evaluator, train: TrainSettings,
@@ -176,10 +181,12 @@ def fit(step: DistillationStep, data: LoaderModule, evaluator: Evaluator, train:
     """
     quiet_lightning()
     checkpoint = resume_path(run_dir, role)
-    if resume and not _resumable(run_dir, role, stamp):
-        console.print(f"{role}: its resume files were written for another recipe or teacher; "
-                      "training it from the start")
-        resume = False
+    done = state = None
+    if resume:
+        resume, done, state = _resumable(run_dir, role, stamp)
+        if not resume:
+            console.print(f"{role}: its resume files were written for another recipe or "
+                          "teacher; training it from the start")
     if not resume:
         forget(run_dir, role)
     monitor = f"val/{evaluator.name}"
@@ -188,9 +195,8 @@ def fit(step: DistillationStep, data: LoaderModule, evaluator: Evaluator, train:
         # optimiser is built (otherwise they would never train)
         step.materialize(data.sample_batch())
     module = DistillModule(step, evaluator, train.optim, train.max_steps)
-    done = read_done(run_dir, role) if resume else None
-    if done is not None and checkpoint.is_file():
-        module.restore_weights(load_training_state(checkpoint))
+    if done is not None and state is not None:
+        module.restore_weights(state)
         step.student.eval()
         return FitResult(step.student, done["wall_time_s"], done["steps"], done["metrics"])
     has_val = data.val_dataset is not None
