@@ -200,3 +200,61 @@ def test_vizwiz_metric_in_the_main_job(tmp_path, tiny_recipe_path):
     assert "unanswerable_ap" in results["rows"][0]
     table = markdown_table(results)
     assert "VizWiz acc. val %" in table and "unanswerable AP %" in table
+
+
+# one question per image, as in VizWiz (whose export gives every question its own image file),
+# so data.labelled_images selects the same questions from both sources
+VIZWIZ_TINY = ["data.shapesworld={train_images: 120, val_images: 40, questions_per_image: 1, "
+               "unanswerable_fraction: 0.25}", "data.labelled_images=30",
+               "teacher.model.params.config={hidden_size: 16, num_hidden_layers: 1, "
+               "num_attention_heads: 2, intermediate_size: 32, image_size: 32, patch_size: 16}",
+               "student.model.params.config={hidden_size: 8, num_hidden_layers: 1, "
+               "num_attention_heads: 2, intermediate_size: 16, image_size: 32, patch_size: 16}",
+               "teacher.train={max_steps: 4, images_per_batch: 4, val_every_n_steps: 2}",
+               "student.train={max_steps: 4, images_per_batch: 4, val_every_n_steps: 2}",
+               "trainer.progress_bar=false", "eval={metric: vizwiz, latency_repeats: 2, "
+               "throughput_images: 4}"]
+
+
+def test_vizwiz_recipe_reads_its_export_and_trains_identically(tmp_path):
+    """recipes/vizwiz.yaml (ViLT teacher, cached logits, ViLT student), shrunk: the ShapesWorld
+    VizWiz export through data.source vizwiz must give the run the built-in source gives."""
+    from pathlib import Path
+
+    from vldistill.data.export import export_shapesworld
+    from vldistill.data.shapesworld import load_shapesworld
+
+    path = Path(__file__).parents[1] / "recipes" / "vizwiz.yaml"
+    builtin = load_recipe(path, [*VIZWIZ_TINY, f"output_dir={tmp_path}", "name=builtin"])
+    assert builtin.teacher.mode == "cache" and builtin.eval.metric == "vizwiz"
+    export_shapesworld(load_shapesworld(builtin.data.shapesworld), tmp_path / "export",
+                       "vizwiz")
+    files = {split: {"annotations": str(tmp_path / "export" / "annotations" / f"{split}.json")}
+             for split in ("train", "val")}
+    from_files = load_recipe(path, [
+        *VIZWIZ_TINY, f"output_dir={tmp_path}", "name=files", "data.source=vizwiz",
+        f"data.train={json.dumps(files['train'])}", f"data.val={json.dumps(files['val'])}"])
+    first, second = (results_dict(run_recipe(r)) for r in (builtin, from_files))
+    assert first["metric"] == "vizwiz_accuracy"
+    for a, b in zip(first["rows"], second["rows"], strict=True):
+        for key in ("vizwiz_accuracy", "unanswerable_ap", "unanswerable_f1"):
+            assert a[key]["per_seed"] == b[key]["per_seed"], (a["model"], key)
+    assert (tmp_path / "files" / "teacher-cache").is_dir()
+    # the checkpoint remembers its metric: `vldistill eval` scores it the same way
+    kd = second["rows"][-1]
+    metrics = evaluate_checkpoint(Path(kd["checkpoints"][0]))
+    assert metrics["vizwiz_accuracy"] == pytest.approx(kd["vizwiz_accuracy"]["mean"])
+    assert metrics["unanswerable_ap"] == pytest.approx(kd["unanswerable_ap"]["mean"])
+
+
+def test_vizwiz_source_without_vizwiz_files_is_refused():
+    from vldistill.errors import RecipeError
+    from vldistill.config import recipe_from_dict
+
+    vqa_files = {"questions": "q.json", "annotations": "a.json", "images": "img"}
+    with pytest.raises(RecipeError, match=r"data.source 'vizwiz' needs data.train with an "
+                                          r"annotations path.*got questions, annotations"):
+        recipe_from_dict({"data": {"source": "vizwiz", "train": vqa_files,
+                                   "val": {"annotations": "val.json"}}})
+    with pytest.raises(RecipeError, match="data.source 'vizwiz' needs data.val .* got nothing"):
+        recipe_from_dict({"data": {"source": "vizwiz", "train": {"annotations": "t.json"}}})

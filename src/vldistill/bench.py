@@ -7,7 +7,8 @@ same validation questions, one question and one image per call; latency is the w
 the model call alone (inputs prepared beforehand), reported as p50 and p95. Peak memory is the
 process's maximum resident set size after loading, answering and timing. Accuracy is the
 official VQA accuracy on the first ``questions`` validation questions of the data the
-checkpoint (or the export) was trained on.
+checkpoint (or the export) was trained on, by the metric its recipe named: official VQA
+accuracy, or (``eval.metric: vizwiz``) official VizWiz accuracy.
 """
 
 from __future__ import annotations
@@ -32,8 +33,9 @@ class LatencyRow:
     p50_ms: float
     p95_ms: float
     peak_rss_mib: float
-    vqa_accuracy: float
+    accuracy: float
     questions: int
+    metric: str = "vqa"            # "vqa" | "vizwiz": the official accuracy measured
 
 
 def parse_spec(spec: str) -> tuple[str, Path, bool]:
@@ -65,16 +67,18 @@ def measure_one(name: str, path: Path, int8: bool, threads: int, repeats: int,
     import torch
 
     torch.set_num_threads(threads)
+    from vldistill.eval.vizwiz import VizWizAccuracy
     from vldistill.eval.vqa_accuracy import VQAAccuracy
     from vldistill.export.runtime import MANIFEST, OnnxVQA, answer_from_logits
 
-    metric = VQAAccuracy()
     times: list[float] = []
     if path.is_dir() and (path / MANIFEST).is_file():
         model = OnnxVQA(path, int8=int8, threads=threads)
         if "data" not in model.manifest:
             raise DataError(f"export {path} does not record its data settings; export it "
                             "from a checkpoint saved by `vldistill run`")
+        metric_name = model.manifest.get("metric", "vqa")
+        metric = VizWizAccuracy() if metric_name == "vizwiz" else VQAAccuracy()
         samples, images = _val_data(model.manifest["data"], questions)
         encoded = []
         for sample in samples:
@@ -95,6 +99,8 @@ def measure_one(name: str, path: Path, int8: bool, threads: int, repeats: int,
         from vldistill.models.checkpoint import build_from_checkpoint, load_checkpoint
 
         checkpoint = load_checkpoint(path)
+        metric_name = checkpoint.extra.get("metric", "vqa")
+        metric = VizWizAccuracy() if metric_name == "vizwiz" else VQAAccuracy()
         model = build_from_checkpoint(checkpoint).eval()
         vocab = AnswerVocab.from_json(checkpoint.extra["answer_vocab"])
         answers = vocab.to_json()
@@ -138,7 +144,7 @@ def measure_one(name: str, path: Path, int8: bool, threads: int, repeats: int,
     result = metric.compute()
     return asdict(LatencyRow(name, kind, 1000 * _percentile(times, 50),
                              1000 * _percentile(times, 95), peak, result["overall"],
-                             result["count"]))
+                             result["count"], metric_name))
 
 
 def _child(queue, *args) -> None:
@@ -175,10 +181,14 @@ def bench_latency(specs: list[str], threads: int = 2, repeats: int = 100,
 
 
 def latency_table(rows: list[LatencyRow]) -> str:
-    lines = ["| model | runtime | p50 ms | p95 ms | peak RSS MiB | VQA acc. % | questions |",
+    names = {row.metric for row in rows}
+    label = "VizWiz acc. %" if names == {"vizwiz"} else "VQA acc. %" if names <= {"vqa"} \
+        else "acc. % (metric)"
+    lines = [f"| model | runtime | p50 ms | p95 ms | peak RSS MiB | {label} | questions |",
              "|---|---|---|---|---|---|---|"]
     lines += [f"| {r.name} | {r.kind} | {r.p50_ms:.2f} | {r.p95_ms:.2f} | "
-              f"{r.peak_rss_mib:.0f} | {r.vqa_accuracy:.2f} | {r.questions} |" for r in rows]
+              f"{r.peak_rss_mib:.0f} | {r.accuracy:.2f}"
+              f"{f' ({r.metric})' if len(names) > 1 else ''} | {r.questions} |" for r in rows]
     return "\n".join(lines)
 
 

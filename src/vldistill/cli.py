@@ -127,7 +127,7 @@ def export(checkpoint: Annotated[Path, typer.Argument(help="a .safetensors check
     try:
         loaded = load_checkpoint(checkpoint)
         model = build_from_checkpoint(loaded)
-        kept = {k: loaded.extra[k] for k in ("data", "role") if k in loaded.extra}
+        kept = {k: loaded.extra[k] for k in ("data", "role", "metric") if k in loaded.extra}
         report = export_onnx(model, target, int8=int8, tolerance=tolerance, metadata=kept)
     except VldistillError as error:
         _fail(error)

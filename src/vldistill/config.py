@@ -202,12 +202,22 @@ class VQAFiles(Strict):
                                 "'COCO_train2014_{image_id:012d}.jpg'; None: guess")
 
 
+class VizWizFiles(Strict):
+    """A split in the VizWiz layout: its annotation file and image folder."""
+
+    annotations: Path = Field(description="train.json / val.json: a list of {image, question, "
+                              "answers, answerable, answer_type} records")
+    images: Path | None = Field(None, description="the split's image folder; None: the folder "
+                                "beside annotations/ named like the file (train/, val/)")
+
+
 class DataSettings(Strict):
-    source: Literal["shapesworld", "vqa"] = "shapesworld"
+    source: Literal["shapesworld", "vqa", "vizwiz"] = "shapesworld"
     shapesworld: ShapesWorldSettings = Field(default_factory=ShapesWorldSettings)
-    train: VQAFiles | None = None
-    val: VQAFiles | None = None
-    image_size: int = Field(64, ge=8, description="images are resized to this (vqa source)")
+    train: VQAFiles | VizWizFiles | None = None
+    val: VQAFiles | VizWizFiles | None = None
+    image_size: int = Field(64, ge=8, description="images are resized to this (vqa and vizwiz "
+                            "sources); a pretrained ViLT wants its own size, e.g. 384")
     labelled_images: int | None = Field(
         500, ge=1, description="images of the training split whose answers the student may "
         "use; None: all. The teacher trains on the whole training split.")
@@ -221,10 +231,19 @@ class DataSettings(Strict):
         "training images (vldistill.data.augment); views: 0 is off")
 
     @model_validator(mode="after")
-    def _files_for_vqa(self) -> DataSettings:
-        if self.source == "vqa" and (self.train is None or self.val is None):
-            raise ValueError("data.source 'vqa' needs data.train and data.val, each with "
-                             "questions, annotations and images paths")
+    def _files_for_source(self) -> DataSettings:
+        wanted = {"vqa": (VQAFiles, "questions, annotations and images paths"),
+                  "vizwiz": (VizWizFiles, "an annotations path (and optionally images)")}
+        if self.source not in wanted:
+            return self
+        kind, fields = wanted[self.source]
+        for split in ("train", "val"):
+            files = getattr(self, split)
+            if not isinstance(files, kind):
+                got = "nothing" if files is None else \
+                    f"{', '.join(type(files).model_fields)} ({type(files).__name__})"
+                raise ValueError(f"data.source {self.source!r} needs data.{split} with {fields}; "
+                                 f"got {got}")
         return self
 
 

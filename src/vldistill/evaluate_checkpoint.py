@@ -1,4 +1,5 @@
-"""`vldistill eval CHECKPOINT`: rebuild a saved model and score it on its validation split."""
+"""`vldistill eval CHECKPOINT`: rebuild a saved model and score it on its validation split,
+by the metric its recipe named."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from vldistill.data.batches import VQACollator, VQAImageDataset
 from vldistill.data.tokenizer import QuestionTokenizer
 from vldistill.errors import DataError
 from vldistill.models import count_parameters
-from vldistill.eval.evaluators import VQAEvaluator, predict
+from vldistill.eval.evaluators import build_evaluator, predict
 from vldistill.models.checkpoint import build_from_checkpoint, load_checkpoint
 from vldistill.pipeline_data import load_splits
 
@@ -28,8 +29,10 @@ def evaluate_checkpoint(path: Path, batch_images: int = 64) -> dict[str, Any]:
     settings = DataSettings.model_validate(checkpoint.extra["data"])
     _, _, val, val_images = load_splits(settings)
     dataset = VQAImageDataset(val, val_images, answer_vocab, tokenizer)
-    predictions = predict(model, dataset, VQACollator(len(answer_vocab)),
-                          VQAEvaluator(answer_vocab), batch_images)
+    # the metric the recipe named (checkpoints from before it was recorded: VQA accuracy)
+    evaluator = build_evaluator(checkpoint.extra.get("metric", "vqa"), answer_vocab)
+    predictions = predict(model, dataset, VQACollator(len(answer_vocab)), evaluator,
+                          batch_images)
     return {"role": checkpoint.extra.get("role", "?"), "model": checkpoint.model_name,
             "parameters": count_parameters(model), "questions": dataset.num_questions,
             **predictions.metrics}

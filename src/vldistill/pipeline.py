@@ -191,7 +191,8 @@ class VQAJob:
                             question_vocab=self.data.tokenizer.to_json(), **self.sizes)
         extra = {"answer_vocab": self.data.answer_vocab.to_json(),
                  "question_vocab": self.data.tokenizer.to_json(),
-                 "data": self.recipe.data.model_dump(mode="json"), "role": role}
+                 "data": self.recipe.data.model_dump(mode="json"), "role": role,
+                 "metric": self.recipe.eval.metric}
 
         def save(path: Path, trained: nn.Module) -> None:
             save_model(path, trained, settings.name, settings.params, self.sizes, extra)

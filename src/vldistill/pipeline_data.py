@@ -42,9 +42,17 @@ def load_splits(settings: DataSettings, progress: bool = False
         world = load_shapesworld(settings.shapesworld, progress=progress)
         train, val = world.splits["train"], world.splits["val"]
         return train.samples, train.images, val.samples, val.images
+    splits = []
+    if settings.source == "vizwiz":
+        from vldistill.data.vizwiz import read_vizwiz
+
+        for files in (settings.train, settings.val):
+            splits += read_vizwiz(files.annotations, files.images,
+                                  image_size=settings.image_size)
+        return tuple(splits)  # type: ignore[return-value]
     from vldistill.data.vqa import read_vqa
 
-    splits = []
+
     for files in (settings.train, settings.val):
         samples, images = read_vqa(files.questions, files.annotations, files.images,
                                    pattern=files.pattern, image_size=settings.image_size)

@@ -129,7 +129,8 @@ def test_predict_names_an_undecodable_image(vilt, tmp_path):
 @pytest.mark.filterwarnings("ignore:.*answer head is new")
 def test_bench_latency_over_checkpoints_and_exports(tmp_path, tiny_recipe_path, make_tiny_vilt):
     """A ViLT teacher and the built-in student from the main job, the teacher exported to ONNX
-    fp32 and int8: every model answers the same questions in its own process."""
+    fp32 and int8: every model answers the same questions in its own process, scored by the
+    recipe's metric (VizWiz accuracy here), which the checkpoints and the export remember."""
     from typer.testing import CliRunner
 
     from vldistill.bench import bench_latency, latency_table
@@ -139,7 +140,7 @@ def test_bench_latency_over_checkpoints_and_exports(tmp_path, tiny_recipe_path, 
 
     folder = make_tiny_vilt(tmp_path / "vilt", answers=["x"])
     recipe = load_recipe(tiny_recipe_path, [
-        f"output_dir={tmp_path}", "name=b", "distill.baseline=false",
+        f"output_dir={tmp_path}", "name=b", "distill.baseline=false", "eval.metric=vizwiz",
         f"teacher.model={{name: vilt, params: {{path: {folder}}}}}",
         "teacher.train.max_steps=2", "teacher.train.val_every_n_steps=2"])
     run_recipe(recipe)
@@ -155,8 +156,12 @@ def test_bench_latency_over_checkpoints_and_exports(tmp_path, tiny_recipe_path, 
     assert [r.kind for r in rows] == ["PyTorch fp32", "PyTorch fp32", "ONNX fp32", "ONNX int8"]
     for row in rows:
         assert 0 < row.p50_ms <= row.p95_ms
-        assert row.peak_rss_mib > 50 and 0 <= row.vqa_accuracy <= 100 and row.questions == 12
+        assert row.peak_rss_mib > 50 and 0 <= row.accuracy <= 100 and row.questions == 12
+    assert {r.metric for r in rows} == {"vizwiz"}
     assert "| teacher int8 | ONNX int8 |" in latency_table(rows)
+    assert "VizWiz acc. %" in latency_table(rows)
+    # the fp32 export answers as its checkpoint does: the same accuracy on the same questions
+    assert rows[2].accuracy == pytest.approx(rows[0].accuracy)
 
 
 def test_the_export_sees_the_pixels_the_pytorch_model_sees(vilt, tmp_path):
