@@ -128,15 +128,16 @@ def measure_one(name: str, path: Path, int8: bool, threads: int, repeats: int,
             # do that beforehand, as for ONNX, and time the network alone
             singles = [(encode(inputs["images"], inputs["image_index"], inputs["questions"]),
                         sample) for inputs, sample in singles]
-            call = model.model
+            call = model.forward_encoded
         with torch.inference_mode():
             for inputs, sample in singles:
-                logits = call(**inputs).logits[0].float().numpy()
+                logits = (call(inputs) if encode is not None else call(**inputs)
+                          ).logits[0].float().numpy()
                 metric.update(answer_from_logits(logits, answers).answer, sample.answers)
             for i in range(repeats):
                 inputs = singles[i % len(singles)][0]
                 start = time.perf_counter()
-                call(**inputs)
+                call(inputs) if encode is not None else call(**inputs)
                 times.append(time.perf_counter() - start)
         kind = "PyTorch fp32"
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss              # KiB; bytes on macOS

@@ -176,3 +176,21 @@ def test_vilt_settings_need_exactly_one_source():
         model_config("vilt", {})
     with pytest.raises(ValueError, match="exactly one of path"):
         model_config("vilt", {"path": "/x", "config": {"hidden_size": 8}})
+
+
+def test_encode_preprocesses_each_image_once_and_matches_the_processor(folders):
+    """encode() runs the image processor once per image, not per question; the result must be
+    exactly the processor's own output for one image per question (the reference)."""
+    model = ViltVQA.from_pretrained(folders[0])
+    generator = np.random.default_rng(1)
+    images = torch.from_numpy(generator.integers(0, 256, (4, 3, 40, 40), dtype=np.uint8))
+    image_index = torch.tensor([2, 0, 0, 3, 2])
+    questions = ["what is the colour", "how many", "what shape is it", "is there", "red"]
+    encoded = model.encode(images, image_index, questions)
+    pixels = images.permute(0, 2, 3, 1).numpy()
+    reference = model.processor(images=[np.ascontiguousarray(pixels[i]) for i in image_index],
+                                text=questions, padding=True, truncation=True,
+                                max_length=model.max_text_length, return_tensors="pt")
+    assert sorted(encoded) == sorted(reference)
+    for key in reference:
+        assert torch.equal(encoded[key], reference[key]), key

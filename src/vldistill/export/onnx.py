@@ -29,6 +29,7 @@ from torch import nn
 from vldistill.errors import VldistillError
 from vldistill.export.runtime import INPUTS, MANIFEST, data_image_size, encode_fixed
 from vldistill.fileio import atomic_write
+from vldistill.models.hf_vilt import full_mask_image_embeds, image_positions
 
 _CHECK_QUESTIONS = ("what is this", "what colour is the object on the left",
                     "how many objects are there", "is there a red circle")
@@ -40,33 +41,24 @@ class ExportError(VldistillError, ValueError):
 
 class ExportableVilt(nn.Module):
     """``ViltForQuestionAnswering`` logits for S x S images with a full pixel mask, written
-    without the data-dependent steps of ``visual_embed`` (see the module docstring)."""
+    without the data-dependent steps of ``visual_embed`` (see the module docstring): the
+    position embeddings are interpolated once, here."""
 
     def __init__(self, vilt_vqa, image_size: int) -> None:
         super().__init__()
         self.vilt, self.classifier = vilt_vqa.model.vilt, vilt_vqa.model.classifier
-        embeddings = self.vilt.embeddings
-        config = embeddings.config
+        config = self.vilt.embeddings.config
         if image_size % config.patch_size:
             raise ExportError(f"image size {image_size} is not a multiple of the patch size "
                               f"{config.patch_size}")
-        grid, side = config.image_size // config.patch_size, image_size // config.patch_size
-        width = config.hidden_size
+        side = image_size // config.patch_size
         with torch.no_grad():
-            spatial = embeddings.position_embeddings[:, 1:, :].transpose(1, 2).reshape(
-                1, width, grid, grid)
-            spatial = nn.functional.interpolate(spatial, size=(side, side), mode="bilinear",
-                                                align_corners=True)
-            positions = torch.cat([embeddings.position_embeddings[:, :1, :],
-                                   spatial.flatten(2).transpose(1, 2)], dim=1)
+            positions = image_positions(self.vilt.embeddings, side, side)
         self.register_buffer("positions", positions.detach().clone())      # (1, 1 + P, D)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 pixel_values: torch.Tensor) -> torch.Tensor:
-        embeddings = self.vilt.embeddings
-        patches = embeddings.patch_embeddings(pixel_values).flatten(2).transpose(1, 2)
-        image = torch.cat([embeddings.cls_token.expand(patches.shape[0], -1, -1), patches], 1)
-        image = image + self.positions                                        # (B, 1 + P, D)
+        image = full_mask_image_embeds(self.vilt.embeddings, pixel_values, self.positions)
         image_mask = torch.ones(image.shape[:2], dtype=attention_mask.dtype,
                                 device=image.device)
         out = self.vilt(input_ids=input_ids, attention_mask=attention_mask, image_embeds=image,

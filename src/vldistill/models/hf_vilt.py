@@ -151,7 +151,9 @@ class ViltVQA(nn.Module):
         if len(questions) != len(image_index):
             raise ValueError(f"{len(questions)} questions but {len(image_index)} image indices")
         pixels = images.detach().cpu().permute(0, 2, 3, 1).numpy()             # (N_img, H, W, 3)
-        per_question = [np.ascontiguousarray(pixels[i]) for i in image_index.tolist()]
+        # each image is preprocessed once, then repeated for its questions (a batch holds ~8
+        # questions per image: the image processor was most of a training step's CPU time)
+        used, rows = np.unique(image_index.cpu().numpy(), return_inverse=True)
         if not self._warned:            # the warning comes once: stop measuring after it
             lengths = [len(ids) for ids in self.processor.tokenizer(list(questions))["input_ids"]]
             if max(lengths, default=0) > self.max_text_length:
@@ -160,19 +162,67 @@ class ViltVQA(nn.Module):
                               f"{self.max_text_length} tokens (longest: {max(lengths)}); they "
                               "are truncated.", stacklevel=3)
                 self._warned = True
-        encoded = self.processor(images=per_question, text=list(questions), padding=True,
-                                 truncation=True, max_length=self.max_text_length,
-                                 return_tensors="pt")
+        text = self.processor.tokenizer(list(questions), padding=True, truncation=True,
+                                        max_length=self.max_text_length, return_tensors="pt")
+        vision = self.processor.image_processor(
+            [np.ascontiguousarray(pixels[i]) for i in used.tolist()], return_tensors="pt")
+        rows = torch.from_numpy(rows.reshape(-1))
+        encoded = {**text, "pixel_values": vision["pixel_values"][rows],
+                   "pixel_mask": vision["pixel_mask"][rows]}
         device = next(self.model.parameters()).device
         return {k: v.to(device) for k, v in encoded.items()}
 
     def forward(self, images: torch.Tensor, image_index: torch.Tensor,
                 questions: Sequence[str], **unused) -> ModelOutput:
-        encoded = self.encode(images, image_index, questions)
-        out = self.model.vilt(**encoded)
+        return self.forward_encoded(self.encode(images, image_index, questions))
+
+    def forward_encoded(self, encoded: dict[str, torch.Tensor]) -> ModelOutput:
+        """The network on :meth:`encode`'s output. Images without padding (a full pixel mask,
+        as for equal-sized images) take :func:`full_mask_image_embeds` instead of Hugging
+        Face's per-sample loop; padded batches take Hugging Face's own path."""
+        encoded = dict(encoded)
+        pixel_mask = encoded.pop("pixel_mask")
+        if bool(pixel_mask.all()):
+            image = full_mask_image_embeds(self.model.vilt.embeddings,
+                                           encoded.pop("pixel_values"))
+            out = self.model.vilt(**encoded, image_embeds=image, pixel_mask=torch.ones(
+                image.shape[:2], dtype=encoded["attention_mask"].dtype, device=image.device))
+        else:
+            out = self.model.vilt(**encoded, pixel_mask=pixel_mask)
         pooled = out.pooler_output                                              # (N_q, D)
         text_length = encoded["input_ids"].shape[1]
         hidden = out.last_hidden_state                                          # (N_q, T+I, D)
         return ModelOutput(logits=self.model.classifier(pooled),
                            image_embeds=hidden[:, text_length], text_embeds=hidden[:, 0],
                            features={"fused": pooled})
+
+
+def image_positions(embeddings, height: int, width: int) -> torch.Tensor:
+    """ViLT's position embeddings for a ``height`` x ``width`` patch grid: the [CLS] position
+    and the patch positions bilinearly interpolated, as ``visual_embed`` does. (1, 1 + h*w, D)."""
+    config = embeddings.config
+    grid = config.image_size // config.patch_size
+    table = embeddings.position_embeddings                                  # (1, 1 + g*g, D)
+    spatial = table[:, 1:, :].transpose(1, 2).reshape(1, table.shape[-1], grid, grid)
+    spatial = nn.functional.interpolate(spatial, size=(height, width), mode="bilinear",
+                                        align_corners=True)
+    return torch.cat([table[:, :1, :], spatial.flatten(2).transpose(1, 2)], dim=1)
+
+
+def full_mask_image_embeds(embeddings, pixel_values: torch.Tensor,
+                           positions: torch.Tensor | None = None) -> torch.Tensor:
+    """``ViltEmbeddings.visual_embed`` for images without padding (a full pixel mask).
+
+    Hugging Face's version loops over the batch in Python to sample patches (with a full mask
+    it draws a random permutation per image) and to interpolate position embeddings per image;
+    at 256 questions a step that loop dominated training, on GPU and CPU alike. With a full
+    mask it reduces to: patch projection, the [CLS] token, position embeddings, dropout. The
+    result equals Hugging Face's up to that permutation of the patch tokens, which ViLT's
+    encoder (no causal mask; it pools the text [CLS] token) does not see. ``positions``:
+    precomputed :func:`image_positions` (the export fixes them)."""
+    patches = embeddings.patch_embeddings(pixel_values)                     # (B, D, h, w)
+    if positions is None:
+        positions = image_positions(embeddings, patches.shape[2], patches.shape[3])
+    patches = patches.flatten(2).transpose(1, 2)                            # (B, h*w, D)
+    image = torch.cat([embeddings.cls_token.expand(patches.shape[0], -1, -1), patches], dim=1)
+    return embeddings.dropout(image + positions)
