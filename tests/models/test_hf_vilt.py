@@ -194,3 +194,19 @@ def test_encode_preprocesses_each_image_once_and_matches_the_processor(folders):
     assert sorted(encoded) == sorted(reference)
     for key in reference:
         assert torch.equal(encoded[key], reference[key]), key
+
+
+@pytest.mark.parametrize("height, width", [(40, 40), (40, 56)])
+def test_forward_without_the_patch_loop_equals_hugging_face(folders, height, width):
+    """For unpadded images the adapter builds the image tokens itself (no per-sample loop);
+    logits and pooled features must equal Hugging Face's own forward, square or not."""
+    model = ViltVQA.from_pretrained(folders[0]).eval()
+    generator = np.random.default_rng(2)
+    images = torch.from_numpy(generator.integers(0, 256, (2, 3, height, width), dtype=np.uint8))
+    encoded = model.encode(images, torch.tensor([0, 1, 1]), ["what is the colour", "how many",
+                                                            "what shape"])
+    assert bool(encoded["pixel_mask"].all())
+    with torch.no_grad():
+        ours = model.forward_encoded(encoded)
+        reference = model.model(**encoded, output_hidden_states=False)
+    torch.testing.assert_close(ours.logits, reference.logits, rtol=0, atol=1e-5)

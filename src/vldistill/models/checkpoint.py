@@ -50,7 +50,7 @@ def load_checkpoint(path: str | Path) -> ModelCheckpoint:
     if not path.is_file():
         raise MissingFileError(f"checkpoint {path} does not exist; pass a .safetensors file "
                                "from a run folder, e.g. runs/default/checkpoints/"
-                               "student-kd-seed0.safetensors")
+                               "student-kd-seed0-last.safetensors")
     try:
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
