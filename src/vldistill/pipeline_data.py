@@ -52,7 +52,6 @@ def load_splits(settings: DataSettings, progress: bool = False
         return tuple(splits)  # type: ignore[return-value]
     from vldistill.data.vqa import read_vqa
 
-
     for files in (settings.train, settings.val):
         samples, images = read_vqa(files.questions, files.annotations, files.images,
                                    pattern=files.pattern, image_size=settings.image_size)
