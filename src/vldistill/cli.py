@@ -115,7 +115,9 @@ def export(checkpoint: Annotated[Path, typer.Argument(help="a .safetensors check
            int8: Annotated[bool, typer.Option("--int8", help="also write a dynamically "
                                               "quantised int8 model")] = False,
            tolerance: Annotated[float, typer.Option(
-               help="largest logit difference allowed between onnxruntime and PyTorch")] = 1e-4
+               help="largest logit difference allowed between onnxruntime and PyTorch")] = 1e-4,
+           int8_tolerance: Annotated[float, typer.Option(
+               "--int8-tolerance", help="the same for the int8 model")] = 0.25
            ) -> None:
     """Export a trained student to ONNX (optionally int8), checked against PyTorch."""
     from vldistill.export.onnx import export_onnx
@@ -128,7 +130,8 @@ def export(checkpoint: Annotated[Path, typer.Argument(help="a .safetensors check
         loaded = load_checkpoint(checkpoint)
         model = build_from_checkpoint(loaded)
         kept = {k: loaded.extra[k] for k in ("data", "role", "metric") if k in loaded.extra}
-        report = export_onnx(model, target, int8=int8, tolerance=tolerance, metadata=kept)
+        report = export_onnx(model, target, int8=int8, tolerance=tolerance,
+                             int8_tolerance=int8_tolerance, metadata=kept)
     except VldistillError as error:
         _fail(error)
     console.print(f"exported to {report.directory}: {', '.join(report.files)}")
