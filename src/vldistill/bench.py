@@ -6,9 +6,9 @@ folder (``vldistill export``) or its int8 model (``FOLDER:int8``). Every model a
 same validation questions, one question and one image per call; latency is the wall time of
 the model call alone (inputs prepared beforehand), reported as p50 and p95. Peak memory is the
 process's maximum resident set size after loading, answering and timing. Accuracy is the
-official VQA accuracy on the first ``questions`` validation questions of the data the
-checkpoint (or the export) was trained on, by the metric its recipe named: official VQA
-accuracy, or (``eval.metric: vizwiz``) official VizWiz accuracy.
+measured on the first ``questions`` validation questions of the data the checkpoint (or the
+export) was trained on, by the metric its recipe named: official VQA accuracy, or
+(``eval.metric: vizwiz``) official VizWiz accuracy.
 """
 
 from __future__ import annotations
@@ -61,14 +61,20 @@ def _val_data(data: dict[str, Any], questions: int):
     return val[:questions], val_images
 
 
+def _accuracy(metric_name: str):
+    """The accumulator of the metric a checkpoint or export records ("vqa" when absent)."""
+    from vldistill.eval.vizwiz import VizWizAccuracy
+    from vldistill.eval.vqa_accuracy import VQAAccuracy
+
+    return VizWizAccuracy() if metric_name == "vizwiz" else VQAAccuracy()
+
+
 def measure_one(name: str, path: Path, int8: bool, threads: int, repeats: int,
                 questions: int) -> dict[str, Any]:
     """Runs in a child process: load one model, score it, time it, report its peak memory."""
     import torch
 
     torch.set_num_threads(threads)
-    from vldistill.eval.vizwiz import VizWizAccuracy
-    from vldistill.eval.vqa_accuracy import VQAAccuracy
     from vldistill.export.runtime import MANIFEST, OnnxVQA, answer_from_logits
 
     times: list[float] = []
@@ -78,7 +84,7 @@ def measure_one(name: str, path: Path, int8: bool, threads: int, repeats: int,
             raise DataError(f"export {path} does not record its data settings; export it "
                             "from a checkpoint saved by `vldistill run`")
         metric_name = model.manifest.get("metric", "vqa")
-        metric = VizWizAccuracy() if metric_name == "vizwiz" else VQAAccuracy()
+        metric = _accuracy(metric_name)
         samples, images = _val_data(model.manifest["data"], questions)
         encoded = []
         for sample in samples:
@@ -100,7 +106,7 @@ def measure_one(name: str, path: Path, int8: bool, threads: int, repeats: int,
 
         checkpoint = load_checkpoint(path)
         metric_name = checkpoint.extra.get("metric", "vqa")
-        metric = VizWizAccuracy() if metric_name == "vizwiz" else VQAAccuracy()
+        metric = _accuracy(metric_name)
         model = build_from_checkpoint(checkpoint).eval()
         vocab = AnswerVocab.from_json(checkpoint.extra["answer_vocab"])
         answers = vocab.to_json()
@@ -121,7 +127,9 @@ def measure_one(name: str, path: Path, int8: bool, threads: int, repeats: int,
                                   "target_columns": np.zeros(0, np.int64),
                                   "target_scores": np.zeros(0, np.float32)}])
                 singles.append((batch["inputs"], sample))
-        call = model
+        def call(inputs):
+            return model(**inputs)
+
         encode = getattr(model, "encode", None)
         if encode is not None:
             # a Hugging Face model preprocesses inside forward (tokenizer, image processor):
@@ -131,13 +139,12 @@ def measure_one(name: str, path: Path, int8: bool, threads: int, repeats: int,
             call = model.forward_encoded
         with torch.inference_mode():
             for inputs, sample in singles:
-                logits = (call(inputs) if encode is not None else call(**inputs)
-                          ).logits[0].float().numpy()
+                logits = call(inputs).logits[0].float().numpy()
                 metric.update(answer_from_logits(logits, answers).answer, sample.answers)
             for i in range(repeats):
                 inputs = singles[i % len(singles)][0]
                 start = time.perf_counter()
-                call(inputs) if encode is not None else call(**inputs)
+                call(inputs)
                 times.append(time.perf_counter() - start)
         kind = "PyTorch fp32"
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss              # KiB; bytes on macOS

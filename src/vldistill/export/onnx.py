@@ -29,7 +29,8 @@ from torch import nn
 from vldistill.errors import VldistillError
 from vldistill.export.runtime import INPUTS, MANIFEST, data_image_size, encode_fixed
 from vldistill.fileio import atomic_write
-from vldistill.models.hf_vilt import full_mask_image_embeds, image_positions
+from vldistill.models.hf_vilt import (full_mask_image_embeds, image_positions,
+                                      vilt_on_image_embeds)
 
 _CHECK_QUESTIONS = ("what is this", "what colour is the object on the left",
                     "how many objects are there", "is there a red circle")
@@ -59,10 +60,8 @@ class ExportableVilt(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 pixel_values: torch.Tensor) -> torch.Tensor:
         image = full_mask_image_embeds(self.vilt.embeddings, pixel_values, self.positions)
-        image_mask = torch.ones(image.shape[:2], dtype=attention_mask.dtype,
-                                device=image.device)
-        out = self.vilt(input_ids=input_ids, attention_mask=attention_mask, image_embeds=image,
-                        pixel_mask=image_mask)
+        out = vilt_on_image_embeds(self.vilt, image, input_ids=input_ids,
+                                   attention_mask=attention_mask)
         return self.classifier(out.pooler_output)
 
 

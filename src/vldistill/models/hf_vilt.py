@@ -154,7 +154,11 @@ class ViltVQA(nn.Module):
         # each image is preprocessed once, then repeated for its questions (a batch holds ~8
         # questions per image: the image processor was most of a training step's CPU time)
         used, rows = np.unique(image_index.cpu().numpy(), return_inverse=True)
-        if not self._warned:            # the warning comes once: stop measuring after it
+        text = self.processor.tokenizer(list(questions), padding=True, truncation=True,
+                                        max_length=self.max_text_length, return_tensors="pt")
+        # a question can only have been cut when the padded batch reached the limit: only then
+        # tokenize again, untruncated, to count them (once: stop measuring after the warning)
+        if not self._warned and text["input_ids"].shape[1] >= self.max_text_length:
             lengths = [len(ids) for ids in self.processor.tokenizer(list(questions))["input_ids"]]
             if max(lengths, default=0) > self.max_text_length:
                 warnings.warn(f"{sum(n > self.max_text_length for n in lengths)} question(s) "
@@ -162,8 +166,6 @@ class ViltVQA(nn.Module):
                               f"{self.max_text_length} tokens (longest: {max(lengths)}); they "
                               "are truncated.", stacklevel=3)
                 self._warned = True
-        text = self.processor.tokenizer(list(questions), padding=True, truncation=True,
-                                        max_length=self.max_text_length, return_tensors="pt")
         vision = self.processor.image_processor(
             [np.ascontiguousarray(pixels[i]) for i in used.tolist()], return_tensors="pt")
         rows = torch.from_numpy(rows.reshape(-1))
@@ -185,8 +187,7 @@ class ViltVQA(nn.Module):
         if bool(pixel_mask.all()):
             image = full_mask_image_embeds(self.model.vilt.embeddings,
                                            encoded.pop("pixel_values"))
-            out = self.model.vilt(**encoded, image_embeds=image, pixel_mask=torch.ones(
-                image.shape[:2], dtype=encoded["attention_mask"].dtype, device=image.device))
+            out = vilt_on_image_embeds(self.model.vilt, image, **encoded)
         else:
             out = self.model.vilt(**encoded, pixel_mask=pixel_mask)
         pooled = out.pooler_output                                              # (N_q, D)
@@ -226,3 +227,11 @@ def full_mask_image_embeds(embeddings, pixel_values: torch.Tensor,
     patches = patches.flatten(2).transpose(1, 2)                            # (B, h*w, D)
     image = torch.cat([embeddings.cls_token.expand(patches.shape[0], -1, -1), patches], dim=1)
     return embeddings.dropout(image + positions)
+
+
+def vilt_on_image_embeds(vilt, image: torch.Tensor, **text: torch.Tensor):
+    """The ViLT encoder on prepared image tokens (:func:`full_mask_image_embeds`), every image
+    token attended to; ``text``: ``input_ids``, ``attention_mask`` (and token type ids)."""
+    image_mask = torch.ones(image.shape[:2], dtype=text["attention_mask"].dtype,
+                            device=image.device)
+    return vilt(**text, image_embeds=image, pixel_mask=image_mask)
