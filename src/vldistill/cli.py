@@ -234,16 +234,18 @@ def data_shapesworld(
                                                        "this recipe")] = None,
         set_: SetOption = None,
         format: Annotated[str, typer.Option(
-            "--format", help="vqa: the VQAv2 layout; vizwiz: the VizWiz layout")] = "vqa"
+            "--format", help="vqa: the VQAv2 layout; vizwiz: the VizWiz layout; rgbd: the "
+            "RGB-D layout (images/, depth/ in millimetres, {split}.json)")] = "vqa"
         ) -> None:
     """Export ShapesWorld in the VQAv2 layout (questions/annotations JSON, images/, depth/,
-    plus facts.jsonl and captions.jsonl) or in the VizWiz layout (--format vizwiz)."""
+    plus facts.jsonl and captions.jsonl), in the VizWiz layout (--format vizwiz) or in the RGB-D
+    layout (--format rgbd)."""
     from vldistill.config import load_recipe
-    from vldistill.data.export import export_shapesworld
+    from vldistill.data.export import FORMATS, export_shapesworld
     from vldistill.data.shapesworld import load_shapesworld
 
-    if format not in ("vqa", "vizwiz"):
-        _fail(ValueError(f"--format {format!r}: expected vqa or vizwiz"))
+    if format not in FORMATS:
+        _fail(ValueError(f"--format {format!r}: expected one of {', '.join(FORMATS)}"))
     try:
         settings = load_recipe(recipe, set_ or []).data.shapesworld
         start = time.perf_counter()

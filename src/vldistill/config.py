@@ -16,6 +16,7 @@ from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_valid
                       model_validator)
 
 from vldistill.data.augment import AugmentSettings
+from vldistill.data.rgbd import DepthSettings, Modality
 from vldistill.data.shapesworld import ShapesWorldSettings
 from vldistill.errors import RecipeError
 
@@ -89,12 +90,16 @@ class TeacherSettings(Strict):
         "online", description="online: run the teacher at every student step; cache: run it "
         "once over the training data and distil from the stored outputs")
     cache: TeacherCacheSettings = Field(default_factory=lambda: TeacherCacheSettings())
+    modality: Modality = Field("rgb", description="what the teacher sees of each sample: rgb, "
+                               "or depth (data.depth says how it is preprocessed)")
 
 
 class StudentSettings(Strict):
     model: ModelSettings = Field(default_factory=lambda: ModelSettings(
         params={"width": 16, "word_dim": 16, "mlp_dim": 32}))
     train: TrainSettings = Field(default_factory=lambda: TrainSettings(max_steps=1000))
+    modality: Modality = Field("rgb", description="what the student sees: rgb, or depth "
+                               "(sensory substitution: an RGB teacher teaches a depth student)")
 
 
 class LossTermSettings(BaseModel):
@@ -176,6 +181,9 @@ class DistillSettings(Strict):
         0.5, ge=0, lt=1, description="share of each distillation batch drawn from the "
         "unlabelled transfer set")
     baseline: bool = Field(True, description="also train the student without distillation")
+    modality_baselines: list[Modality] = Field(
+        default_factory=list, description="also train a no-KD student on each of these "
+        "modalities (seed 001 compares with an RGB student)")
 
     @field_validator("terms")
     @classmethod
@@ -200,6 +208,15 @@ class VQAFiles(Strict):
     images: Path
     pattern: str | None = Field(None, description="image file name, e.g. "
                                 "'COCO_train2014_{image_id:012d}.jpg'; None: guess")
+    depth: Path | None = Field(None, description="folder of depth maps named like the images "
+                               "(16-bit PNG, millimetres); needed when a model sees depth")
+
+
+class RGBDFiles(Strict):
+    """A split in the RGB-D layout (vldistill.data.rgbd): one JSON naming each sample's files."""
+
+    annotations: Path = Field(description="{split}.json: {samples: [{question_id, image_id, rgb, "
+                              "depth, question, answers, question_type}]}")
 
 
 class VizWizFiles(Strict):
@@ -212,10 +229,15 @@ class VizWizFiles(Strict):
 
 
 class DataSettings(Strict):
-    source: Literal["shapesworld", "vqa", "vizwiz"] = "shapesworld"
+    source: Literal["shapesworld", "vqa", "vizwiz", "rgbd"] = "shapesworld"
     shapesworld: ShapesWorldSettings = Field(default_factory=ShapesWorldSettings)
-    train: VQAFiles | VizWizFiles | None = None
-    val: VQAFiles | VizWizFiles | None = None
+    train: VQAFiles | VizWizFiles | RGBDFiles | None = None
+    val: VQAFiles | VizWizFiles | RGBDFiles | None = None
+    depth: DepthSettings = Field(default_factory=DepthSettings, description="how depth maps "
+                                 "become model input, and what to do with bad RGB-D pairs")
+    subset: float = Field(1.0, gt=0, le=1, description="share of the training split's images "
+                          "used at all (a seeded random subset, as seed 001's "
+                          "subset_percentage); 1: all")
     image_size: int = Field(64, ge=8, description="images are resized to this (vqa and vizwiz "
                             "sources); a pretrained ViLT wants its own size, e.g. 384")
     labelled_images: int | None = Field(
@@ -233,7 +255,8 @@ class DataSettings(Strict):
     @model_validator(mode="after")
     def _files_for_source(self) -> DataSettings:
         wanted = {"vqa": (VQAFiles, "questions, annotations and images paths"),
-                  "vizwiz": (VizWizFiles, "an annotations path (and optionally images)")}
+                  "vizwiz": (VizWizFiles, "an annotations path (and optionally images)"),
+                  "rgbd": (RGBDFiles, "an annotations path (the split's RGB-D JSON)")}
         if self.source not in wanted:
             return self
         kind, fields = wanted[self.source]
@@ -281,6 +304,47 @@ class Recipe(Strict):
     distill: DistillSettings = Field(default_factory=DistillSettings)
     trainer: TrainerSettings = Field(default_factory=TrainerSettings)
     eval: EvalSettings = Field(default_factory=EvalSettings)
+
+    @model_validator(mode="after")
+    def _check_modalities(self) -> Recipe:
+        roles = [("teacher", self.teacher.modality, self.teacher.model),
+                 ("student", self.student.modality, self.student.model)]
+        roles += [(f"distill.modality_baselines[{i}] (the student's model)", modality,
+                   self.student.model) for i, modality in enumerate(self.distill.modality_baselines)]
+        for role, modality, model in roles:
+            check_input_channels(role, modality, model, self.data.depth)
+        uses_depth = any(modality == "depth" for _, modality, _ in roles)
+        if uses_depth and self.data.augment.views:
+            raise ValueError("data.augment.views > 0 with a model that sees depth: augmented "
+                             "views transform the RGB image only. Set data.augment.views: 0.")
+        if uses_depth and self.data.source == "vizwiz":
+            raise ValueError("data.source 'vizwiz' has no depth maps; a model that sees depth "
+                             "needs source rgbd, vqa (with train/val.depth) or shapesworld")
+        return self
+
+
+def input_channels(modality: str, depth: DepthSettings) -> int:
+    return 3 if modality == "rgb" else depth.input_channels
+
+
+def check_input_channels(role: str, modality: str, model: ModelSettings,
+                         depth: DepthSettings) -> None:
+    """A model must read as many image channels as its modality gives it. A model with an
+    ``in_channels`` parameter left at None gets it from the modality (VQAJob.build)."""
+    from vldistill.models import model_config
+
+    config = model_config(model.name, model.params)
+    gives = input_channels(modality, depth)
+    reads = getattr(config, "in_channels", 3)
+    if reads is None or reads == gives:
+        return
+    where = "data.depth.channels / data.depth.mask_channel" if modality == "depth" else "rgb"
+    fix = (f"set {role.split(' ')[0]}.model.params.in_channels: {gives}, or leave it out"
+           if hasattr(config, "in_channels") else
+           f"this model reads 3-channel images: set data.depth.channels: 3 and "
+           f"data.depth.mask_channel: false")
+    raise ValueError(f"{role} sees {modality} with {gives} channel(s) ({where}) but its model "
+                     f"{model.name!r} reads {reads}; {fix}")
 
 
 # ---------------------------------------------------------------------------------------------

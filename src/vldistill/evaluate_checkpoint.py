@@ -27,12 +27,15 @@ def evaluate_checkpoint(path: Path, batch_images: int = 64) -> dict[str, Any]:
     answer_vocab = AnswerVocab.from_json(checkpoint.extra["answer_vocab"])
     tokenizer = QuestionTokenizer.from_json(checkpoint.extra["question_vocab"])
     settings = DataSettings.model_validate(checkpoint.extra["data"])
-    _, _, val, val_images = load_splits(settings)
-    dataset = VQAImageDataset(val, val_images, answer_vocab, tokenizer)
+    modality = checkpoint.extra.get("modality", "rgb")     # what the model sees
+    _, _, val, val_images = load_splits(settings, needs=(modality,))
+    dataset = VQAImageDataset(val, val_images, answer_vocab, tokenizer, modalities=(modality,),
+                              depth=settings.depth)
     # the metric the recipe named (checkpoints from before it was recorded: VQA accuracy)
     evaluator = build_evaluator(checkpoint.extra.get("metric", "vqa"), answer_vocab)
-    predictions = predict(model, dataset, VQACollator(len(answer_vocab)), evaluator,
+    predictions = predict(model, dataset, VQACollator(len(answer_vocab), modality), evaluator,
                           batch_images)
     return {"role": checkpoint.extra.get("role", "?"), "model": checkpoint.model_name,
-            "parameters": count_parameters(model), "questions": dataset.num_questions,
+            "modality": modality, "parameters": count_parameters(model),
+            "questions": dataset.num_questions,
             **predictions.metrics}

@@ -25,7 +25,8 @@ from vldistill.console import console
 from torch import nn
 
 from vldistill import __version__
-from vldistill.config import Recipe, TrainSettings, dump_recipe, nested_differences
+from vldistill.config import (Recipe, TrainSettings, dump_recipe, input_channels,
+                              nested_differences)
 from vldistill.data.augment import ViewDataset
 from vldistill.data.batches import VQACollator, VQAImageDataset
 from vldistill.distill.losses import VQABCELoss
@@ -37,7 +38,7 @@ from vldistill.fileio import atomic_write
 from vldistill.ranks import is_global_zero
 from vldistill.eval.efficiency import Efficiency, measure
 from vldistill.eval.evaluators import Predictions, agreement, build_evaluator, predict
-from vldistill.models import build_model
+from vldistill.models import MODELS, build_model
 from vldistill.models.checkpoint import build_from_checkpoint, load_checkpoint, save_model
 from vldistill.phases import build_terms, select_phases, train_phases
 from vldistill.pipeline_data import RunData, prepare_data
@@ -149,13 +150,23 @@ class VQAJob:
         self.stamps = {"teacher": recipe_stamp(recipe, "teacher"),
                        "student": recipe_stamp(recipe)}
         self._teacher_stamps: dict[int, str] = {}
-        self.collate = VQACollator(len(data.answer_vocab))
-        self.val = VQAImageDataset(data.val, data.val_images, data.answer_vocab, data.tokenizer)
+        # paired modalities: the KD student's batches carry the teacher's images as well
+        self.collate = self.collate_for(recipe.student.modality, recipe.teacher.modality)
+        self.val = VQAImageDataset(data.val, data.val_images, data.answer_vocab, data.tokenizer,
+                                   modalities=used_modalities(recipe), depth=recipe.data.depth)
         self.sizes = {"num_answers": len(data.answer_vocab), "vocab_size": len(data.tokenizer)}
 
-    def dataset(self, samples, labelled: bool = True) -> VQAImageDataset:
+    def collate_for(self, modality: str, teacher_modality: str | None = None) -> VQACollator:
+        return VQACollator(len(self.data.answer_vocab), modality, teacher_modality)
+
+    def dataset(self, samples, labelled: bool = True, modalities: tuple[str, ...] | None = None
+                ) -> VQAImageDataset:
+        """Training items; by default in every modality a model of the recipe sees."""
+        recipe = self.recipe
+        modalities = modalities or used_modalities(recipe)
         return VQAImageDataset(samples, self.data.train_images, self.data.answer_vocab,
-                               self.data.tokenizer, labelled=labelled)
+                               self.data.tokenizer, labelled=labelled, modalities=modalities,
+                               depth=recipe.data.depth)
 
     @cached_property
     def labelled(self) -> VQAImageDataset:
@@ -184,23 +195,33 @@ class VQAJob:
                     if self.transfer is not None else None)
         return labelled, transfer
 
-    def build(self, role: str) -> tuple[nn.Module, Callable[[Path, nn.Module], None]]:
-        settings = (self.recipe.teacher if role == "teacher" else self.recipe.student).model
-        model = build_model(settings.name, settings.params,
+    def build(self, role: str, modality: str | None = None
+              ) -> tuple[nn.Module, Callable[[Path, nn.Module], None]]:
+        side = self.recipe.teacher if role == "teacher" else self.recipe.student
+        settings, modality = side.model, modality or side.modality
+        params = dict(settings.params)
+        if "in_channels" in MODELS.get(settings.name).config_class.model_fields and \
+                params.get("in_channels") is None:
+            params["in_channels"] = input_channels(modality, self.recipe.data.depth)
+        model = build_model(settings.name, params,
                             answers=self.data.answer_vocab.to_json(),
                             question_vocab=self.data.tokenizer.to_json(), **self.sizes)
         extra = {"answer_vocab": self.data.answer_vocab.to_json(),
                  "question_vocab": self.data.tokenizer.to_json(),
                  "data": self.recipe.data.model_dump(mode="json"), "role": role,
-                 "metric": self.recipe.eval.metric}
+                 "metric": self.recipe.eval.metric, "modality": modality}
 
         def save(path: Path, trained: nn.Module) -> None:
-            save_model(path, trained, settings.name, settings.params, self.sizes, extra)
+            save_model(path, trained, settings.name, params, self.sizes, extra)
         return model, save
 
     def train(self, role: str, step: DistillationStep, train: TrainSettings, labelled,
-              transfer=None, transfer_fraction: float = 0.0, seed: int = 0, save=None):
-        loaders = mixed_loaders(labelled, transfer, self.collate, self.val,
+              transfer=None, transfer_fraction: float = 0.0, seed: int = 0, save=None,
+              collate: VQACollator | None = None):
+        """Fit ``step``; ``collate`` gives the batches the modalities of its models (default:
+        the KD student's and its teacher's)."""
+        collate = collate or self.collate
+        loaders = mixed_loaders(labelled, transfer, collate, self.val,
                                 images_per_batch=train.images_per_batch,
                                 transfer_fraction=transfer_fraction, seed=seed,
                                 val_batch=self.recipe.eval.batch_images)
@@ -231,9 +252,15 @@ class VQAJob:
                                          else teacher_fingerprint(teacher))[:16]
         return f"{base}-{self._teacher_stamps[key]}"
 
-    def evaluate(self, model: nn.Module) -> Predictions:
-        return predict(model, self.val, self.collate, self.evaluator(),
+    def evaluate(self, model: nn.Module, modality: str = "rgb") -> Predictions:
+        return predict(model, self.val, self.collate_for(modality), self.evaluator(),
                        self.recipe.eval.batch_images)
+
+
+def used_modalities(recipe: Recipe) -> tuple[str, ...]:
+    """Every modality a model of the recipe sees (teacher, students, modality baselines)."""
+    return tuple(dict.fromkeys([recipe.teacher.modality, recipe.student.modality,
+                                *recipe.distill.modality_baselines]))
 
 
 def task_terms(recipe: Recipe) -> list[WeightedTerm]:
@@ -253,7 +280,8 @@ def check_teacher_matches(extra: dict, job: VQAJob, path: Path) -> None:
     expected = {"answer vocabulary": (extra.get("answer_vocab"), job.data.answer_vocab.to_json()),
                 "question vocabulary": (extra.get("question_vocab"), job.data.tokenizer.to_json()),
                 "image size": (data_image_size(extra.get("data", {})),
-                               data_image_size(job.recipe.data.model_dump(mode="json")))}
+                               data_image_size(job.recipe.data.model_dump(mode="json"))),
+                "modality": (extra.get("modality", "rgb"), job.recipe.teacher.modality)}
     for field_name, (saved, current) in expected.items():
         if saved != current:
             raise DataError(
@@ -273,7 +301,8 @@ def train_teacher(job: VQAJob) -> tuple[ModelRun, nn.Module]:
         checkpoint = load_checkpoint(recipe.teacher.checkpoint)
         check_teacher_matches(checkpoint.extra, job, recipe.teacher.checkpoint)
         teacher = build_from_checkpoint(checkpoint)
-        run = ModelRun("teacher", None, job.evaluate(teacher), 0.0, recipe.teacher.checkpoint)
+        run = ModelRun("teacher", None, job.evaluate(teacher, recipe.teacher.modality), 0.0,
+                       recipe.teacher.checkpoint)
         return run, teacher
     seed = recipe.seeds[0]
     L.seed_everything(seed, verbose=False)
@@ -281,52 +310,64 @@ def train_teacher(job: VQAJob) -> tuple[ModelRun, nn.Module]:
     console.print(f"[bold]teacher[/]: training on {len(job.data.teacher_train)} labelled "
                   f"questions, {recipe.teacher.train.max_steps} steps")
     step = DistillationStep(model, task_terms(recipe))
-    result = job.train("teacher", step, recipe.teacher.train, job.dataset(job.data.teacher_train),
-                       seed=seed, save=save)
-    run = ModelRun("teacher", seed, job.evaluate(result.student), result.wall_time_s,
+    modality = recipe.teacher.modality
+    result = job.train("teacher", step, recipe.teacher.train,
+                       job.dataset(job.data.teacher_train, modalities=(modality,)), seed=seed,
+                       save=save, collate=job.collate_for(modality))
+    run = ModelRun("teacher", seed, job.evaluate(result.student, modality), result.wall_time_s,
                    job.run_dir / "checkpoints" / "teacher-last.safetensors")
     return run, result.student
 
 
 def train_student(job: VQAJob, teacher: nn.Module | None, seed: int,
-                  phase: str | None = None) -> tuple[ModelRun, nn.Module]:
+                  phase: str | None = None, modality: str | None = None
+                  ) -> tuple[ModelRun, nn.Module]:
     """A student with KD (teacher given: labelled + transfer set, in the recipe's phases when
-    it has any) or without (labels only)."""
+    it has any) or without (labels only). ``modality`` overrides what a no-KD student sees (a
+    modality baseline, e.g. the RGB student beside a depth student)."""
     recipe = job.recipe
-    role = f"student-{'kd' if teacher is not None else 'nokd'}-seed{seed}"
+    modality = modality or recipe.student.modality
+    other = "" if modality == recipe.student.modality else f"-{modality}"
+    role = f"student-{'kd' if teacher is not None else 'nokd'}{other}-seed{seed}"
     L.seed_everything(seed, verbose=False)
     if teacher is not None and recipe.distill.phases:
         fits, role = train_phases(job, teacher, seed, only=phase)
         student = fits[-1].student
-        run = ModelRun(role, seed, job.evaluate(student), sum(f.wall_time_s for f in fits),
+        run = ModelRun(role, seed, job.evaluate(student, modality),
+                       sum(f.wall_time_s for f in fits),
                        job.run_dir / "checkpoints" / f"{role}-last.safetensors")
         return run, student
-    model, save = job.build("student")
+    model, save = job.build("student", modality)
     labelled, transfer = job.student_sets(teacher)
     if teacher is None:
         step = DistillationStep(model, task_terms(recipe))
-        result = job.train(role, step, recipe.student.train, labelled, seed=seed, save=save)
+        result = job.train(role, step, recipe.student.train, labelled, seed=seed, save=save,
+                           collate=job.collate_for(modality))
     else:
         step = DistillationStep(model, distill_terms(recipe), teacher=teacher)
         result = job.train(role, step, recipe.student.train, labelled, transfer,
                            recipe.distill.transfer_fraction, seed=seed, save=save)
-    run = ModelRun(role, seed, job.evaluate(result.student), result.wall_time_s,
+    run = ModelRun(role, seed, job.evaluate(result.student, modality), result.wall_time_s,
                    job.run_dir / "checkpoints" / f"{role}-last.safetensors")
     return run, result.student
 
 
-def measure_models(job: VQAJob, models: dict[str, nn.Module]) -> dict[str, Efficiency]:
-    """Latency at batch 1 (one image, one question) and throughput (questions/s) per model."""
-    single = job.collate([job.val[0]])
-    single["inputs"] = {**single["inputs"],
-                        "question_tokens": single["inputs"]["question_tokens"][:1],
-                        "question_lengths": single["inputs"]["question_lengths"][:1],
-                        "image_index": single["inputs"]["image_index"][:1],
-                        "questions": single["inputs"]["questions"][:1]}
+def measure_models(job: VQAJob, models: dict[str, tuple[nn.Module, str]]
+                   ) -> dict[str, Efficiency]:
+    """Latency at batch 1 (one image, one question) and throughput (questions/s) per model,
+    each fed the modality it sees (``models``: name -> (model, modality))."""
     count = min(job.recipe.eval.throughput_images, len(job.val))
-    batch = job.collate([job.val[i] for i in range(count)])
-    return {name: measure(model, single["inputs"], batch["inputs"], len(batch["labelled"]),
-                          job.recipe.eval.latency_repeats) for name, model in models.items()}
+    results = {}
+    for name, (model, modality) in models.items():
+        collate = job.collate_for(modality)
+        single = collate([job.val[0]])["inputs"]
+        single = {**single, "question_tokens": single["question_tokens"][:1],
+                  "question_lengths": single["question_lengths"][:1],
+                  "image_index": single["image_index"][:1], "questions": single["questions"][:1]}
+        batch = collate([job.val[i] for i in range(count)])
+        results[name] = measure(model, single, batch["inputs"], len(batch["labelled"]),
+                                job.recipe.eval.latency_repeats)
+    return results
 
 
 def run_recipe(recipe: Recipe, phase: str | None = None, resume: bool = False,
@@ -345,7 +386,8 @@ def run_recipe(recipe: Recipe, phase: str | None = None, resume: bool = False,
     run_dir = make_run_dir(recipe, resume)
     console.print(f"[bold]vldistill run[/] {recipe.name}: seeds {recipe.seeds}, output {run_dir}"
                   + (" (resuming)" if resume else ""))
-    data = prepare_data(recipe.data, recipe.seeds[0], progress=True)
+    data = prepare_data(recipe.data, recipe.seeds[0], progress=True,
+                        needs=used_modalities(recipe))
     console.print(f"data: {len(data.teacher_train)} teacher questions, {len(data.labelled)} "
                   f"labelled + {len(data.transfer)} transfer questions for the student, "
                   f"{len(data.val)} val; {len(data.answer_vocab)} answers. "
@@ -365,19 +407,28 @@ def run_recipe(recipe: Recipe, phase: str | None = None, resume: bool = False,
         from vldistill.pipeline_cache import open_cache
 
         kd_teacher = open_cache(job, teacher_model, recipe_hint)
-    students: dict[str, list[ModelRun]] = {"student (no KD)": [], "student (KD)": []}
-    agreements: dict[str, list[float]] = {"student (no KD)": [], "student (KD)": []}
+    baseline = recipe.distill.baseline and phase is None
+    variants = [("student (no KD)", None, None)] if baseline else []
+    if phase is None:
+        variants += [(f"student ({modality}, no KD)", None, modality)
+                     for modality in recipe.distill.modality_baselines]
+    variants.append(("student (KD)", kd_teacher, None))
+    students: dict[str, list[ModelRun]] = {name: [] for name, _, _ in variants}
+    agreements: dict[str, list[float]] = {name: [] for name, _, _ in variants}
+    last: dict[str, tuple[nn.Module, str]] = {}
     for seed in recipe.seeds:
-        baseline = recipe.distill.baseline and phase is None
-        variants = [("student (no KD)", None)] if baseline else []
-        for name, teacher_arg in variants + [("student (KD)", kd_teacher)]:
-            run, student_model = train_student(job, teacher_arg, seed, phase)
+        for name, teacher_arg, modality in variants:
+            run, model = train_student(job, teacher_arg, seed, phase, modality)
+            last[name] = (model, modality or recipe.student.modality)
             students[name].append(run)
             agreements[name].append(agreement(run.predictions, teacher.predictions))
             console.print(f"{run.role}: val {metric} "
                           f"{run.predictions.metrics[metric]:.2f} "
                           f"({run.train_time_s:.0f} s)")
-    efficiency = measure_models(job, {"teacher": teacher_model, "student": student_model})
+    # the students share one architecture; a modality baseline may read other channels
+    efficiency = measure_models(job, {
+        "teacher": (teacher_model, recipe.teacher.modality), "student": last["student (KD)"],
+        **{name: last[name] for name, _, modality in variants if modality is not None}})
     students = {k: v for k, v in students.items() if v}
     result = RunResult(recipe, run_dir, teacher, students, efficiency,
                        {k: v for k, v in agreements.items() if v},

@@ -47,6 +47,9 @@ def cache_spec(job: VQAJob, teacher: nn.Module) -> CacheSpec:
         teacher_model=recipe.teacher.model.model_dump(mode="json"),
         data=data_fingerprint(job.base_student_datasets()),
         preprocessing={"image_size": data_image_size(recipe.data.model_dump(mode="json")),
+                       "teacher_modality": recipe.teacher.modality,
+                       **({"depth": recipe.data.depth.model_dump()}
+                          if recipe.teacher.modality == "depth" else {}),
                        "answer_vocab": json_hash(job.data.answer_vocab.to_json()),
                        "question_vocab": json_hash(job.data.tokenizer.to_json())},
         augmentation=augment.model_dump() if augment.views else {"views": 0},
@@ -114,15 +117,16 @@ def open_cache(job: VQAJob, teacher: nn.Module, recipe_hint: str = "RECIPE") -> 
 def build_for_recipe(recipe: Recipe, recipe_hint: str = "RECIPE") -> dict:
     """`vldistill cache build`: the recipe's teacher (its checkpoint, the run folder's finished
     teacher, or trained now) run over the student's training data into the cache."""
-    from vldistill.pipeline import VQAJob, make_run_dir, train_teacher
+    from vldistill.pipeline import VQAJob, make_run_dir, train_teacher, used_modalities
     from vldistill.pipeline_data import prepare_data
     from vldistill.train.resume import read_done
 
     run_dir = make_run_dir(recipe)
     # resume=True: a teacher this recipe finished is loaded and an interrupted one continues
     # (its stamp must match the recipe); otherwise it is trained
-    job = VQAJob(recipe, prepare_data(recipe.data, recipe.seeds[0], progress=True), run_dir,
-                 resume=True)
+    data = prepare_data(recipe.data, recipe.seeds[0], progress=True,
+                        needs=used_modalities(recipe))
+    job = VQAJob(recipe, data, run_dir, resume=True)
     if recipe.teacher.checkpoint is None and (done := read_done(run_dir, "teacher")) and \
             done["stamp"] == job.stamp_for("teacher"):
         console.print("teacher: loading the run folder's trained teacher")

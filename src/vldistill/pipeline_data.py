@@ -8,6 +8,7 @@ in: the teacher has seen far more than the student's labels cover.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,9 +34,11 @@ class RunData:
     val_coverage: VocabCoverage
 
 
-def load_splits(settings: DataSettings, progress: bool = False
+def load_splits(settings: DataSettings, progress: bool = False,
+                needs: Sequence[str] = ("rgb",)
                 ) -> tuple[list[Sample], ImageStore, list[Sample], ImageStore]:
-    """(train samples, train images, val samples, val images) for the recipe's data source."""
+    """(train samples, train images, val samples, val images) for the recipe's data source;
+    ``needs``: the modalities the recipe's models see (rgb, depth)."""
     if settings.source == "shapesworld":
         from vldistill.data.shapesworld import load_shapesworld
 
@@ -43,6 +46,14 @@ def load_splits(settings: DataSettings, progress: bool = False
         train, val = world.splits["train"], world.splits["val"]
         return train.samples, train.images, val.samples, val.images
     splits = []
+    if settings.source == "rgbd":
+        from vldistill.data.rgbd import read_rgbd
+
+        for files in (settings.train, settings.val):
+            samples, images, _ = read_rgbd(files.annotations, image_size=settings.image_size,
+                                           needs=needs, settings=settings.depth)
+            splits += [samples, images]
+        return tuple(splits)  # type: ignore[return-value]
     if settings.source == "vizwiz":
         from vldistill.data.vizwiz import read_vizwiz
 
@@ -53,8 +64,13 @@ def load_splits(settings: DataSettings, progress: bool = False
     from vldistill.data.vqa import read_vqa
 
     for files in (settings.train, settings.val):
+        if "depth" in needs and files.depth is None:
+            raise RecipeError("a model of this recipe sees depth, but data.train / data.val "
+                              "give no depth folder; set data.train.depth and data.val.depth "
+                              "(16-bit PNG depth maps named like the images)")
         samples, images = read_vqa(files.questions, files.annotations, files.images,
-                                   pattern=files.pattern, image_size=settings.image_size)
+                                   pattern=files.pattern, image_size=settings.image_size,
+                                   depth_root=files.depth if "depth" in needs else None)
         splits += [samples, images]
     return tuple(splits)  # type: ignore[return-value]
 
@@ -77,8 +93,23 @@ def split_for_student(train: list[Sample], settings: DataSettings, seed: int
     return labelled, transfer
 
 
-def prepare_data(settings: DataSettings, seed: int, progress: bool = False) -> RunData:
-    train, train_images, val, val_images = load_splits(settings, progress)
+def take_subset(train: list[Sample], fraction: float, seed: int) -> list[Sample]:
+    """A seeded random ``fraction`` of the training images (all their questions), in file
+    order; at least one image."""
+    if fraction >= 1.0:
+        return train
+    groups = group_by_image(train)
+    count = max(1, round(fraction * len(groups)))
+    chosen = sorted(np.random.default_rng([seed, 7]).permutation(len(groups))[:count])
+    return [s for i in chosen for s in groups[i]]
+
+
+def prepare_data(settings: DataSettings, seed: int, progress: bool = False,
+                 needs: Sequence[str] = ("rgb",)) -> RunData:
+    """Splits, the student's labelled subset and transfer set, and the vocabularies; the
+    training split is first cut to ``settings.subset`` of its images."""
+    train, train_images, val, val_images = load_splits(settings, progress, needs)
+    train = take_subset(train, settings.subset, seed)
     labelled, transfer = split_for_student(train, settings, seed)
     answer_vocab = AnswerVocab.build((s.answers for s in train if s.answers),
                                      min_count=settings.answer_vocab_min_count,

@@ -17,9 +17,13 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from vldistill.data.answers import AnswerVocab
+from vldistill.data.rgbd import DepthSettings, preprocess_depth
 from vldistill.data.sample import ImageStore, Sample
 from vldistill.data.tokenizer import QuestionTokenizer
 from vldistill.errors import DataError
+
+
+MODALITY_KEYS = {"rgb": "image", "depth": "depth"}     # modality -> key of a dataset item
 
 
 def group_by_image(samples: Sequence[Sample]) -> list[list[Sample]]:
@@ -31,18 +35,28 @@ def group_by_image(samples: Sequence[Sample]) -> list[list[Sample]]:
 
 
 class VQAImageDataset(Dataset):
-    """Item i: one image (3, H, W) uint8 with its questions, tokenised, and soft targets.
+    """Item i: one image with its questions, tokenised, and soft targets.
 
+    The image comes in the ``modalities`` asked for: ``image`` (3, H, W) uint8 RGB and/or
+    ``depth`` (C, H, W) float32, preprocessed by ``depth`` settings (vldistill.data.rgbd).
     ``labelled=False`` makes every question unlabelled (a transfer set: only teacher terms
     apply); otherwise a question is labelled when it has answers. Tokens and targets are
     encoded once here as small arrays, so collating a batch is a few array copies.
     """
 
     def __init__(self, samples: Sequence[Sample], images: ImageStore, answer_vocab: AnswerVocab,
-                 tokenizer: QuestionTokenizer, *, labelled: bool = True) -> None:
+                 tokenizer: QuestionTokenizer, *, labelled: bool = True,
+                 modalities: Sequence[str] = ("rgb",), depth: DepthSettings | None = None
+                 ) -> None:
         if not samples:
             raise DataError("VQAImageDataset got no samples; check the data split or subset "
                             "size in the recipe (e.g. data.shapesworld.val_images >= 1).")
+        unknown = sorted(set(modalities) - set(MODALITY_KEYS))
+        if unknown or not modalities:
+            raise ValueError(f"modalities must be a non-empty subset of {list(MODALITY_KEYS)}, "
+                             f"got {list(modalities)}")
+        self.modalities = tuple(dict.fromkeys(modalities))
+        self.depth_settings = depth or DepthSettings()
         self.groups = group_by_image(samples)
         self.images = images
         self.answer_vocab = answer_vocab
@@ -76,9 +90,20 @@ class VQAImageDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         group = self.groups[index]
-        rgb = self.images.rgb(group[0].image_id)                         # (H, W, 3) uint8
-        return {"image": torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1),
-                **self.encoded[index], "samples": group}
+        image_id = group[0].image_id
+        item: dict[str, Any] = {**self.encoded[index], "samples": group}
+        if "rgb" in self.modalities:
+            rgb = self.images.rgb(image_id)                               # (H, W, 3) uint8
+            item["image"] = torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1)
+        if "depth" in self.modalities:
+            metres = self.images.depth(image_id)
+            if metres is None:
+                raise DataError(f"image {image_id!r} has no depth map in its image store "
+                                f"({type(self.images).__name__}), but a model sees depth. "
+                                f"Fix: give the data depth maps (data.train.depth / val.depth "
+                                f"for the vqa source, or the rgbd source).")
+            item["depth"] = torch.from_numpy(preprocess_depth(metres, self.depth_settings))
+        return item
 
 
 class BatchMeta:
@@ -93,10 +118,21 @@ class BatchMeta:
 
 
 class VQACollator:
-    """Stacks image items into the batch dict; targets become dense (N_q, num_answers)."""
+    """Stacks image items into the batch dict; targets become dense (N_q, num_answers).
 
-    def __init__(self, num_answers: int) -> None:
+    ``inputs["images"]`` holds the ``modality`` the trained model sees; when the teacher sees
+    another one (``teacher_modality``, paired-modality distillation), ``teacher_inputs`` is the
+    same batch with the teacher's images.
+    """
+
+    def __init__(self, num_answers: int, modality: str = "rgb",
+                 teacher_modality: str | None = None) -> None:
+        for name in (modality, teacher_modality):
+            if name is not None and name not in MODALITY_KEYS:
+                raise ValueError(f"modality {name!r} is not one of {list(MODALITY_KEYS)}")
         self.num_answers = num_answers
+        self.modality = modality
+        self.teacher_modality = teacher_modality if teacher_modality != modality else None
 
     def __call__(self, items: Sequence[dict[str, Any]]) -> dict[str, Any]:
         counts = [len(item["lengths"]) for item in items]
@@ -112,7 +148,7 @@ class VQACollator:
         targets[torch.from_numpy(rows), torch.from_numpy(columns)] = torch.from_numpy(
             np.concatenate([item["target_scores"] for item in items]))
         batch = {
-            "inputs": {"images": torch.stack([item["image"] for item in items]),
+            "inputs": {"images": _stack(items, self.modality),
                        "question_tokens": torch.from_numpy(tokens),
                        "question_lengths": torch.from_numpy(lengths),
                        "image_index": torch.from_numpy(np.repeat(np.arange(len(items)),
@@ -123,10 +159,21 @@ class VQACollator:
             "labelled": torch.from_numpy(np.concatenate([item["labelled"] for item in items])),
             "meta": BatchMeta([s for item in items for s in item["samples"]]),
         }
+        if self.teacher_modality is not None:
+            batch["teacher_inputs"] = {**batch["inputs"],
+                                       "images": _stack(items, self.teacher_modality)}
         if "view" in items[0]:      # augmented views (vldistill.data.augment): one per question
             batch["views"] = torch.from_numpy(np.repeat([item["view"] for item in items],
                                                         counts))
         return batch
+
+
+def _stack(items: Sequence[dict[str, Any]], modality: str) -> torch.Tensor:
+    key = MODALITY_KEYS[modality]
+    if key not in items[0]:
+        raise ValueError(f"the batch items carry no {modality!r} images ({key!r}); build the "
+                         f"dataset with modalities including {modality!r}")
+    return torch.stack([item[key] for item in items])
 
 
 class MixedBatchSampler(Sampler[list[int]]):

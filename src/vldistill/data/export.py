@@ -4,18 +4,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from vldistill.data.rgbd import write_rgbd
 from vldistill.data.vizwiz import write_vizwiz
 from vldistill.data.vqa import write_vqa
 
-FORMATS = ("vqa", "vizwiz")
+FORMATS = ("vqa", "vizwiz", "rgbd")
 
 
 def export_shapesworld(world, out_dir: Path, format: str = "vqa") -> dict[str, Path]:
     """Write every split in the VQAv2 layout (``{split}_questions.json``,
     ``{split}_annotations.json``, ``images/``, ``depth/``) plus ``facts.jsonl`` and
     ``{split}_captions.jsonl``, or (``format="vizwiz"``) in the VizWiz layout
-    (``annotations/{split}.json``, ``{split}/``; the unanswerable questions included). Returns
-    the written paths by name."""
+    (``annotations/{split}.json``, ``{split}/``; the unanswerable questions included), or
+    (``format="rgbd"``) in the RGB-D layout (``{split}.json``, ``images/``, ``depth/`` in
+    millimetres; vldistill.data.rgbd). Returns the written paths by name."""
     from vldistill.data.shapesworld import write_captions_jsonl, write_facts_jsonl
 
     if format not in FORMATS:
@@ -23,9 +25,10 @@ def export_shapesworld(world, out_dir: Path, format: str = "vqa") -> dict[str, P
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path] = {}
-    if format == "vizwiz":
+    if format in ("vizwiz", "rgbd"):
+        write = write_vizwiz if format == "vizwiz" else write_rgbd
         for name, split in world.splits.items():
-            paths = write_vizwiz(split.samples, split.images, out_dir, name)
+            paths = write(split.samples, split.images, out_dir, name)
             written.update({f"{name} {kind}": path for kind, path in paths.items()})
         return written
     for name, split in world.splits.items():

@@ -37,6 +37,7 @@ from typing import IO, Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from vldistill.data.rgbd import read_depth_png
 from vldistill.data.sample import ImageId, ImageStore, QuestionId, Sample
 from vldistill.data.jsonio import (MAX_LISTED as _MAX_LISTED, check_unique as _check_unique,
                                    first as _first, get as _get, load_json as _load_json,
@@ -48,7 +49,6 @@ _COCO_NAME = re.compile(r"^.+_(\d{12})\.jpg$")
 _PLAIN_NAME = re.compile(r"^(.+)\.(?:png|jpg)$")
 _IMAGE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError,
                  Image.DecompressionBombError)
-_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I")
 
 
 # ----------------------------------------------------------------------------- image folder
@@ -91,16 +91,8 @@ class FolderImageStore:
         if self.depth_root is None:
             return None
         path = self.depth_root / f"{self._stem(image_id)}.png"
-        image = _read_image(path, "depth map")
-        if image.mode not in _DEPTH_MODES:
-            raise DataError(f"depth map {path} has image mode {image.mode!r}; expected a 16-bit "
-                            f"single-channel PNG in millimetres (mode 'I;16'). Fix: re-save it "
-                            f"as uint16 millimetres, e.g. with write_vqa.")
-        if self.image_size is not None:
-            size = (self.image_size, self.image_size)
-            image = image.resize(size, Image.Resampling.NEAREST)
-        millimetres = np.clip(np.asarray(image), 0, None).astype(np.float32)
-        return millimetres / np.float32(1000.0)
+        size = (self.image_size, self.image_size) if self.image_size is not None else None
+        return read_depth_png(path, size)
 
     def ids(self) -> list[ImageId]:
         """Every image id found in ``root`` (sorted by file name)."""

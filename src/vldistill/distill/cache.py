@@ -77,13 +77,18 @@ def teacher_fingerprint(model: nn.Module) -> str:
 
 def data_fingerprint(datasets: Sequence[Any]) -> str:
     """SHA-256 over what the teacher reads of every training item, in order: question ids and
-    texts and the image bytes (VQAImageDataset groups)."""
+    texts and the image bytes (VQAImageDataset groups), RGB and depth as the dataset has them."""
     digest = hashlib.sha256()
     for dataset in datasets:
+        modalities = getattr(dataset, "modalities", ("rgb",))
         for group in dataset.groups:
             for sample in group:
                 digest.update(f"{sample.question_id!r}|{sample.question}\n".encode())
-            digest.update(np.ascontiguousarray(dataset.images.rgb(group[0].image_id)).tobytes())
+            image_id = group[0].image_id
+            if "rgb" in modalities:
+                digest.update(np.ascontiguousarray(dataset.images.rgb(image_id)).tobytes())
+            if "depth" in modalities:
+                digest.update(np.ascontiguousarray(dataset.images.depth(image_id)).tobytes())
     return digest.hexdigest()
 
 
@@ -216,7 +221,7 @@ def _run_block(teacher: nn.Module, items: Sequence[tuple[Any, int]], parameters:
                 records.append(record)
             batch = collate(records)
             inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v
-                      for k, v in batch["inputs"].items()}
+                      for k, v in batch.get("teacher_inputs", batch["inputs"]).items()}
             output = call_model(teacher, inputs)
             values, indices, fill = compress_logits(output.logits, spec.top_k)
             record = np.empty(len(values), dtype=logit_record(spec.top_k, spec.num_classes))

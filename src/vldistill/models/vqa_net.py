@@ -3,7 +3,7 @@
 Read top to bottom. The shape that learned ShapesWorld quickly in the prototype (DESIGN.md,
 "What makes distillation pay off") and that this follows:
 
-    image (N_img, 3, H, W) uint8
+    image (N_img, 3, H, W) uint8 RGB, or (N_img, C, H, W) float in [0, 1] (e.g. depth)
       -> conv stem down to a G x G grid, xy coordinates appended, 1x1 projection
       -> grid (N_img, G*G, D)
     question tokens (N_q, L)
@@ -37,6 +37,9 @@ class VQANetConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     width: int = Field(64, ge=4, description="channels of the stem and attention dimension D")
+    in_channels: int | None = Field(
+        None, ge=1, description="image channels; None: from what the model sees in a recipe (3 "
+        "for RGB; for depth, data.depth's channels, +1 with its mask channel), 3 elsewhere")
     word_dim: int = Field(32, ge=2, description="word embedding size")
     grid: int = Field(16, ge=2, description="side G of the attention grid")
     dilations: tuple[int, ...] = Field(
@@ -59,12 +62,15 @@ def _coordinate_grid(side: int) -> torch.Tensor:
 
 
 class ConvStem(nn.Module):
-    """uint8 image (N, 3, H, W) -> features (N, G*G, D) with xy coordinates mixed in."""
+    """Image (N, C, H, W) -> features (N, G*G, D) with xy coordinates mixed in. uint8 images
+    are scaled by 1/255; float images are taken as already in [0, 1] (preprocessed depth)."""
 
-    def __init__(self, width: int, grid: int, dilations: tuple[int, ...] = (1,)) -> None:
+    def __init__(self, width: int, grid: int, dilations: tuple[int, ...] = (1,),
+                 in_channels: int = 3) -> None:
         super().__init__()
         half = max(width // 2, 4)
-        layers = [nn.Conv2d(3, half, 3, stride=2, padding=1), nn.BatchNorm2d(half), nn.ReLU(),
+        layers = [nn.Conv2d(in_channels, half, 3, stride=2, padding=1), nn.BatchNorm2d(half),
+                  nn.ReLU(),
                   nn.Conv2d(half, width, 3, stride=2, padding=1), nn.BatchNorm2d(width),
                   nn.ReLU()]
         for dilation in dilations:
@@ -77,7 +83,8 @@ class ConvStem(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         dtype = self.convs[0].weight.dtype                              # float32 / bf16-true
-        x = images.to(dtype) / 255.0 - 0.5                               # (N, 3, H, W)
+        x = images.to(dtype)                                           # (N, C, H, W)
+        x = (x / 255.0 if images.dtype == torch.uint8 else x) - 0.5
         x = self.pool(self.convs(x))                                   # (N, D, G, G)
         x = x.flatten(2).transpose(1, 2)                               # (N, G*G, D)
         coords = self.coords.expand(x.shape[0], -1, -1)                # (N, G*G, 2)
@@ -169,7 +176,7 @@ class VQANet(nn.Module):
         super().__init__()
         self.config = config
         width = config.width
-        self.stem = ConvStem(width, config.grid, config.dilations)
+        self.stem = ConvStem(width, config.grid, config.dilations, config.in_channels or 3)
         self.keys = nn.Linear(width, width)
         self.question = QuestionEncoder(vocab_size, config.word_dim, width)
         self.hops = nn.ModuleList(AttentionHop(width, config.heads) for _ in range(config.hops))
@@ -183,7 +190,7 @@ class VQANet(nn.Module):
     def forward(self, images: torch.Tensor, question_tokens: torch.Tensor,
                 question_lengths: torch.Tensor, image_index: torch.Tensor,
                 questions: Sequence[str] | None = None) -> ModelOutput:
-        """images (N_img, 3, H, W) uint8; question_tokens (N_q, L) long; question_lengths
+        """images (N_img, 3, H, W) uint8 or (N_img, C, H, W) float in [0, 1]; question_tokens (N_q, L) long; question_lengths
         (N_q,); image_index (N_q,) long in [0, N_img). ``questions`` (the raw strings, which
         models with their own tokenizer read) is not used: this net reads the tokens."""
         grid = self.grid_norm(self.stem(images))                       # (N_img, G*G, D)

@@ -36,7 +36,8 @@ def results_dict(result: Any) -> dict[str, Any]:
     rows = [_row("teacher", [result.teacher], result.efficiency["teacher"], teacher_accuracy,
                  None, key)]
     for name, runs in result.students.items():
-        rows.append(_row(name, runs, result.efficiency["student"], teacher_accuracy,
+        rows.append(_row(name, runs, result.efficiency.get(name, result.efficiency["student"]),
+                         teacher_accuracy,
                          result.agreement.get(name), key))
     out: dict[str, Any] = {
         "recipe": result.recipe.name, "seeds": result.recipe.seeds, "metric": key, "rows": rows,

@@ -1,0 +1,125 @@
+"""Sensory substitution on ShapesWorld (issue 7): can an RGB teacher teach a depth student?
+
+    .venv/bin/python benchmarks/depth.py [--seeds 0 1 2] [--out runs/depth] [--set k=v ...]
+
+Runs ``recipes/depth_substitution.yaml`` (the RGB teacher; the depth student without KD; an RGB
+student without KD; the depth student with KD in three phases) and prints val VQA accuracy per
+question type for the four models, mean ± std over the seeds.
+
+Depth shows shapes, sizes, counts, positions and distances, but not colours or patterns. Two
+headline subsets keep colour and pattern out:
+- "depth types": the questions of types shape, count, nearest/farthest, spatial and exists;
+- "depth-answerable": of those, only questions whose wording and answers name no colour and no
+  pattern ("What shape is the red object?" and "What colour is the nearest object?" are out,
+  "How many circles are there?" and "What shape is the nearest object?" are in). This is the
+  subset the goal is about: depth KD must beat the depth-only student by >= 5 points on it.
+Colour and pattern questions are reported too: there a depth student can only learn answer
+priors (KD may still shift them; that is not seeing).
+
+Writes the table to OUT/depth.md as well.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import statistics
+import time
+from pathlib import Path
+
+from vldistill.config import load_recipe
+from vldistill.data.answers import AnswerVocab
+from vldistill.data.batches import group_by_image
+from vldistill.data.sample import Sample
+from vldistill.data.shapesworld_render import COLOURS, PATTERNS
+from vldistill.eval.vqa_accuracy import vqa_accuracy
+from vldistill.pipeline import run_recipe
+
+RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "depth_substitution.yaml"
+DEPTH_TYPES = ("shape", "count", "nearest", "spatial", "exists")
+APPEARANCE_TYPES = ("colour", "pattern")
+APPEARANCE_WORDS = frozenset(COLOURS) | frozenset(PATTERNS)
+MODELS = {"teacher": "RGB teacher", "student (rgb, no KD)": "RGB student (no KD)",
+          "student (no KD)": "depth student (no KD)", "student (KD)": "depth student (KD)"}
+
+
+def needs_appearance(sample: Sample) -> bool:
+    """Does the question or one of its answers name a colour or a pattern?"""
+    words = set(re.findall(r"[a-z]+", " ".join((sample.question, *sample.answers)).lower()))
+    return bool(words & APPEARANCE_WORDS)
+
+
+def subsets(samples: list[Sample]) -> dict[str, list[int]]:
+    """Row indices of each reported subset (rows in the order predictions come)."""
+    out: dict[str, list[int]] = {t: [] for t in (*DEPTH_TYPES, *APPEARANCE_TYPES)}
+    out["depth types"], out["depth-answerable"], out["all"] = [], [], []
+    for row, sample in enumerate(samples):
+        if not sample.answers:
+            continue
+        out["all"].append(row)
+        out.setdefault(sample.question_type, []).append(row)
+        if sample.question_type in DEPTH_TYPES:
+            out["depth types"].append(row)
+            if not needs_appearance(sample):
+                out["depth-answerable"].append(row)
+    return {name: rows for name, rows in out.items() if rows}
+
+
+def accuracy(indices, vocab: AnswerVocab, samples: list[Sample], rows: list[int]) -> float:
+    return 100.0 * statistics.fmean(vqa_accuracy(vocab.answer(int(indices[r])),
+                                                 samples[r].answers) for r in rows)
+
+
+def table(scores: dict[str, dict[str, list[float]]], sizes: dict[str, int]) -> str:
+    columns = list(next(iter(scores.values())))
+    lines = ["| model | " + " | ".join(f"{c} (n={sizes[c]})" for c in columns) + " |",
+             "|---|" + "---|" * len(columns)]
+    for model, by_subset in scores.items():
+        cells = []
+        for values in by_subset.values():
+            std = statistics.pstdev(values) if len(values) > 1 else 0.0
+            cells.append(f"{statistics.fmean(values):.2f} ± {std:.2f}")
+        lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--out", type=Path, default=Path("runs/depth"))
+    parser.add_argument("--recipe", type=Path, default=RECIPE)
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        help="recipe override, as for `vldistill run --set`")
+    args = parser.parse_args()
+    start = time.perf_counter()
+    recipe = load_recipe(args.recipe, [f"output_dir={args.out.parent}", f"name={args.out.name}",
+                                       f"seeds={args.seeds}", *args.overrides])
+    result = run_recipe(recipe)
+    from vldistill.pipeline_data import prepare_data
+
+    data = prepare_data(recipe.data, recipe.seeds[0], needs=("rgb",))
+    samples = [s for group in group_by_image(data.val) for s in group]
+    rows = subsets(samples)
+    order = ["depth-answerable", "depth types", *DEPTH_TYPES, *APPEARANCE_TYPES, "all"]
+    rows = {name: rows[name] for name in order if name in rows}
+    runs = {"teacher": [result.teacher], **result.students}
+    runs = {name: runs[name] for name in [*MODELS, *runs] if name in runs}   # table order
+    scores = {MODELS.get(name, name): {subset: [accuracy(run.predictions.indices,
+                                                         data.answer_vocab, samples, r)
+                                                for run in model_runs]
+                                       for subset, r in rows.items()}
+              for name, model_runs in runs.items()}
+    text = table(scores, {name: len(r) for name, r in rows.items()})
+    kd = scores[MODELS["student (KD)"]]["depth-answerable"]
+    base = scores[MODELS["student (no KD)"]]["depth-answerable"]
+    gains = [k - b for k, b in zip(kd, base)]
+    text += (f"\n\nDepth KD - depth-only on depth-answerable questions: "
+             f"{statistics.fmean(gains):+.2f} points mean (per seed "
+             f"{', '.join(f'{g:+.2f}' for g in gains)}; seeds {recipe.seeds}).")
+    (result.run_dir / "depth.md").write_text(text + "\n", encoding="utf-8")
+    print(text)
+    print(f"benchmark wall time: {time.perf_counter() - start:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
