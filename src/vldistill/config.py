@@ -252,6 +252,18 @@ class DataSettings(Strict):
         default_factory=AugmentSettings, description="replayable views of the student's "
         "training images (vldistill.data.augment); views: 0 is off")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _parse_files_by_source(cls, data: Any) -> Any:
+        """Read data.train / data.val as the source's file layout (their fields overlap, so
+        the union alone would pick the first layout that fits)."""
+        kinds = {"vqa": VQAFiles, "vizwiz": VizWizFiles, "rgbd": RGBDFiles}
+        if not isinstance(data, dict) or data.get("source") not in kinds:
+            return data
+        kind = kinds[data["source"]]
+        return {**data, **{split: kind.model_validate(data[split]) for split in ("train", "val")
+                           if isinstance(data.get(split), dict)}}
+
     @model_validator(mode="after")
     def _files_for_source(self) -> DataSettings:
         wanted = {"vqa": (VQAFiles, "questions, annotations and images paths"),

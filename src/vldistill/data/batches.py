@@ -154,7 +154,11 @@ class VQACollator:
                        "image_index": torch.from_numpy(np.repeat(np.arange(len(items)),
                                                                  counts)),
                        # the raw text, for models that tokenize with their own tokenizer
-                       "questions": [s.question for item in items for s in item["samples"]]},
+                       "questions": [s.question for item in items for s in item["samples"]],
+                       # what a generative model is teacher-forced on (None: unlabelled)
+                       "answers": [common_answer(s.answers) if flag else None
+                                   for item in items
+                                   for s, flag in zip(item["samples"], item["labelled"])]},
             "targets": targets,
             "labelled": torch.from_numpy(np.concatenate([item["labelled"] for item in items])),
             "meta": BatchMeta([s for item in items for s in item["samples"]]),
@@ -166,6 +170,12 @@ class VQACollator:
             batch["views"] = torch.from_numpy(np.repeat([item["view"] for item in items],
                                                         counts))
         return batch
+
+
+def common_answer(answers: Sequence[str]) -> str:
+    """The most common annotator answer (whitespace-stripped; the first of the tied)."""
+    stripped = [a.strip() for a in answers]
+    return max(dict.fromkeys(stripped), key=stripped.count)
 
 
 def _stack(items: Sequence[dict[str, Any]], modality: str) -> torch.Tensor:

@@ -6,7 +6,7 @@ from vldistill.distill.losses import (LOSSES, CrossEntropyLoss, KDLoss, LossTerm
 from vldistill.distill.step import DistillationStep, WeightedTerm, call_model, freeze
 
 # Importing these modules registers their terms in LOSSES (dkd, loca; feature, contrastive,
-# relational, clip_affinity). They import losses.py, so losses.py cannot import them.
+# relational, clip_affinity; answer_token_ce, answer_token_kd). They import losses.py, so losses.py cannot import them.
 from vldistill.distill.feature_losses import (CLIPAffinityLoss, ContrastiveLoss, FeatureLoss,
                                               RelationalLoss, UnknownFeatureError,
                                               available_features, clip_affinity_loss,
@@ -15,14 +15,16 @@ from vldistill.distill.feature_losses import (CLIPAffinityLoss, ContrastiveLoss,
                                               similarity_preserving_loss)
 from vldistill.distill.logit_losses import (DKDLoss, LoCaLoss, dkd_loss, dkd_parts, hard_targets,
                                             loca_calibrate, loca_loss)
+from vldistill.distill.token_losses import AnswerTokenCELoss, AnswerTokenKDLoss, token_kd_loss
 
-__all__ = ["LOSSES", "CLIPAffinityLoss", "ContrastiveLoss", "CrossEntropyLoss", "DKDLoss",
+__all__ = ["LOSSES", "AnswerTokenCELoss", "AnswerTokenKDLoss", "CLIPAffinityLoss", "ContrastiveLoss", "CrossEntropyLoss", "DKDLoss",
            "DistillationStep", "FeatureLoss", "KDLoss", "LoCaLoss", "LossTerm", "RelationalLoss",
            "UnknownFeatureError", "VQABCELoss", "WeightedTerm", "available_features",
            "build_loss", "call_model", "clip_affinity_loss", "cross_entropy_loss", "dkd_loss",
            "dkd_parts", "freeze", "hard_targets", "hint_loss", "info_nce_loss", "kd_loss",
            "loca_calibrate", "loca_loss", "loss_parameters", "rkd_angle_loss",
-           "rkd_distance_loss", "select_feature", "similarity_preserving_loss", "vqa_bce_loss"]
+           "rkd_distance_loss", "select_feature", "similarity_preserving_loss", "token_kd_loss",
+           "vqa_bce_loss"]
 
 
 # `vldistill.distill` is both this package (losses, step) and the one-call Python API

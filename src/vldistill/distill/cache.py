@@ -145,6 +145,11 @@ def _teacher_fields(output: ModelOutput, fields: Sequence[str]) -> dict[str, tor
     stored = {}
     for name in fields:
         value = select_feature(output, name)
+        if value.dim() > 2:
+            raise CacheError(
+                f"the teacher's output {name!r} has shape {tuple(value.shape)}: several vectors "
+                "per question (tokens, or vocabulary logits per answer token). The cache stores "
+                "one pooled vector per question; distil it online (teacher.mode: online).")
         if value.shape[0] != output.logits.shape[0]:
             raise CacheError(
                 f"the teacher's feature {name!r} has shape {tuple(value.shape)}: one row per "

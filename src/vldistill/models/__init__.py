@@ -1,4 +1,4 @@
-"""Models: built-in architectures and (later) adapters around Hugging Face models.
+"""Models: built-in architectures and adapters around Hugging Face models (ViLT, LLaVA-OV).
 
 Every model returns a :class:`ModelOutput`. Models named in recipes are registered in
 ``MODELS`` with their config class, so a recipe's ``params`` are validated against it.
@@ -67,9 +67,53 @@ def _build_vilt(config: ViltSettings, num_answers: int, vocab_size: int,
     return ViltVQA.from_pretrained(config.path, answers, config.max_text_length)
 
 
+class LlavaOnevisionSettings(BaseModel):
+    """A Hugging Face LlavaOnevisionForConditionalGeneration (vldistill.models.hf_llava), a
+    generative VQA model: from a local folder (``path``), or built in code (``config``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    path: Path | None = Field(None, description="folder written by save_pretrained: config, "
+                              "model.safetensors, tokenizer, image processor config")
+    config: dict[str, Any] | None = Field(
+        None, description="a model built in code: {vision: SiglipVisionConfig fields, text: "
+        "Qwen2Config fields, image_size: 32}; its tokenizer is word-level over the data's words")
+    prompt: str = Field("{question} answer with one word", description="the user turn; the "
+                        "tokenizer's chat template wraps it when it has one")
+    max_answer_tokens: int = Field(4, ge=1, description="answer tokens (with end-of-sequence) "
+                                   "teacher-forced and distilled")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> LlavaOnevisionSettings:
+        if (self.path is None) == (self.config is None):
+            raise ValueError("give exactly one of path (a pretrained folder) and config (a "
+                             "LLaVA-OneVision built in code)")
+        if "{question}" not in self.prompt:
+            raise ValueError(f"prompt {self.prompt!r} needs a {{question}} field")
+        return self
+
+
+def _build_llava(config: LlavaOnevisionSettings, num_answers: int, vocab_size: int,
+                 answers: list[str] | None = None, question_vocab: list[str] | None = None
+                 ) -> nn.Module:
+    from vldistill.models.hf_llava import LlavaOnevisionVQA
+
+    if answers is None:
+        raise ValueError("a LLaVA-OneVision VQA model needs the answer vocabulary (its strings)")
+    if config.config is not None:
+        if question_vocab is None:
+            raise ValueError("a LLaVA-OneVision built from config needs the question vocabulary")
+        return LlavaOnevisionVQA.from_config(config.config, answers, question_vocab,
+                                             config.prompt, config.max_answer_tokens)
+    return LlavaOnevisionVQA.from_pretrained(config.path, answers, config.prompt,
+                                             config.max_answer_tokens)
+
+
 MODELS: Registry[ModelEntry] = Registry("model")
 MODELS.register("vqa_attention")(ModelEntry(VQANetConfig, VQANet))
 MODELS.register("vilt")(ModelEntry(ViltSettings, _build_vilt, needs_vocabularies=True))
+MODELS.register("llava_onevision")(ModelEntry(LlavaOnevisionSettings, _build_llava,
+                                              needs_vocabularies=True))
 
 
 def model_config(name: str, params: dict[str, Any]) -> BaseModel:

@@ -38,12 +38,12 @@ class CheckpointFolderError(MissingFileError):
     """A Hugging Face checkpoint folder lacks a file the model needs."""
 
 
-def check_folder(path: Path) -> None:
-    """Refuse a folder without a config, safetensors weights, a tokenizer or a processor
-    config; the message lists what is missing and what was found."""
+def check_folder(path: Path, what: str = "ViLT") -> None:
+    """Refuse a Hugging Face folder without a config, safetensors weights, a tokenizer or a
+    processor config; the message lists what is missing and what was found."""
     path = Path(path)
     if not path.is_dir():
-        raise CheckpointFolderError(f"ViLT checkpoint folder {path} does not exist. Fix: pass "
+        raise CheckpointFolderError(f"{what} checkpoint folder {path} does not exist. Fix: pass "
                                     "the folder that save_pretrained wrote.")
     found = sorted(os.listdir(path))
     missing = []
@@ -61,7 +61,7 @@ def check_folder(path: Path) -> None:
         missing.append("a processor config (preprocessor_config.json or processor_config.json)")
     if missing:
         raise CheckpointFolderError(
-            f"ViLT checkpoint folder {path} is missing {'; '.join(missing)}. It holds: "
+            f"{what} checkpoint folder {path} is missing {'; '.join(missing)}. It holds: "
             f"{', '.join(found) or 'nothing'}. Fix: save the model and its processor there "
             "with model.save_pretrained(folder) and processor.save_pretrained(folder).")
 

@@ -189,10 +189,12 @@ class VQANet(nn.Module):
 
     def forward(self, images: torch.Tensor, question_tokens: torch.Tensor,
                 question_lengths: torch.Tensor, image_index: torch.Tensor,
-                questions: Sequence[str] | None = None) -> ModelOutput:
-        """images (N_img, 3, H, W) uint8 or (N_img, C, H, W) float in [0, 1]; question_tokens (N_q, L) long; question_lengths
-        (N_q,); image_index (N_q,) long in [0, N_img). ``questions`` (the raw strings, which
-        models with their own tokenizer read) is not used: this net reads the tokens."""
+                questions: Sequence[str] | None = None,
+                answers: Sequence[str | None] | None = None) -> ModelOutput:
+        """images (N_img, 3, H, W) uint8 or (N_img, C, H, W) float in [0, 1]; question_tokens
+        (N_q, L) long; question_lengths (N_q,); image_index (N_q,) long in [0, N_img). ``questions`` (the raw strings, which
+        models with their own tokenizer read) and ``answers`` (what generative models are
+        teacher-forced on) are not used: this net reads the tokens and has an answer head."""
         grid = self.grid_norm(self.stem(images))                       # (N_img, G*G, D)
         keys = self.keys(grid)
         question = self.question_norm(self.question(question_tokens, question_lengths))
