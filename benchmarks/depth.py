@@ -26,10 +26,11 @@ import re
 import statistics
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 from vldistill.config import load_recipe
 from vldistill.data.answers import AnswerVocab
-from vldistill.data.batches import group_by_image
+from vldistill.data.batches import common_answer, group_by_image
 from vldistill.data.sample import Sample
 from vldistill.data.shapesworld_render import COLOURS, PATTERNS
 from vldistill.eval.vqa_accuracy import vqa_accuracy
@@ -38,14 +39,17 @@ from vldistill.pipeline import run_recipe
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "depth_substitution.yaml"
 DEPTH_TYPES = ("shape", "count", "nearest", "spatial", "exists")
 APPEARANCE_TYPES = ("colour", "pattern")
-APPEARANCE_WORDS = frozenset(COLOURS) | frozenset(PATTERNS)
+# the colour and pattern names, and the synonyms ShapesWorld's annotators use for them
+APPEARANCE_WORDS = frozenset(COLOURS) | frozenset(PATTERNS) | {
+    "gray", "violet", "stripes", "stripy", "spotted", "polka", "dots", "solid"}
 MODELS = {"teacher": "RGB teacher", "student (rgb, no KD)": "RGB student (no KD)",
           "student (no KD)": "depth student (no KD)", "student (KD)": "depth student (KD)"}
 
 
 def needs_appearance(sample: Sample) -> bool:
-    """Does the question or one of its answers name a colour or a pattern?"""
-    words = set(re.findall(r"[a-z]+", " ".join((sample.question, *sample.answers)).lower()))
+    """Does the question or its most common answer name a colour or a pattern?"""
+    text = f"{sample.question} {common_answer(sample.answers)}".lower()
+    words = set(re.findall(r"[a-z]+", text))
     return bool(words & APPEARANCE_WORDS)
 
 
@@ -83,32 +87,70 @@ def table(scores: dict[str, dict[str, list[float]]], sizes: dict[str, int]) -> s
     return "\n".join(lines)
 
 
+def saved_predictions(run_dir: Path, seeds: list[int], last_phase: str, val, vocab_size: int,
+                      batch_images: int) -> dict[str, list]:
+    """Predictions of the run folder's saved checkpoints (``--from-run``), by table row."""
+    from vldistill.data.answers import AnswerVocab
+    from vldistill.data.batches import VQACollator, VQAImageDataset
+    from vldistill.data.tokenizer import QuestionTokenizer
+    from vldistill.eval.evaluators import build_evaluator, predict
+    from vldistill.models.checkpoint import build_from_checkpoint, load_checkpoint
+
+    roles = {"teacher": ["teacher"],
+             "student (rgb, no KD)": [f"student-nokd-rgb-seed{s}" for s in seeds],
+             "student (no KD)": [f"student-nokd-seed{s}" for s in seeds],
+             "student (KD)": [f"student-kd-seed{s}-{last_phase}" for s in seeds]}
+    out: dict[str, list] = {}
+    for name, files in roles.items():
+        for role in files:
+            checkpoint = load_checkpoint(run_dir / "checkpoints" / f"{role}-last.safetensors")
+            vocab = AnswerVocab.from_json(checkpoint.extra["answer_vocab"])
+            tokenizer = QuestionTokenizer.from_json(checkpoint.extra["question_vocab"])
+            modality = checkpoint.extra.get("modality", "rgb")
+            dataset = VQAImageDataset(val.samples, val.images, vocab, tokenizer,
+                                      modalities=(modality,), depth=val.depth)
+            out.setdefault(name, []).append(predict(
+                build_from_checkpoint(checkpoint), dataset, VQACollator(len(vocab), modality),
+                build_evaluator("vqa", vocab), batch_images))
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", type=Path, default=Path("runs/depth"))
     parser.add_argument("--recipe", type=Path, default=RECIPE)
+    parser.add_argument("--from-run", action="store_true",
+                        help="do not train: score the checkpoints already in the run folder")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         help="recipe override, as for `vldistill run --set`")
     args = parser.parse_args()
     start = time.perf_counter()
     recipe = load_recipe(args.recipe, [f"output_dir={args.out.parent}", f"name={args.out.name}",
                                        f"seeds={args.seeds}", *args.overrides])
-    result = run_recipe(recipe)
     from vldistill.pipeline_data import prepare_data
 
-    data = prepare_data(recipe.data, recipe.seeds[0], needs=("rgb",))
+    data = prepare_data(recipe.data, recipe.seeds[0], needs=("rgb", "depth"))
     samples = [s for group in group_by_image(data.val) for s in group]
+    if args.from_run:
+        val = SimpleNamespace(samples=data.val, images=data.val_images, depth=recipe.data.depth)
+        last_phase = recipe.distill.phases[-1].name if recipe.distill.phases else ""
+        runs = saved_predictions(args.out, recipe.seeds, last_phase, val,
+                                 len(data.answer_vocab), recipe.eval.batch_images)
+        run_dir = args.out
+    else:
+        result = run_recipe(recipe)
+        runs = {"teacher": [result.teacher.predictions],
+                **{k: [r.predictions for r in v] for k, v in result.students.items()}}
+        run_dir = result.run_dir
     rows = subsets(samples)
     order = ["depth-answerable", "depth types", *DEPTH_TYPES, *APPEARANCE_TYPES, "all"]
     rows = {name: rows[name] for name in order if name in rows}
-    runs = {"teacher": [result.teacher], **result.students}
     runs = {name: runs[name] for name in [*MODELS, *runs] if name in runs}   # table order
-    scores = {MODELS.get(name, name): {subset: [accuracy(run.predictions.indices,
-                                                         data.answer_vocab, samples, r)
-                                                for run in model_runs]
+    scores = {MODELS.get(name, name): {subset: [accuracy(p.indices, data.answer_vocab,
+                                                         samples, r) for p in predictions]
                                        for subset, r in rows.items()}
-              for name, model_runs in runs.items()}
+              for name, predictions in runs.items()}
     text = table(scores, {name: len(r) for name, r in rows.items()})
     kd = scores[MODELS["student (KD)"]]["depth-answerable"]
     base = scores[MODELS["student (no KD)"]]["depth-answerable"]
@@ -116,7 +158,7 @@ def main() -> None:
     text += (f"\n\nDepth KD - depth-only on depth-answerable questions: "
              f"{statistics.fmean(gains):+.2f} points mean (per seed "
              f"{', '.join(f'{g:+.2f}' for g in gains)}; seeds {recipe.seeds}).")
-    (result.run_dir / "depth.md").write_text(text + "\n", encoding="utf-8")
+    (run_dir / "depth.md").write_text(text + "\n", encoding="utf-8")
     print(text)
     print(f"benchmark wall time: {time.perf_counter() - start:.0f} s")
 

@@ -84,4 +84,4 @@ def test_data_export_in_the_vizwiz_layout(tmp_path, tiny_recipe_path):
     assert samples and images.rgb(samples[0].image_id).shape == (64, 64, 3)
     result = runner.invoke(app, ["data", "shapesworld", "--out", str(tmp_path),
                                  "--format", "csv"])
-    assert result.exit_code == 2 and "expected vqa or vizwiz" in result.output
+    assert result.exit_code == 2 and "expected one of vqa, vizwiz, rgbd" in result.output

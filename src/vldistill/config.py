@@ -260,9 +260,14 @@ class DataSettings(Strict):
         kinds = {"vqa": VQAFiles, "vizwiz": VizWizFiles, "rgbd": RGBDFiles}
         if not isinstance(data, dict) or data.get("source") not in kinds:
             return data
-        kind = kinds[data["source"]]
-        return {**data, **{split: kind.model_validate(data[split]) for split in ("train", "val")
-                           if isinstance(data.get(split), dict)}}
+        kind, parsed = kinds[data["source"]], {}
+        for split in ("train", "val"):
+            if isinstance(data.get(split), dict):
+                try:
+                    parsed[split] = kind.model_validate(data[split])
+                except ValidationError:
+                    pass                # the after-validator names what the source needs
+        return {**data, **parsed}
 
     @model_validator(mode="after")
     def _files_for_source(self) -> DataSettings:

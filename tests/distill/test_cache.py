@@ -292,3 +292,13 @@ def test_changed_vocabularies_are_named(tmp_path, job, teacher):
                                          r"preprocessing.answer_vocab, "
                                          r"preprocessing.question_vocab\."):
         CachedTeacher(tmp_path, changed, job.base_student_datasets())
+
+
+def test_answer_token_logits_are_refused_with_the_way_out():
+    from vldistill.distill.cache import _teacher_fields
+    from vldistill.models.outputs import ModelOutput
+
+    output = ModelOutput(logits=torch.zeros(3, 4),
+                         features={"answer_token_logits": torch.zeros(3, 2, 50)})
+    with pytest.raises(CacheError, match=r"logits per answer token .*\(teacher.mode: online\)"):
+        _teacher_fields(output, ["answer_token_logits"])

@@ -120,7 +120,9 @@ class Linear(torch.nn.Module):
 
 class Fake(torch.nn.Module):
     """A model with every output field: logits (N, 4), image_embeds and text_embeds (N, width),
-    features "grid" (N, grid, width) and "fused" (N, width + 2)."""
+    features "grid" (N, grid, width) and "fused" (N, width + 2), and a generative model's
+    answer tokens over a 5-token vocabulary: 2 positions, the second one masked on odd rows,
+    whose gold tokens are 1 and 4 (see vldistill.distill.token_losses)."""
 
     def __init__(self, seed: int, width: int = 4, grid: int = 4):
         super().__init__()
@@ -130,13 +132,21 @@ class Fake(torch.nn.Module):
         self.text = torch.nn.Linear(6, width)
         self.grid = torch.nn.Linear(6, grid * width)
         self.fused = torch.nn.Linear(6, width + 2)
+        self.tokens = torch.nn.Linear(6, 2 * 5)
         self.shape = (grid, width)
 
     def forward(self, x):
         return ModelOutput(logits=self.layer(x), image_embeds=self.image(x),
                            text_embeds=self.text(x),
                            features={"grid": self.grid(x).view(len(x), *self.shape),
-                                     "fused": self.fused(x)})
+                                     "fused": self.fused(x), **self.answer_tokens(x)})
+
+    def answer_tokens(self, x):
+        mask = torch.ones(len(x), 2, dtype=torch.bool)
+        mask[1::2, 1] = False
+        ids = torch.where(mask, torch.tensor([1, 4]), torch.tensor(-100))
+        return {"answer_token_logits": self.tokens(x).view(len(x), 2, 5),
+                "answer_token_mask": mask, "answer_token_ids": ids}
 
 
 def _batch(labelled):

@@ -153,6 +153,13 @@ def test_a_one_channel_input_is_refused_with_the_fix() -> None:
         tiny()(**inputs)
 
 
+def test_float_images_in_0_1_are_read_as_their_8_bit_rendering() -> None:
+    model, inputs = tiny(), batch()
+    as_float = {**inputs, "images": inputs["images"].float() / 255}
+    with torch.no_grad():
+        torch.testing.assert_close(model(**as_float).logits, model(**inputs).logits)
+
+
 def test_a_folder_with_pickled_weights_only_is_named(tmp_path: Path) -> None:
     from vldistill.models.hf_vilt import CheckpointFolderError
 

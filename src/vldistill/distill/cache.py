@@ -141,20 +141,21 @@ def rebuild_command(recipe_hint: str) -> str:
 
 def _teacher_fields(output: ModelOutput, fields: Sequence[str]) -> dict[str, torch.Tensor]:
     from vldistill.distill.feature_losses import select_feature
+    from vldistill.distill.token_losses import FIELDS as TOKEN_FIELDS
 
     stored = {}
     for name in fields:
         value = select_feature(output, name)
-        if value.dim() > 2:
-            raise CacheError(
-                f"the teacher's output {name!r} has shape {tuple(value.shape)}: several vectors "
-                "per question (tokens, or vocabulary logits per answer token). The cache stores "
-                "one pooled vector per question; distil it online (teacher.mode: online).")
         if value.shape[0] != output.logits.shape[0]:
             raise CacheError(
                 f"the teacher's feature {name!r} has shape {tuple(value.shape)}: one row per "
                 f"image, not per question ({output.logits.shape[0]} questions). The cache stores "
                 "per-question outputs; distil this feature online (teacher.mode: online).")
+        if name in TOKEN_FIELDS:
+            raise CacheError(
+                f"the teacher's output {name!r} has shape {tuple(value.shape)}: vocabulary "
+                "logits per answer token of a generative model. The cache stores per-question "
+                "vectors, not these; distil them online (teacher.mode: online).")
         stored[name] = value.flatten(1)
     return stored
 

@@ -39,6 +39,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from vldistill.models.hf_vilt import as_uint8_images, check_folder
 from vldistill.models.outputs import ModelOutput
 
 IMAGE_TOKEN, VIDEO_TOKEN = "<image>", "<video>"
@@ -122,8 +123,6 @@ class LlavaOnevisionVQA(nn.Module):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         from transformers import (AutoTokenizer, LlavaOnevisionForConditionalGeneration,
                                   LlavaOnevisionImageProcessorPil)
-
-        from vldistill.models.hf_vilt import check_folder
 
         check_folder(path, "LLaVA-OneVision")
         processor_class = onevision_processor_class()
@@ -210,13 +209,7 @@ class LlavaOnevisionVQA(nn.Module):
         if len(questions) != len(image_index):
             raise ValueError(f"{len(questions)} questions but {len(image_index)} image indices")
         answers = list(answers) if answers is not None else [None] * len(questions)
-        pixels = images.detach().cpu()
-        if pixels.dtype != torch.uint8:            # preprocessed depth etc., in [0, 1]
-            pixels = (pixels.float().clamp(0, 1) * 255).round().to(torch.uint8)
-        if pixels.shape[1] != 3:
-            raise ValueError(f"LLaVA-OneVision reads 3-channel images, got {pixels.shape[1]}; "
-                             "for depth set data.depth.channels: 3")
-        pixels = pixels.permute(0, 2, 3, 1).numpy()
+        pixels = as_uint8_images(images).permute(0, 2, 3, 1).numpy()
         tokenizer = self.processor.tokenizer
         tokenizer.padding_side = "right"
         encoded = self.processor(

@@ -66,6 +66,20 @@ def check_folder(path: Path, what: str = "ViLT") -> None:
             "with model.save_pretrained(folder) and processor.save_pretrained(folder).")
 
 
+def as_uint8_images(images: torch.Tensor) -> torch.Tensor:
+    """Images for a Hugging Face image processor, (N, 3, H, W) uint8 on the CPU: uint8 RGB as
+    it is; float images in [0, 1] (preprocessed depth repeated to 3 channels) scaled to 0..255
+    (8 bits, as an RGB rendering of depth would be)."""
+    pixels = images.detach().cpu()
+    if pixels.shape[1] != 3:
+        raise ValueError(f"Hugging Face vision models read 3-channel images, got "
+                         f"{pixels.shape[1]}; for depth set data.depth.channels: 3 (and "
+                         "mask_channel: false)")
+    if pixels.dtype != torch.uint8:
+        pixels = (pixels.float().clamp(0, 1) * 255).round().to(torch.uint8)
+    return pixels
+
+
 class ViltVQA(nn.Module):
     """A ``ViltForQuestionAnswering`` and its processor behind vldistill's model interface."""
 
@@ -150,7 +164,7 @@ class ViltVQA(nn.Module):
         """The model's own preprocessing of one image per question."""
         if len(questions) != len(image_index):
             raise ValueError(f"{len(questions)} questions but {len(image_index)} image indices")
-        pixels = images.detach().cpu().permute(0, 2, 3, 1).numpy()             # (N_img, H, W, 3)
+        pixels = as_uint8_images(images).permute(0, 2, 3, 1).numpy()          # (N_img, H, W, 3)
         # each image is preprocessed once, then repeated for its questions (a batch holds ~8
         # questions per image: the image processor was most of a training step's CPU time)
         used, rows = np.unique(image_index.cpu().numpy(), return_inverse=True)
