@@ -8,6 +8,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from vldistill.config import load_recipe
@@ -229,3 +230,39 @@ def test_the_benchmark_table_gives_mean_and_spread(depth_benchmark) -> None:
 
     assert text.splitlines()[0] == "| model | x (n=10) | y (n=3) |"
     assert text.splitlines()[2] == "| a | 45.00 ± 5.00 | 1.00 ± 0.00 |"
+
+
+def test_predict_and_bench_feed_a_depth_checkpoint_depth(depth_run, tmp_path) -> None:
+    """`vldistill predict` reads a 16-bit depth PNG for a depth model and answers as the
+    model does on the same val item; the latency bench scores it on depth."""
+    import torch
+    from PIL import Image
+
+    from vldistill.bench import measure_one
+    from vldistill.data.batches import VQACollator, VQAImageDataset
+    from vldistill.data.sample import ArrayImageStore
+    from vldistill.data.shapesworld import load_shapesworld
+    from vldistill.models.checkpoint import build_from_checkpoint, load_checkpoint
+    from vldistill.pipeline_data import prepare_data
+    from vldistill.predict import predict
+
+    path = depth_run.students["student (no KD)"][0].checkpoint
+    recipe = depth_run.recipe
+    sample = load_shapesworld(recipe.data.shapesworld).splits["val"].samples[0]
+    data = prepare_data(recipe.data, 0, needs=("depth",))
+    millimetres = np.round(data.val_images.depth(sample.image_id) * 1000).astype(np.uint16)
+    Image.fromarray(millimetres).save(tmp_path / "depth.png")
+
+    answer = predict(path, tmp_path / "depth.png", sample.question).answer
+
+    # the reference reads the same millimetres the PNG holds
+    store = ArrayImageStore([sample.image_id], data.val_images.rgb(sample.image_id)[None],
+                            (millimetres / 1000.0).astype(np.float32)[None])
+    dataset = VQAImageDataset([sample], store, data.answer_vocab, data.tokenizer,
+                              modalities=("depth",), depth=recipe.data.depth)
+    batch = VQACollator(len(data.answer_vocab), "depth")([dataset[0]])
+    with torch.no_grad():
+        logits = build_from_checkpoint(load_checkpoint(path)).eval()(**batch["inputs"]).logits
+    assert answer == data.answer_vocab.answer(int(logits.argmax()))
+    bench = measure_one("depth student", path, False, 1, repeats=3, questions=6)
+    assert 0.0 <= bench["accuracy"] <= 100.0 and bench["p50_ms"] > 0

@@ -53,11 +53,11 @@ def _percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
 
 
-def _val_data(data: dict[str, Any], questions: int):
+def _val_data(data: dict[str, Any], questions: int, modality: str = "rgb"):
     from vldistill.config import DataSettings
     from vldistill.pipeline_data import load_splits
 
-    _, _, val, val_images = load_splits(DataSettings.model_validate(data))
+    _, _, val, val_images = load_splits(DataSettings.model_validate(data), needs=(modality,))
     return val[:questions], val_images
 
 
@@ -99,6 +99,7 @@ def measure_one(name: str, path: Path, int8: bool, threads: int, repeats: int,
             times.append(time.perf_counter() - start)
         kind = "ONNX int8" if int8 else "ONNX fp32"
     else:
+        from vldistill.config import DataSettings
         from vldistill.data.answers import AnswerVocab
         from vldistill.data.batches import VQACollator, VQAImageDataset
         from vldistill.data.tokenizer import QuestionTokenizer
@@ -111,9 +112,12 @@ def measure_one(name: str, path: Path, int8: bool, threads: int, repeats: int,
         vocab = AnswerVocab.from_json(checkpoint.extra["answer_vocab"])
         answers = vocab.to_json()
         tokenizer = QuestionTokenizer.from_json(checkpoint.extra["question_vocab"])
-        samples, images = _val_data(checkpoint.extra["data"], questions)
-        dataset = VQAImageDataset(samples, images, vocab, tokenizer)
-        collate = VQACollator(len(vocab))
+        modality = checkpoint.extra.get("modality", "rgb")           # what the model sees
+        samples, images = _val_data(checkpoint.extra["data"], questions, modality)
+        depth = DataSettings.model_validate(checkpoint.extra["data"]).depth
+        dataset = VQAImageDataset(samples, images, vocab, tokenizer, modalities=(modality,),
+                                  depth=depth)
+        collate = VQACollator(len(vocab), modality)
         singles = []
         for index in range(len(dataset)):
             item = dataset[index]
