@@ -147,7 +147,8 @@ def export(checkpoint: Annotated[Path, typer.Argument(help="a .safetensors check
 def predict_command(
         model: Annotated[Path, typer.Option("--model", help="an export folder (vldistill "
                                             "export) or a .safetensors checkpoint")],
-        image: Annotated[Path, typer.Option("--image", help="the image file (a 16-bit depth PNG in millimetres for a model that sees depth)")],
+        image: Annotated[Path, typer.Option("--image", help="the image file (for a model "
+                                            "that sees depth: a 16-bit depth PNG, mm)")],
         question: Annotated[str, typer.Option("--question", help="the question")],
         int8: Annotated[bool, typer.Option("--int8", help="use the export's int8 model")] = False
         ) -> None:
