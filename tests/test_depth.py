@@ -169,7 +169,7 @@ def save_tiny_llavas(tmp_path: Path) -> tuple[Path, Path]:
 # ----------------------------------------------------------------------------- recipe checks
 
 @pytest.mark.parametrize("override, message", [
-    ("student.model.params.in_channels=3", "student sees depth with 1 channel"),
+    ("student.model.params.in_channels=3", "student sees depth with 1 channel.*leave student"),
     ("data.augment.views=2", "augmented views transform the RGB image only"),
     ("data.depth.normalise=inverse", "set min_m > 0"),
 ])
@@ -266,3 +266,44 @@ def test_predict_and_bench_feed_a_depth_checkpoint_depth(depth_run, tmp_path) ->
     assert answer == data.answer_vocab.answer(int(logits.argmax()))
     bench = measure_one("depth student", path, False, 1, repeats=3, questions=6)
     assert 0.0 <= bench["accuracy"] <= 100.0 and bench["p50_ms"] > 0
+
+
+def test_rgbd_files_with_a_key_of_another_layout_are_named() -> None:
+    with pytest.raises(RecipeError, match=r"data.source 'rgbd' reads data.train as annotations: "
+                                          r"data.train.images: Extra inputs"):
+        load_recipe(RECIPE, ["data.source=rgbd", "data.train={annotations: t.json, images: x}",
+                             "data.val={annotations: v.json}"])
+
+
+def test_a_modality_baseline_must_be_another_modality() -> None:
+    with pytest.raises(RecipeError, match=r"modality_baselines \['depth'\] must list other"):
+        load_recipe(RECIPE, ["distill.modality_baselines=[depth]"])
+
+
+def test_a_model_without_raw_text_inputs_is_called_without_them() -> None:
+    """Batches carry `questions` and `answers` for models that read them; a user's model whose
+    forward names neither is called without them."""
+    import torch
+
+    from vldistill.distill.step import call_model
+
+    class Plain(torch.nn.Module):
+        def forward(self, images, image_index):
+            return torch.zeros(len(image_index), 2)
+
+    out = call_model(Plain(), {"images": torch.zeros(1, 3, 4, 4), "image_index":
+                               torch.zeros(2, dtype=torch.long), "questions": ["a", "b"],
+                               "answers": [None, "x"]})
+    assert out.logits.shape == (2, 2)
+
+
+def test_onnx_export_of_a_depth_model_is_refused_with_the_way_out(depth_run, tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from vldistill.cli import app
+
+    path = depth_run.students["student (no KD)"][0].checkpoint
+    result = CliRunner().invoke(app, ["export", str(path), "--out", str(tmp_path / "x")])
+
+    assert result.exit_code != 0
+    assert "sees depth" in result.output and "RGB images only" in result.output

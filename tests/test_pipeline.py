@@ -252,8 +252,8 @@ def test_vizwiz_source_without_vizwiz_files_is_refused():
     from vldistill.config import recipe_from_dict
 
     vqa_files = {"questions": "q.json", "annotations": "a.json", "images": "img"}
-    with pytest.raises(RecipeError, match=r"data.source 'vizwiz' needs data.train with an "
-                                          r"annotations path.*got questions, annotations"):
+    with pytest.raises(RecipeError, match=r"data.source 'vizwiz' reads data.train as "
+                                          r"annotations, images: data.train.questions: Extra"):
         recipe_from_dict({"data": {"source": "vizwiz", "train": vqa_files,
                                    "val": {"annotations": "val.json"}}})
     with pytest.raises(RecipeError, match="data.source 'vizwiz' needs data.val .* got nothing"):

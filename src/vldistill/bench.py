@@ -53,11 +53,12 @@ def _percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
 
 
-def _val_data(data: dict[str, Any], questions: int, modality: str = "rgb"):
+def _val_data(data: dict[str, Any], questions: int, needs=("rgb",)):
+    """The first ``questions`` val questions, read with the modalities the run's data needed."""
     from vldistill.config import DataSettings
     from vldistill.pipeline_data import load_splits
 
-    _, _, val, val_images = load_splits(DataSettings.model_validate(data), needs=(modality,))
+    _, _, val, val_images = load_splits(DataSettings.model_validate(data), needs=needs)
     return val[:questions], val_images
 
 
@@ -113,7 +114,8 @@ def measure_one(name: str, path: Path, int8: bool, threads: int, repeats: int,
         answers = vocab.to_json()
         tokenizer = QuestionTokenizer.from_json(checkpoint.extra["question_vocab"])
         modality = checkpoint.extra.get("modality", "rgb")           # what the model sees
-        samples, images = _val_data(checkpoint.extra["data"], questions, modality)
+        samples, images = _val_data(checkpoint.extra["data"], questions,
+                                    checkpoint.extra.get("data_modalities", [modality]))
         depth = DataSettings.model_validate(checkpoint.extra["data"]).depth
         dataset = VQAImageDataset(samples, images, vocab, tokenizer, modalities=(modality,),
                                   depth=depth)
@@ -135,7 +137,7 @@ def measure_one(name: str, path: Path, int8: bool, threads: int, repeats: int,
             return model(**inputs)
 
         encode = getattr(model, "encode", None)
-        if encode is not None:
+        if encode is not None and hasattr(model, "forward_encoded"):
             # a Hugging Face model preprocesses inside forward (tokenizer, image processor):
             # do that beforehand, as for ONNX, and time the network alone
             singles = [(encode(inputs["images"], inputs["image_index"], inputs["questions"]),

@@ -16,7 +16,7 @@ from vldistill.console import console
 from rich.markup import escape
 from rich.table import Table
 
-from vldistill.errors import VldistillError
+from vldistill.errors import DataError, VldistillError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Distil large vision-language models into small, fast students.")
@@ -128,6 +128,10 @@ def export(checkpoint: Annotated[Path, typer.Argument(help="a .safetensors check
     target = out or checkpoint.with_name(checkpoint.stem + "-onnx")
     try:
         loaded = load_checkpoint(checkpoint)
+        if loaded.extra.get("modality", "rgb") != "rgb":
+            raise DataError(f"{checkpoint} is a model that sees {loaded.extra['modality']}; "
+                            "ONNX export and its runtime read RGB images only. Use the "
+                            "checkpoint itself (vldistill eval / predict / bench latency).")
         model = build_from_checkpoint(loaded)
         kept = {k: loaded.extra[k] for k in ("data", "role", "metric") if k in loaded.extra}
         report = export_onnx(model, target, int8=int8, tolerance=tolerance,

@@ -265,8 +265,12 @@ class DataSettings(Strict):
             if isinstance(data.get(split), dict):
                 try:
                     parsed[split] = kind.model_validate(data[split])
-                except ValidationError:
-                    pass                # the after-validator names what the source needs
+                except ValidationError as error:
+                    problems = "; ".join(
+                        f"data.{split}.{'.'.join(str(p) for p in item['loc'])}: {item['msg']}"
+                        for item in error.errors())
+                    raise ValueError(f"data.source {data['source']!r} reads data.{split} as "
+                                     f"{', '.join(kind.model_fields)}: {problems}") from None
         return {**data, **parsed}
 
     @model_validator(mode="after")
@@ -330,6 +334,11 @@ class Recipe(Strict):
                    self.student.model) for i, modality in enumerate(self.distill.modality_baselines)]
         for role, modality, model in roles:
             check_input_channels(role, modality, model, self.data.depth)
+        baselines = self.distill.modality_baselines
+        if self.student.modality in baselines or len(set(baselines)) != len(baselines):
+            raise ValueError(f"distill.modality_baselines {baselines} must list other "
+                             f"modalities than the student's ({self.student.modality!r}, whose "
+                             "no-KD baseline is distill.baseline), each once")
         uses_depth = any(modality == "depth" for _, modality, _ in roles)
         if uses_depth and self.data.augment.views:
             raise ValueError("data.augment.views > 0 with a model that sees depth: augmented "
@@ -356,8 +365,9 @@ def check_input_channels(role: str, modality: str, model: ModelSettings,
     if reads is None or reads == gives:
         return
     where = "data.depth.channels / data.depth.mask_channel" if modality == "depth" else "rgb"
-    fix = (f"set {role.split(' ')[0]}.model.params.in_channels: {gives}, or leave it out"
-           if hasattr(config, "in_channels") else
+    side = "teacher" if role.startswith("teacher") else "student"
+    fix = (f"leave {side}.model.params.in_channels out (it then follows the modality), or set "
+           f"it to {gives}" if hasattr(config, "in_channels") else
            f"this model reads 3-channel images: set data.depth.channels: 3 and "
            f"data.depth.mask_channel: false")
     raise ValueError(f"{role} sees {modality} with {gives} channel(s) ({where}) but its model "

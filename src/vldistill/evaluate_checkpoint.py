@@ -28,7 +28,8 @@ def evaluate_checkpoint(path: Path, batch_images: int = 64) -> dict[str, Any]:
     tokenizer = QuestionTokenizer.from_json(checkpoint.extra["question_vocab"])
     settings = DataSettings.model_validate(checkpoint.extra["data"])
     modality = checkpoint.extra.get("modality", "rgb")     # what the model sees
-    _, _, val, val_images = load_splits(settings, needs=(modality,))
+    needs = checkpoint.extra.get("data_modalities", [modality])   # as the run read its data
+    _, _, val, val_images = load_splits(settings, needs=needs)
     dataset = VQAImageDataset(val, val_images, answer_vocab, tokenizer, modalities=(modality,),
                               depth=settings.depth)
     # the metric the recipe named (checkpoints from before it was recorded: VQA accuracy)

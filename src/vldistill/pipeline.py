@@ -209,7 +209,10 @@ class VQAJob:
         extra = {"answer_vocab": self.data.answer_vocab.to_json(),
                  "question_vocab": self.data.tokenizer.to_json(),
                  "data": self.recipe.data.model_dump(mode="json"), "role": role,
-                 "metric": self.recipe.eval.metric, "modality": modality}
+                 "metric": self.recipe.eval.metric, "modality": modality,
+                 # the modalities the run's data had to have (a sample missing one of them was
+                 # skipped or refused): evaluation reads the same questions
+                 "data_modalities": list(used_modalities(self.recipe))}
 
         def save(path: Path, trained: nn.Module) -> None:
             save_model(path, trained, settings.name, params, self.sizes, extra)
@@ -363,7 +366,8 @@ def measure_models(job: VQAJob, models: dict[str, tuple[nn.Module, str]]
         single = collate([job.val[0]])["inputs"]
         single = {**single, "question_tokens": single["question_tokens"][:1],
                   "question_lengths": single["question_lengths"][:1],
-                  "image_index": single["image_index"][:1], "questions": single["questions"][:1]}
+                  "image_index": single["image_index"][:1], "questions": single["questions"][:1],
+                  "answers": single["answers"][:1]}
         batch = collate([job.val[i] for i in range(count)])
         results[name] = measure(model, single, batch["inputs"], len(batch["labelled"]),
                                 job.recipe.eval.latency_repeats)
