@@ -35,6 +35,7 @@ from vldistill.data.sample import Sample
 from vldistill.data.shapesworld_render import COLOURS, PATTERNS
 from vldistill.eval.vqa_accuracy import vqa_accuracy
 from vldistill.pipeline import run_recipe
+from vldistill.report.results import results_dict, write_report
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "depth_substitution.yaml"
 DEPTH_TYPES = ("shape", "count", "nearest", "spatial", "exists")
@@ -140,6 +141,7 @@ def main() -> None:
         run_dir = args.out
     else:
         result = run_recipe(recipe)
+        write_report(results_dict(result), result.run_dir)   # the usual table, report.md
         runs = {"teacher": [result.teacher.predictions],
                 **{k: [r.predictions for r in v] for k, v in result.students.items()}}
         run_dir = result.run_dir
