@@ -26,6 +26,8 @@ cache_app = typer.Typer(no_args_is_help=True, help="The teacher-output cache.")
 app.add_typer(cache_app, name="cache")
 bench_app = typer.Typer(no_args_is_help=True, help="Measurements of trained models.")
 app.add_typer(bench_app, name="bench")
+kb_app = typer.Typer(no_args_is_help=True, help="The fact knowledge base: indexes and search.")
+app.add_typer(kb_app, name="kb")
 
 RecipeArg = Annotated[Optional[Path], typer.Argument(
     help="recipe YAML; omitted: the built-in default (recipes/default.yaml)")]
@@ -261,6 +263,66 @@ def data_shapesworld(
     for name, path in written.items():
         console.print(f"{name}: {path}")
     console.print(f"exported ShapesWorld ({', '.join(f'{k}: {len(v.samples)} questions' for k, v in world.splits.items())}) in {time.perf_counter() - start:.1f} s")
+
+
+@kb_app.command("index")
+def kb_index(
+        facts: Annotated[Path, typer.Option("--facts", help="the knowledge base, JSONL of "
+                                            "{id, text}")],
+        out: Annotated[Path, typer.Option("--out", help="folder to write the index into")],
+        kind: Annotated[str, typer.Option("--kind", help="bm25 (sparse), flat (dense, exact) "
+                                          "or hnsw (dense, approximate)")] = "bm25",
+        encoder: Annotated[str, typer.Option("--encoder", help="dense encoder: minilm (the "
+                                             "pretrained MiniLM-L6) or a local folder")
+                           ] = "minilm") -> None:
+    """Build a fact index (BM25, or a sentence encoder plus faiss) with its manifest."""
+    from vldistill.kb.encoders import load_encoder
+    from vldistill.kb.facts import read_facts
+    from vldistill.kb.index import KINDS, build_index
+
+    if kind not in KINDS:
+        _fail(ValueError(f"--kind {kind!r}: expected one of {', '.join(KINDS)}"))
+    try:
+        start = time.perf_counter()
+        kb = read_facts(facts)
+        dense = load_encoder(encoder) if kind != "bm25" else None
+        build_index(kb, kind, out, dense, encoder if dense is not None else None)
+    except VldistillError as error:
+        _fail(error)
+    console.print(f"indexed {len(kb)} facts ({kind}) into {out} in "
+                  f"{time.perf_counter() - start:.1f} s")
+
+
+@kb_app.command("search")
+def kb_search(
+        question: Annotated[str, typer.Argument(help="the query text")],
+        index: Annotated[Path, typer.Option("--index", help="a folder from `vldistill kb "
+                                            "index`")],
+        facts: Annotated[Optional[Path], typer.Option(
+            "--facts", help="the knowledge base; default: the file the index was built from")
+                         ] = None,
+        k: Annotated[int, typer.Option("-k", help="facts to print")] = 5) -> None:
+    """Print the top facts for a question, with their scores."""
+    import json
+
+    from vldistill.kb.facts import read_facts
+    from vldistill.kb.index import MANIFEST, load_index
+
+    try:
+        manifest = index / MANIFEST
+        source = facts or (Path(json.loads(manifest.read_text())["kb"])
+                           if manifest.is_file() else None)
+        if source is None:
+            raise DataError(f"{index} holds no fact index ({MANIFEST} is missing). Fix: build "
+                            "one with `vldistill kb index`.")
+        kb = read_facts(source)
+        indices, scores = load_index(index, kb).search([question], k)
+    except VldistillError as error:
+        _fail(error)
+    for rank, (i, score) in enumerate(zip(indices[0], scores[0]), start=1):
+        if i >= 0:
+            fact = kb.facts[int(i)]
+            console.print(f"{rank}. [{fact.id}] {score:.3f}  {fact.text}")
 
 
 def main() -> None:
