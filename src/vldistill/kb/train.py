@@ -91,7 +91,7 @@ def train_retriever(encoder: SentenceEncoder, kb: KnowledgeBase, queries: Sequen
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             bar.update(task, advance=1)
     encoder.eval()
     return losses
@@ -146,8 +146,10 @@ def distil_retriever(student: SentenceEncoder, teacher: SentenceEncoder, kb: Kno
             if settings.score_weight and query_rows:
                 qs = [int(rows[i]) for i in query_rows]
                 cand = candidates[qs]                                           # (B_q, k)
-                fact_text = [kb.texts[int(j)] for j in cand.flatten()]
-                s_facts = student(fact_text).view(len(qs), k, -1)               # (B_q, k, D_s)
+                # each distinct candidate fact is encoded once per step
+                unique, slots = torch.unique(cand, return_inverse=True)
+                s_unique = student([kb.texts[int(j)] for j in unique])            # (U, D_s)
+                s_facts = s_unique[slots]                                         # (B_q, k, D_s)
                 s_scores = (embedded[query_rows, None, :] * s_facts).sum(-1)
                 t_scores = (target[qs, None, :] * facts_t[cand]).sum(-1)
                 loss = loss + settings.score_weight * F.kl_div(
@@ -157,7 +159,7 @@ def distil_retriever(student: SentenceEncoder, teacher: SentenceEncoder, kb: Kno
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             bar.update(task, advance=1)
     student.eval()
     return losses

@@ -1,0 +1,259 @@
+"""A Fusion-in-Decoder reader (Izacard & Grave, EACL 2021) over ``T5ForConditionalGeneration``.
+
+Each (question, image as text, fact) passage is encoded separately by T5's encoder; the n
+encoder outputs of a question are concatenated along the sequence axis and the decoder reads
+them all at once (cross-attention over n * L tokens) to produce the answer::
+
+    passages (B * n, L) -> encoder -> (B * n, L, D) -> reshape (B, n * L, D) -> decoder -> answer
+
+A reader is built in code (a tiny T5 and a word-level tokenizer over the data's words, trained
+from scratch) or loaded from a local folder (``from_pretrained``: a real T5 checkpoint and its
+sentencepiece or ``tokenizers`` vocabulary), and both take the same code path.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vldistill.errors import MissingFileError
+
+NO_FACT = "none"
+SPECIAL = ["<pad>", "</s>", "<unk>"]
+
+
+def passage(question: str, image_text: str | None, fact: str | None) -> str:
+    parts = [f"question: {question}"]
+    if image_text:
+        parts.append(f"image: {image_text}")
+    parts.append(f"fact: {fact if fact else NO_FACT}")
+    return " ".join(parts)
+
+
+def word_tokenizer(texts: Sequence[str]):
+    """A word-level ``PreTrainedTokenizerFast`` over the lower-cased words of ``texts``, with T5's
+    special tokens (pad 0, end-of-sequence 1, unknown 2)."""
+    from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    words = sorted({w for t in texts for w in re.findall(r"[a-z0-9]+", t.lower())})
+    vocabulary = {w: i for i, w in enumerate(SPECIAL + [w for w in words if w not in SPECIAL])}
+    tokenizer = Tokenizer(models.WordLevel(vocabulary, unk_token="<unk>"))
+    tokenizer.normalizer = normalizers.Lowercase()
+    tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex(r"[^a-z0-9]+"), behavior="removed")
+    tokenizer.post_processor = processors.TemplateProcessing(single="$A </s>",
+                                                             special_tokens=[("</s>", 1)])
+    tokenizer.decoder = None
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>",
+                                   eos_token="</s>", unk_token="<unk>")
+
+
+class FiDReader(nn.Module):
+    """T5 with Fusion-in-Decoder inputs: ``forward`` gives the answer-token logits (teacher
+    forcing), ``loss`` the answer negative log-likelihood, ``generate`` the answers."""
+
+    def __init__(self, model, tokenizer, max_passage_tokens: int = 48,
+                 max_answer_tokens: int = 6) -> None:
+        super().__init__()
+        self.model, self.tokenizer = model, tokenizer
+        self.max_passage_tokens, self.max_answer_tokens = max_passage_tokens, max_answer_tokens
+
+    @classmethod
+    def from_config(cls, texts: Sequence[str], d_model: int = 64, layers: int = 2,
+                    heads: int = 4, d_ff: int | None = None, seed: int = 0, **kwargs
+                    ) -> FiDReader:
+        """A tiny T5 built in code, its tokenizer word-level over ``texts`` (questions,
+        captions, facts and answers of the training data)."""
+        from transformers import T5Config, T5ForConditionalGeneration
+
+        tokenizer = word_tokenizer(texts)
+        torch.manual_seed(seed)
+        config = T5Config(vocab_size=len(tokenizer), d_model=d_model, d_kv=d_model // heads,
+                          d_ff=d_ff or 4 * d_model, num_layers=layers,
+                          num_decoder_layers=layers, num_heads=heads,
+                          pad_token_id=tokenizer.pad_token_id,
+                          eos_token_id=tokenizer.eos_token_id,
+                          decoder_start_token_id=tokenizer.pad_token_id,
+                          feed_forward_proj="relu", tie_word_embeddings=False)
+        return cls(T5ForConditionalGeneration(config), tokenizer, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, path: Path, **kwargs) -> FiDReader:
+        """A T5 checkpoint folder (config, model.safetensors, tokenizer files), offline."""
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        from transformers import AutoTokenizer, T5ForConditionalGeneration
+
+        path = Path(path)
+        if not (path / "config.json").is_file():
+            raise MissingFileError(f"T5 reader folder {path} has no config.json. Fix: pass a "
+                                   "folder written by save_pretrained.")
+        return cls(T5ForConditionalGeneration.from_pretrained(path),
+                   AutoTokenizer.from_pretrained(path), **kwargs)
+
+    def save_pretrained(self, path: Path) -> None:
+        self.model.save_pretrained(path)
+        self.tokenizer.save_pretrained(path)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def encode(self, questions: Sequence[str], image_texts: Sequence[str | None],
+               facts: Sequence[Sequence[str | None]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fused encoder states (B, n * L, D) and their attention mask (B, n * L)."""
+        n = len(facts[0])
+        if any(len(f) != n for f in facts):
+            raise ValueError("every question needs the same number of facts (pad with None)")
+        texts = [passage(q, v, f) for q, v, fs in zip(questions, image_texts, facts) for f in fs]
+        batch = self.tokenizer(texts, padding=True, truncation=True,
+                               max_length=self.max_passage_tokens,
+                               return_tensors="pt").to(self.device)
+        hidden = self.model.encoder(input_ids=batch["input_ids"],
+                                    attention_mask=batch["attention_mask"]).last_hidden_state
+        size = len(questions)
+        return (hidden.reshape(size, -1, hidden.shape[-1]),
+                batch["attention_mask"].reshape(size, -1))
+
+    def labels(self, answers: Sequence[str]) -> torch.Tensor:
+        batch = self.tokenizer(list(answers), padding=True, truncation=True,
+                               max_length=self.max_answer_tokens, return_tensors="pt")
+        labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+        return labels.to(self.device)
+
+    def forward(self, questions: Sequence[str], image_texts: Sequence[str | None],
+                facts: Sequence[Sequence[str | None]], answers: Sequence[str]
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(answer-token logits (B, T, V), labels (B, T), -100 at padding)."""
+        from transformers.modeling_outputs import BaseModelOutput
+
+        hidden, mask = self.encode(questions, image_texts, facts)
+        labels = self.labels(answers)
+        out = self.model(encoder_outputs=BaseModelOutput(last_hidden_state=hidden),
+                         attention_mask=mask, labels=labels)
+        return out.logits, labels
+
+    def loss(self, questions, image_texts, facts, answers) -> torch.Tensor:
+        logits, labels = self(questions, image_texts, facts, answers)
+        return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(),
+                               ignore_index=-100)
+
+    @torch.inference_mode()
+    def generate(self, questions: Sequence[str], image_texts: Sequence[str | None],
+                 facts: Sequence[Sequence[str | None]]) -> list[str]:
+        """Greedy answers."""
+        from transformers.modeling_outputs import BaseModelOutput
+
+        hidden, mask = self.encode(questions, image_texts, facts)
+        ids = self.model.generate(encoder_outputs=BaseModelOutput(last_hidden_state=hidden),
+                                  attention_mask=mask, max_new_tokens=self.max_answer_tokens,
+                                  do_sample=False, num_beams=1)
+        return [t.strip() for t in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
+
+
+def token_kd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
+             temperature: float = 1.0) -> torch.Tensor:
+    """T^2 * KL(teacher || student) over the vocabulary at every answer position (labels !=
+    -100), mean over positions; teacher and student share the tokenizer."""
+    from vldistill.distill.token_losses import token_kd_loss
+
+    mask = labels != -100
+    return token_kd_loss(student_logits[mask], teacher_logits[mask], temperature)
+
+
+def reader_inputs(samples: Sequence[Any], captions: dict, contexts: Sequence[Sequence[str]],
+                  with_image: bool = True):
+    """(questions, image texts, facts per question, gold answers) for a batch of samples."""
+    from vldistill.data.batches import common_answer
+
+    return ([s.question for s in samples],
+            [captions[s.image_id] if with_image else None for s in samples],
+            [list(c) for c in contexts],
+            [common_answer(s.answers) for s in samples])
+
+
+# ----------------------------------------------------------------------------- training
+
+class ReaderTrainSettings:
+    """Steps, batch and learning rate of reader training; ``kd_weight`` mixes token-level KD
+    from a teacher reader into the answer loss: (1 - w) * NLL + w * T^2 * KL."""
+
+    def __init__(self, steps: int = 1500, batch_size: int = 32, lr: float = 1e-3,
+                 kd_weight: float = 0.5, temperature: float = 1.0, seed: int = 0) -> None:
+        if not 0.0 <= kd_weight <= 1.0:
+            raise ValueError(f"reader kd_weight must lie in [0, 1], got {kd_weight}")
+        self.steps, self.batch_size, self.lr = steps, batch_size, lr
+        self.kd_weight, self.temperature, self.seed = kd_weight, temperature, seed
+
+
+def train_reader(reader: FiDReader, samples: Sequence[Any], captions: dict,
+                 contexts: Sequence[Sequence[str | None]], settings: ReaderTrainSettings,
+                 teacher: FiDReader | None = None, with_image: bool = True,
+                 progress: bool = True) -> list[float]:
+    """Train on (question, image text, n facts) -> most common answer; with a ``teacher``, add
+    token-level KD on the answer tokens (large-to-base distillation). Returns the loss per
+    step. A plain loop, as for the retrievers (vldistill.kb.train)."""
+    import numpy as np
+
+    from vldistill.kb.train import _progress
+
+    if len(samples) != len(contexts):
+        raise ValueError(f"{len(samples)} samples but {len(contexts)} context lists")
+    generator = np.random.default_rng(settings.seed)
+    torch.manual_seed(settings.seed)
+    optimiser = torch.optim.AdamW(reader.parameters(), lr=settings.lr)
+    reader.train()
+    if teacher is not None:
+        teacher.eval()
+    losses = []
+    with _progress(settings.steps, "reader training") as bar:
+        task = bar.add_task("train", total=settings.steps, visible=progress)
+        for _ in range(settings.steps):
+            rows = generator.choice(len(samples), size=min(settings.batch_size, len(samples)),
+                                    replace=False)
+            inputs = reader_inputs([samples[r] for r in rows], captions,
+                                   [contexts[r] for r in rows], with_image)
+            logits, labels = reader(*inputs)
+            loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(),
+                                   ignore_index=-100)
+            if teacher is not None and settings.kd_weight > 0:
+                with torch.no_grad():
+                    teacher_logits, _ = teacher(*inputs)
+                loss = (1 - settings.kd_weight) * loss + settings.kd_weight * token_kd(
+                    logits, teacher_logits, labels, settings.temperature)
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            losses.append(float(loss.detach()))
+            bar.update(task, advance=1)
+    reader.eval()
+    return losses
+
+
+def evaluate_reader(reader: FiDReader, samples: Sequence[Any], captions: dict,
+                    contexts: Sequence[Sequence[str | None]], with_image: bool = True,
+                    batch_size: int = 64) -> dict[str, float]:
+    """Greedy answers scored by SQuAD v1.1 exact match and F1 against the annotators' answers,
+    and by the official VQA accuracy; percentages."""
+    from vldistill.eval.squad import exact_match, f1_score
+    from vldistill.eval.vqa_accuracy import vqa_accuracy
+
+    reader.eval()
+    em = f1 = vqa = 0.0
+    for start in range(0, len(samples), batch_size):
+        batch = samples[start:start + batch_size]
+        questions, images, facts, _ = reader_inputs(batch, captions,
+                                                    contexts[start:start + batch_size],
+                                                    with_image)
+        for sample, answer in zip(batch, reader.generate(questions, images, facts)):
+            em += exact_match(answer, sample.answers)
+            f1 += f1_score(answer, sample.answers)
+            vqa += vqa_accuracy(answer, sample.answers)
+    n = max(1, len(samples))
+    return {"EM": 100 * em / n, "F1": 100 * f1 / n, "VQA": 100 * vqa / n}
