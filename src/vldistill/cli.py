@@ -16,7 +16,7 @@ from vldistill.console import console
 from rich.markup import escape
 from rich.table import Table
 
-from vldistill.errors import DataError, VldistillError
+from vldistill.errors import DataError, RecipeError, VldistillError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Distil large vision-language models into small, fast students.")
@@ -43,13 +43,20 @@ def _fail(error: Exception) -> None:
 @app.command()
 def validate(recipe: RecipeArg = None, set_: SetOption = None) -> None:
     """Check a recipe without running it; prints the resolved recipe."""
+    import yaml
+
     from vldistill.config import dump_recipe, load_recipe
+    from vldistill.kb.job import is_kb_recipe, load_kb_recipe
 
     try:
-        resolved = load_recipe(recipe, set_ or [])
+        if is_kb_recipe(recipe):
+            text = yaml.safe_dump(load_kb_recipe(recipe, set_ or []).model_dump(mode="json"),
+                                  sort_keys=False)
+        else:
+            text = dump_recipe(load_recipe(recipe, set_ or []))
     except VldistillError as error:
         _fail(error)
-    console.print(dump_recipe(resolved), markup=False)
+    console.print(text, markup=False)
     console.print(f"[green]recipe {recipe or '(built-in default)'} is valid[/]")
 
 
@@ -79,9 +86,17 @@ def run(recipe: RecipeArg = None, set_: SetOption = None,
             "--teacher", help="online: run the teacher at every step; cache: distil from the "
                               "teacher-output cache (built when missing); same as --set "
                               "teacher.mode=...")] = None) -> None:
-    """Run a recipe: data, teacher, students with and without KD, evaluation, report."""
+    """Run a recipe: data, teacher, students with and without KD, evaluation, report. A
+    knowledge-based VQA recipe (task: kbvqa) runs as `vldistill kb run` does."""
     start = time.perf_counter()
     from vldistill.config import load_recipe
+    from vldistill.kb.job import is_kb_recipe
+
+    if is_kb_recipe(recipe):
+        if phase or resume or teacher:
+            _fail(RecipeError("--phase, --resume and --teacher apply to distillation "
+                              f"recipes; {recipe} is a knowledge-based VQA recipe"))
+        return kb_run(recipe, set_)
 
     try:
         extra = [f"teacher.mode={teacher}"] if teacher is not None else []
@@ -323,6 +338,21 @@ def kb_search(
         if i >= 0:
             fact = kb.facts[int(i)]
             console.print(f"{rank}. [{fact.id}] {score:.3f}  {fact.text}")
+
+
+@kb_app.command("run")
+def kb_run(recipe: Annotated[Optional[Path], typer.Argument(
+               help="a KB-VQA recipe (recipes/kbvqa.yaml); none: the built-in default")] = None,
+           set_: SetOption = None) -> None:
+    """Knowledge-based VQA: retriever, Fusion-in-Decoder readers (base, large, distilled
+    base), retrieval and reader tables."""
+    from vldistill.kb.job import load_kb_recipe, report, run_kbvqa
+
+    try:
+        results = run_kbvqa(load_kb_recipe(recipe, set_ or []))
+    except VldistillError as error:
+        _fail(error)
+    console.print(report(results))
 
 
 def main() -> None:

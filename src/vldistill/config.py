@@ -497,6 +497,10 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] = ()) -> Re
     except UnicodeDecodeError as error:
         raise RecipeError(f"recipe {path} is not UTF-8 text (byte {error.start}); save it as "
                           "UTF-8") from None
+    if isinstance(data, dict) and data.get("task") == "kbvqa":
+        raise RecipeError(f"recipe {path} is a knowledge-based VQA recipe (task: kbvqa); run it "
+                          f"with `vldistill run {path}` or `vldistill kb run {path}`, load it with "
+                          "vldistill.kb.job.load_kb_recipe")
     return recipe_from_dict(_as_plain(data) if data is not None else {}, str(path), overrides)
 
 

@@ -195,10 +195,15 @@ class ReaderTrainSettings:
 def train_reader(reader: FiDReader, samples: Sequence[Any], captions: dict,
                  contexts: Sequence[Sequence[str | None]], settings: ReaderTrainSettings,
                  teacher: FiDReader | None = None, with_image: bool = True,
-                 progress: bool = True) -> list[float]:
+                 progress: bool = True, validate: tuple[Sequence[Any], Sequence] | None = None,
+                 val_every_n_steps: int = 250, patience: int | None = None) -> list[float]:
     """Train on (question, image text, n facts) -> most common answer; with a ``teacher``, add
     token-level KD on the answer tokens (large-to-base distillation). Returns the loss per
-    step. A plain loop, as for the retrievers (vldistill.kb.train)."""
+    step. A plain loop, as for the retrievers (vldistill.kb.train).
+
+    With ``validate`` = (samples, contexts), the reader is scored by exact match every
+    ``val_every_n_steps`` steps; the best weights are restored at the end (early stopping),
+    and training stops after ``patience`` validations without improvement."""
     import numpy as np
 
     from vldistill.kb.train import _progress
@@ -212,9 +217,11 @@ def train_reader(reader: FiDReader, samples: Sequence[Any], captions: dict,
     if teacher is not None:
         teacher.eval()
     losses = []
+    best: tuple[float, dict] | None = None
+    since_best = 0
     with _progress(settings.steps, "reader training") as bar:
         task = bar.add_task("train", total=settings.steps, visible=progress)
-        for _ in range(settings.steps):
+        for step in range(1, settings.steps + 1):
             rows = generator.choice(len(samples), size=min(settings.batch_size, len(samples)),
                                     replace=False)
             inputs = reader_inputs([samples[r] for r in rows], captions,
@@ -232,6 +239,21 @@ def train_reader(reader: FiDReader, samples: Sequence[Any], captions: dict,
             optimiser.step()
             losses.append(float(loss.detach()))
             bar.update(task, advance=1)
+            if validate is not None and (step % val_every_n_steps == 0 or
+                                         step == settings.steps):
+                score = evaluate_reader(reader, validate[0], captions, validate[1],
+                                        with_image)["EM"]
+                reader.train()
+                if best is None or score > best[0]:
+                    best = (score, {k: v.detach().clone()
+                                    for k, v in reader.state_dict().items()})
+                    since_best = 0
+                else:
+                    since_best += 1
+                    if patience is not None and since_best >= patience:
+                        break
+    if best is not None:
+        reader.load_state_dict(best[1])
     reader.eval()
     return losses
 

@@ -1,0 +1,89 @@
+"""The KB-VQA job (`vldistill kb run`, recipes/kbvqa.yaml), shrunk: ShapesWorld, and the same
+questions through the OK-VQA-format export."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from vldistill.errors import DataError, RecipeError
+from vldistill.kb.job import load_kb_recipe, run_kbvqa
+
+ROOT = Path(__file__).parents[2]
+TINY = ["data.shapesworld={train_images: 150, val_images: 40, questions_per_image: 6, "
+        "knowledge_fraction: 0.4}", "retriever.kind=bm25",
+        "reader.base={d_model: 16, layers: 1, heads: 2}",
+        "reader.large={d_model: 32, layers: 1, heads: 2}",
+        "reader.steps=6", "reader.batch_size=8", "reader.val_every_n_steps=3"]
+
+
+def test_the_recipe_runs_retrieval_and_three_readers(tmp_path: Path) -> None:
+    recipe = load_kb_recipe(ROOT / "recipes" / "kbvqa.yaml", [*TINY, f"output_dir={tmp_path}"])
+    results = run_kbvqa(recipe)
+
+    assert set(results["readers"]) == {"base", "large", "base distilled"}
+    assert results["readers"]["large"]["params"] > results["readers"]["base"]["params"]
+    retrieval = results["retrieval"]
+    assert 0 <= retrieval["R@1"] <= retrieval["R@5"] <= retrieval["R@10"] <= 100
+    run_dir = tmp_path / "kbvqa"
+    assert json.loads((run_dir / "results.json").read_text())["retriever"] == "bm25"
+    assert "| base distilled |" in (run_dir / "report.md").read_text()
+    assert (run_dir / "reader-base-distilled" / "config.json").is_file()
+
+
+def test_okvqa_format_files_give_the_same_retrieval(tmp_path: Path) -> None:
+    from vldistill.data.export import export_shapesworld
+    from vldistill.data.shapesworld import load_shapesworld
+
+    builtin = load_kb_recipe(None, [*TINY, f"output_dir={tmp_path}", "name=builtin",
+                                    "reader.large=null"])
+    export_shapesworld(load_shapesworld(builtin.data.shapesworld), tmp_path / "x", "vqa")
+    files = {split: {"questions": str(tmp_path / "x" / f"{split}_questions.json"),
+                     "annotations": str(tmp_path / "x" / f"{split}_annotations.json"),
+                     "captions": str(tmp_path / "x" / f"{split}_captions.jsonl")}
+             for split in ("train", "val")}
+    from_files = load_kb_recipe(None, [
+        *TINY, f"output_dir={tmp_path}", "name=files", "reader.large=null", "data.source=vqa",
+        f"data.facts={tmp_path / 'x' / 'facts.jsonl'}", f"data.train={json.dumps(files['train'])}",
+        f"data.val={json.dumps(files['val'])}"])
+
+    first, second = run_kbvqa(builtin), run_kbvqa(from_files)
+
+    assert first["retrieval"] == second["retrieval"]
+    assert first["readers"]["base"]["EM"] == pytest.approx(second["readers"]["base"]["EM"])
+
+
+def test_kb_recipe_errors_name_the_field(tmp_path: Path) -> None:
+    with pytest.raises(RecipeError, match=r"retriever.kind: Input should be"):
+        load_kb_recipe(None, ["retriever.kind=tfidf"])
+    with pytest.raises(RecipeError, match="data.source 'vqa' needs data.train"):
+        load_kb_recipe(None, ["data.source=vqa"])
+
+
+def test_a_gold_fact_outside_the_kb_is_named(tmp_path: Path) -> None:
+    (tmp_path / "facts.jsonl").write_text('{"id": "F001", "text": "A circle has no corners."}\n')
+    recipe = load_kb_recipe(None, [*TINY, f"output_dir={tmp_path}",
+                                   f"data.facts={tmp_path / 'facts.jsonl'}"])
+    with pytest.raises(DataError, match=r"gold fact id\(s\) of the training questions are not "
+                                        r"in the knowledge base"):
+        run_kbvqa(recipe)
+
+
+def test_vldistill_run_and_validate_dispatch_a_kb_recipe(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from vldistill.cli import app
+    from vldistill.config import load_recipe
+
+    path = ROOT / "recipes" / "kbvqa.yaml"
+    runner = CliRunner()
+    checked = runner.invoke(app, ["validate", str(path)])
+    assert checked.exit_code == 0 and "task: kbvqa" in checked.output
+    ran = runner.invoke(app, ["run", str(path), *[a for o in TINY for a in ("--set", o)],
+                              "--set", f"output_dir={tmp_path}", "--set", "reader.large=null"])
+    assert ran.exit_code == 0, ran.output
+    assert "| base |" in ran.output
+    with pytest.raises(RecipeError, match="knowledge-based VQA recipe .*`vldistill kb run"):
+        load_recipe(path)
