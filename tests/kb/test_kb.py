@@ -201,3 +201,19 @@ def test_kb_cli_indexes_and_searches(tmp_path: Path) -> None:
     bad = runner.invoke(app, ["kb", "index", "--facts", str(kb_path), "--out",
                               str(tmp_path / "x"), "--kind", "ivf"])
     assert bad.exit_code == 2 and "expected one of bm25, flat, hnsw" in bad.output
+
+
+def test_hnsw_finds_what_the_exact_index_finds_on_a_small_kb(tiny_encoder_folder: Path) -> None:
+    from vldistill.kb.encoders import SentenceEncoder
+    from vldistill.kb.index import DenseRetriever
+
+    encoder = SentenceEncoder.from_pretrained(tiny_encoder_folder)
+    kb = KnowledgeBase(FACTS)
+    queries = ["corners of a triangle", "yellow fruit", "white snow", "four corners"]
+
+    exact, _ = DenseRetriever(kb, encoder, "flat").search(queries, 2)
+    approximate, _ = DenseRetriever(kb, encoder, "hnsw").search(queries, 2)
+
+    assert approximate.tolist() == exact.tolist()      # 4 facts: the graph reaches them all
+    with pytest.raises(ValueError, match="not one of flat, hnsw"):
+        DenseRetriever(kb, encoder, "ivf")
