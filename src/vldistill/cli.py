@@ -325,8 +325,12 @@ def kb_search(
 
     try:
         manifest = index / MANIFEST
-        source = facts or (Path(json.loads(manifest.read_text())["kb"])
-                           if manifest.is_file() else None)
+        try:
+            source = facts or (Path(json.loads(manifest.read_text())["kb"])
+                               if manifest.is_file() else None)
+        except (ValueError, KeyError, TypeError):
+            raise DataError(f"{manifest} is damaged; rebuild the index with `vldistill kb "
+                            "index`, or pass --facts") from None
         if source is None:
             raise DataError(f"{index} holds no fact index ({MANIFEST} is missing). Fix: build "
                             "one with `vldistill kb index`.")

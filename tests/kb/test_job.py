@@ -87,3 +87,44 @@ def test_vldistill_run_and_validate_dispatch_a_kb_recipe(tmp_path: Path) -> None
     assert "| base |" in ran.output
     with pytest.raises(RecipeError, match="knowledge-based VQA recipe .*`vldistill kb run"):
         load_recipe(path)
+
+
+def test_data_without_gold_facts_or_captions_runs_and_a_trained_retriever_is_refused(
+        tmp_path: Path) -> None:
+    """OK-VQA-like files: no gold fact ids, no captions file."""
+    from vldistill.data.export import export_shapesworld
+    from vldistill.data.shapesworld import load_shapesworld
+
+    recipe = load_kb_recipe(None, [*TINY, f"output_dir={tmp_path}"])
+    export_shapesworld(load_shapesworld(recipe.data.shapesworld), tmp_path / "x", "vqa")
+    for split in ("train", "val"):            # drop the gold fact ids, as OK-VQA has none
+        path = tmp_path / "x" / f"{split}_annotations.json"
+        document = json.loads(path.read_text())
+        for record in document["annotations"]:
+            record.pop("fact_ids", None)
+        path.write_text(json.dumps(document))
+    files = [f"data.{split}=" + json.dumps({
+        "questions": str(tmp_path / "x" / f"{split}_questions.json"),
+        "annotations": str(tmp_path / "x" / f"{split}_annotations.json")})
+        for split in ("train", "val")]
+    base = [*TINY, f"output_dir={tmp_path}", "reader.large=null", "data.source=vqa",
+            f"data.facts={tmp_path / 'x' / 'facts.jsonl'}", "data.knowledge_only=false",
+            "data.max_train_questions=120", *files]
+
+    results = run_kbvqa(load_kb_recipe(None, base))
+
+    assert "retrieval" not in results and "base" in results["readers"]
+    with pytest.raises(RecipeError, match="retriever.kind 'trained' learns from"):
+        run_kbvqa(load_kb_recipe(None, [*base, "retriever.kind=trained"]))
+
+
+def test_a_damaged_index_manifest_names_the_rebuild(tmp_path: Path) -> None:
+    from vldistill.kb.facts import KnowledgeBase
+    from vldistill.kb.index import build_index, load_index
+    from vldistill.data.shapesworld_questions import Fact
+
+    kb = KnowledgeBase([Fact("F1", "Snow is white.")], source="facts.jsonl")
+    build_index(kb, "bm25", tmp_path / "i")
+    (tmp_path / "i" / "index.json").write_text("{not json")
+    with pytest.raises(DataError, match="not a fact index manifest .*`vldistill kb index"):
+        load_index(tmp_path / "i", kb)

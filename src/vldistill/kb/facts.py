@@ -38,17 +38,19 @@ class KnowledgeBase:
             raise DataError(f"{self.source}: {len(duplicates)} fact ids appear more than once: "
                             f"{first(duplicates)}. Fix: give every fact its own id.")
         self.index = {f.id: i for i, f in enumerate(self.facts)}
+        self._ids = [f.id for f in self.facts]
+        self._texts = [f.text for f in self.facts]
 
     def __len__(self) -> int:
         return len(self.facts)
 
     @property
     def ids(self) -> list[str]:
-        return [f.id for f in self.facts]
+        return self._ids
 
     @property
     def texts(self) -> list[str]:
-        return [f.text for f in self.facts]
+        return self._texts
 
     def fingerprint(self) -> str:
         """SHA-256 over the ids and texts in order (what an index is built from)."""

@@ -116,7 +116,10 @@ def build_index(kb: KnowledgeBase, kind: str, folder: Path,
         if encoder is None:
             raise ValueError("a dense index needs an encoder")
         retriever = DenseRetriever(kb, encoder, kind)
-        manifest.update(encoder=encoder_spec or encoder.name, dim=encoder.dim,
+        spec = encoder_spec or encoder.name
+        if spec != "minilm" and Path(spec).exists():
+            spec = str(Path(spec).resolve())          # searchable from any directory
+        manifest.update(encoder=spec, dim=encoder.dim,
                         encoder_fingerprint=encoder_fingerprint(encoder))
     retriever.save(folder)
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
@@ -139,7 +142,17 @@ def load_index(folder: Path, kb: KnowledgeBase, encoder: SentenceEncoder | None 
         raise MissingFileError(f"{folder} holds no fact index ({MANIFEST} is missing). Fix: "
                                "build one with `vldistill kb index --facts FACTS.jsonl --out "
                                f"{folder}`.")
-    manifest = json.loads(path.read_text(encoding="utf-8"))
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        manifest["kb_fingerprint"], manifest["kind"]
+    except (ValueError, KeyError, TypeError):
+        raise DataError(f"{path} is not a fact index manifest (damaged, or written by something "
+                        f"else). Rebuild the index: `vldistill kb index --facts "
+                        f"{kb.source} --out {folder}`.") from None
+    needed = folder / ("bm25" if manifest["kind"] == "bm25" else "faiss.index")
+    if not needed.exists():
+        raise MissingFileError(f"index {folder} lacks {needed.name}. Rebuild it: "
+                               f"`{rebuild_command({**manifest, 'kb': kb.source}, folder)}`.")
     if manifest["kb_fingerprint"] != kb.fingerprint():
         raise DataError(f"index {folder} was built from another knowledge base "
                         f"({manifest.get('kb')}, {manifest.get('facts')} facts) than "

@@ -88,6 +88,8 @@ class ReaderSettings(_Strict):
     batch_size: int = Field(32, ge=1)
     lr: float = Field(1e-3, gt=0)
     kd_weight: float = Field(0.5, ge=0, le=1, description="distilled base: (1 - w) NLL + w KD")
+    max_passage_tokens: int = Field(48, ge=8, description="tokens kept per (question, image "
+                                    "text, fact) passage; longer ones lose their end")
     val_every_n_steps: int = Field(250, ge=1, description="early stopping: the weights with "
                                    "the best exact match on a held-out slice are kept")
     patience: int | None = Field(None, ge=1, description="validations without improvement "
@@ -125,7 +127,10 @@ def load_kb_recipe(path: Path | None, overrides: list[str] = ()) -> KBVQARecipe:
         path = Path(path)
         if not path.is_file():
             raise RecipeError(f"recipe file {path} does not exist; pass e.g. recipes/kbvqa.yaml")
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as error:
+            raise RecipeError(f"recipe {path} is not valid UTF-8 YAML: {error}") from None
     for text in overrides:
         apply_override(data, *parse_override(text),
                        KBVQARecipe().model_dump(mode="json"))
@@ -145,7 +150,9 @@ def read_captions(path: Path | None) -> dict[Any, str]:
         raise MissingFileError(f"captions file {path} does not exist. Fix: pass a JSONL of "
                                "{\"image_id\": ..., \"caption\": ...} lines, or null.")
     captions = {}
-    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+    with open(path, encoding="utf-8") as handle:
+        lines = list(handle)
+    for number, line in enumerate(lines, 1):
         if line.strip():
             try:
                 record = json.loads(line)
@@ -210,6 +217,10 @@ def build_retriever(recipe: KBVQARecipe, kb, train, captions):
     queries = _queries(train, captions, settings.image_text)
     if settings.kind == "trained":
         with_gold = [(q, s.fact_ids) for q, s in zip(queries, train) if s.fact_ids]
+        if not with_gold:
+            raise RecipeError("retriever.kind 'trained' learns from the training questions' "
+                              "gold fact ids, and these questions have none. Set "
+                              "retriever.kind to distilled, minilm or bm25.")
         train_retriever(encoder, kb, [q for q, _ in with_gold], [g for _, g in with_gold],
                         RetrieverTrainSettings(steps=settings.train_steps, seed=recipe.seed))
     elif settings.kind == "distilled":
@@ -261,10 +272,12 @@ def run_kbvqa(recipe: KBVQARecipe) -> dict[str, Any]:
     check = (train[:holdout], train_contexts[:holdout])
 
     def build(model: ReaderModel) -> FiDReader:
+        tokens = reader_settings.max_passage_tokens
         if model.path is not None:
-            return FiDReader.from_pretrained(model.path)
+            return FiDReader.from_pretrained(model.path, max_passage_tokens=tokens)
         return FiDReader.from_config(texts, d_model=model.d_model, layers=model.layers,
-                                     heads=model.heads, seed=recipe.seed)
+                                     heads=model.heads, seed=recipe.seed,
+                                     max_passage_tokens=tokens)
 
     def fit(name: str, model: ReaderModel, teacher=None) -> FiDReader:
         reader = build(model)
@@ -284,9 +297,14 @@ def run_kbvqa(recipe: KBVQARecipe) -> dict[str, Any]:
         reader.save_pretrained(run_dir / f"reader-{name.replace(' ', '-')}")
         return reader
 
-    fit("base", reader_settings.base)
+    base_reader = fit("base", reader_settings.base)
     if reader_settings.large is not None:
         large = fit("large", reader_settings.large)
+        if len(large.tokenizer) != len(base_reader.tokenizer):
+            raise RecipeError("the large and base readers have different tokenizers "
+                              f"({len(large.tokenizer)} vs {len(base_reader.tokenizer)} "
+                              "tokens); token-level KD needs one vocabulary. Build both in "
+                              "code, or load both from folders that share a tokenizer.")
         fit("base distilled", reader_settings.base, teacher=large)
     results["wall_time_s"] = time.perf_counter() - start
     (run_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")

@@ -173,7 +173,7 @@ def reader_inputs(samples: Sequence[Any], captions: dict, contexts: Sequence[Seq
     from vldistill.data.batches import common_answer
 
     return ([s.question for s in samples],
-            [captions[s.image_id] if with_image else None for s in samples],
+            [captions.get(s.image_id) if with_image else None for s in samples],
             [list(c) for c in contexts],
             [common_answer(s.answers) for s in samples])
 

@@ -65,10 +65,12 @@ def train_retriever(encoder: SentenceEncoder, kb: KnowledgeBase, queries: Sequen
                     golds: Sequence[Sequence[str]], settings: RetrieverTrainSettings,
                     progress: bool = True) -> list[float]:
     """DPR training on (query, gold fact) pairs; returns the loss per step."""
-    pairs = [(q, kb.index[g[0]]) for q, g in zip(queries, golds) if g]
-    if not pairs:
+    labelled = [(q, list(g)) for q, g in zip(queries, golds) if g]
+    if not labelled:
         raise ValueError("retriever training needs queries with gold fact ids")
-    negatives = hard_negative_ids(kb, [q for q, _ in pairs], [[kb.ids[f]] for _, f in pairs],
+    pairs = [(q, kb.index[g[0]]) for q, g in labelled]
+    # hard negatives exclude every gold fact of the query, not only the one trained towards
+    negatives = hard_negative_ids(kb, [q for q, _ in labelled], [g for _, g in labelled],
                                   settings.hard_negatives)
     generator = np.random.default_rng(settings.seed)
     torch.manual_seed(settings.seed)
