@@ -140,9 +140,7 @@ class FiDReader(nn.Module):
         return out.logits, labels
 
     def loss(self, questions, image_texts, facts, answers) -> torch.Tensor:
-        logits, labels = self(questions, image_texts, facts, answers)
-        return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(),
-                               ignore_index=-100)
+        return answer_nll(*self(questions, image_texts, facts, answers))
 
     @torch.inference_mode()
     def generate(self, questions: Sequence[str], image_texts: Sequence[str | None],
@@ -155,6 +153,11 @@ class FiDReader(nn.Module):
                                   attention_mask=mask, max_new_tokens=self.max_answer_tokens,
                                   do_sample=False, num_beams=1)
         return [t.strip() for t in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
+
+
+def answer_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean negative log-likelihood of the answer tokens (labels -100 are padding)."""
+    return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
 
 
 def token_kd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
@@ -204,54 +207,47 @@ def train_reader(reader: FiDReader, samples: Sequence[Any], captions: dict,
     With ``validate`` = (samples, contexts), the reader is scored by exact match every
     ``val_every_n_steps`` steps; the best weights are restored at the end (early stopping),
     and training stops after ``patience`` validations without improvement."""
-    import numpy as np
-
-    from vldistill.kb.train import _progress
+    from vldistill.kb.train import run_steps
 
     if len(samples) != len(contexts):
         raise ValueError(f"{len(samples)} samples but {len(contexts)} context lists")
-    generator = np.random.default_rng(settings.seed)
-    torch.manual_seed(settings.seed)
-    optimiser = torch.optim.AdamW(reader.parameters(), lr=settings.lr)
+
+    def step_loss(rows) -> torch.Tensor:
+        inputs = reader_inputs([samples[r] for r in rows], captions,
+                               [contexts[r] for r in rows], with_image)
+        logits, labels = reader(*inputs)
+        loss = answer_nll(logits, labels)
+        if teacher is not None and settings.kd_weight > 0:
+            with torch.no_grad():
+                teacher_logits, _ = teacher(*inputs)
+            loss = (1 - settings.kd_weight) * loss + settings.kd_weight * token_kd(
+                logits, teacher_logits, labels, settings.temperature)
+        return loss
+
+    best: tuple[float, dict] | None = None
+    since_best = 0
+
+    def after_step(step: int) -> bool:
+        """Early stopping: keep the best weights by exact match; True stops."""
+        nonlocal best, since_best
+        if validate is None or (step % val_every_n_steps and step != settings.steps):
+            return False
+        score = evaluate_reader(reader, validate[0], captions, validate[1], with_image)["EM"]
+        reader.train()
+        if best is None or score > best[0]:
+            best = (score, {k: v.detach().clone() for k, v in reader.state_dict().items()})
+            since_best = 0
+            return False
+        since_best += 1
+        return patience is not None and since_best >= patience
+
     reader.train()
     if teacher is not None:
         teacher.eval()
-    losses = []
-    best: tuple[float, dict] | None = None
-    since_best = 0
-    with _progress(settings.steps, "reader training") as bar:
-        task = bar.add_task("train", total=settings.steps, visible=progress)
-        for step in range(1, settings.steps + 1):
-            rows = generator.choice(len(samples), size=min(settings.batch_size, len(samples)),
-                                    replace=False)
-            inputs = reader_inputs([samples[r] for r in rows], captions,
-                                   [contexts[r] for r in rows], with_image)
-            logits, labels = reader(*inputs)
-            loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(),
-                                   ignore_index=-100)
-            if teacher is not None and settings.kd_weight > 0:
-                with torch.no_grad():
-                    teacher_logits, _ = teacher(*inputs)
-                loss = (1 - settings.kd_weight) * loss + settings.kd_weight * token_kd(
-                    logits, teacher_logits, labels, settings.temperature)
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-            losses.append(float(loss.detach()))
-            bar.update(task, advance=1)
-            if validate is not None and (step % val_every_n_steps == 0 or
-                                         step == settings.steps):
-                score = evaluate_reader(reader, validate[0], captions, validate[1],
-                                        with_image)["EM"]
-                reader.train()
-                if best is None or score > best[0]:
-                    best = (score, {k: v.detach().clone()
-                                    for k, v in reader.state_dict().items()})
-                    since_best = 0
-                else:
-                    since_best += 1
-                    if patience is not None and since_best >= patience:
-                        break
+    losses = run_steps(reader.parameters(), steps=settings.steps,
+                       batch_size=settings.batch_size, population=len(samples),
+                       lr=settings.lr, seed=settings.seed, what="reader training",
+                       progress=progress, step_loss=step_loss, after_step=after_step)
     if best is not None:
         reader.load_state_dict(best[1])
     reader.eval()

@@ -18,7 +18,7 @@ PyTorch (seeded, progress bar, no Lightning features needed at this size).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,11 +41,35 @@ class RetrieverTrainSettings:
     seed: int = 0
 
 
-def _progress(total: int, what: str):
+def run_steps(parameters, *, steps: int, batch_size: int, population: int, lr: float,
+              seed: int, what: str, progress: bool,
+              step_loss: Callable[[np.ndarray], torch.Tensor],
+              after_step: Callable[[int], bool] | None = None) -> list[float]:
+    """The loop the retriever and reader trainers share: each step draws ``batch_size`` row
+    indices out of ``population`` without replacement (seeded), ``step_loss(rows)`` gives the
+    loss, AdamW steps; a progress bar counts the steps. ``after_step(step)`` returning True
+    stops early. Returns the loss per step."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    return Progress(TextColumn(what), BarColumn(), MofNCompleteColumn(), console=console,
-                    transient=True)
+    generator = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    optimiser = torch.optim.AdamW(parameters, lr=lr)
+    losses: list[float] = []
+    with Progress(TextColumn(what), BarColumn(), MofNCompleteColumn(), console=console,
+                  transient=True) as bar:
+        task = bar.add_task(what, total=steps, visible=progress)
+        for step in range(1, steps + 1):
+            rows = generator.choice(population, size=min(batch_size, population),
+                                    replace=False)
+            loss = step_loss(rows)
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            losses.append(float(loss.detach()))
+            bar.update(task, advance=1)
+            if after_step is not None and after_step(step):
+                break
+    return losses
 
 
 def hard_negative_ids(kb: KnowledgeBase, queries: Sequence[str], golds: Sequence[Sequence[str]],
@@ -72,29 +96,21 @@ def train_retriever(encoder: SentenceEncoder, kb: KnowledgeBase, queries: Sequen
     # hard negatives exclude every gold fact of the query, not only the one trained towards
     negatives = hard_negative_ids(kb, [q for q, _ in labelled], [g for _, g in labelled],
                                   settings.hard_negatives)
-    generator = np.random.default_rng(settings.seed)
-    torch.manual_seed(settings.seed)
-    optimiser = torch.optim.AdamW(encoder.parameters(), lr=settings.lr)
+    def step_loss(rows: np.ndarray) -> torch.Tensor:
+        facts = list(dict.fromkeys([pairs[r][1] for r in rows] +
+                                   [n for r in rows for n in negatives[r]]))
+        position = {f: i for i, f in enumerate(facts)}
+        q = encoder([pairs[r][0] for r in rows])                            # (B, D)
+        f = encoder([kb.texts[i] for i in facts])                            # (F, D)
+        scores = q @ f.T / settings.temperature                              # (B, F)
+        target = torch.tensor([position[pairs[r][1]] for r in rows])
+        return F.cross_entropy(scores, target)
+
     encoder.train()
-    losses = []
-    with _progress(settings.steps, "retriever training") as bar:
-        task = bar.add_task("train", total=settings.steps, visible=progress)
-        for _ in range(settings.steps):
-            rows = generator.choice(len(pairs), size=min(settings.batch_size, len(pairs)),
-                                    replace=False)
-            facts = list(dict.fromkeys([pairs[r][1] for r in rows] +
-                                       [n for r in rows for n in negatives[r]]))
-            position = {f: i for i, f in enumerate(facts)}
-            q = encoder([pairs[r][0] for r in rows])                        # (B, D)
-            f = encoder([kb.texts[i] for i in facts])                        # (F, D)
-            scores = q @ f.T / settings.temperature                          # (B, F)
-            target = torch.tensor([position[pairs[r][1]] for r in rows])
-            loss = F.cross_entropy(scores, target)
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-            losses.append(float(loss.detach()))
-            bar.update(task, advance=1)
+    losses = run_steps(encoder.parameters(), steps=settings.steps,
+                       batch_size=settings.batch_size, population=len(pairs), lr=settings.lr,
+                       seed=settings.seed, what="retriever training", progress=progress,
+                       step_loss=step_loss)
     encoder.eval()
     return losses
 
@@ -126,43 +142,35 @@ def distil_retriever(student: SentenceEncoder, teacher: SentenceEncoder, kb: Kno
     k = min(settings.candidates, len(kb))
     candidates = (target[:len(queries)] @ facts_t.T).topk(k, dim=1).indices   # (Q, k)
     projection = nn.Linear(student.dim, target.shape[1], bias=False)
-    generator = np.random.default_rng(settings.seed)
-    torch.manual_seed(settings.seed)
-    optimiser = torch.optim.AdamW([*student.parameters(), *projection.parameters()],
-                                  lr=settings.lr)
+    def step_loss(rows: np.ndarray) -> torch.Tensor:
+        embedded = student([texts[r] for r in rows])                          # (B, D_s)
+        projected = F.normalize(projection(embedded), dim=-1)
+        wanted = target[torch.from_numpy(rows)]
+        if settings.embedding == "cosine":
+            loss = settings.embedding_weight * (1 - (projected * wanted).sum(-1)).mean()
+        else:
+            loss = settings.embedding_weight * F.mse_loss(projected, wanted)
+        query_rows = [i for i, r in enumerate(rows) if r < len(queries)]
+        if settings.score_weight and query_rows:
+            qs = [int(rows[i]) for i in query_rows]
+            cand = candidates[qs]                                               # (B_q, k)
+            # each distinct candidate fact is encoded once per step
+            unique, slots = torch.unique(cand, return_inverse=True)
+            s_unique = student([kb.texts[int(j)] for j in unique])                # (U, D_s)
+            s_facts = s_unique[slots]                                             # (B_q, k, D_s)
+            s_scores = (embedded[query_rows, None, :] * s_facts).sum(-1)
+            t_scores = (target[qs, None, :] * facts_t[cand]).sum(-1)
+            loss = loss + settings.score_weight * F.kl_div(
+                F.log_softmax(s_scores / settings.temperature, -1),
+                F.log_softmax(t_scores / settings.temperature, -1),
+                log_target=True, reduction="batchmean")
+        return loss
+
     student.train()
-    losses = []
-    with _progress(settings.steps, "retriever distillation") as bar:
-        task = bar.add_task("distil", total=settings.steps, visible=progress)
-        for _ in range(settings.steps):
-            rows = generator.choice(len(texts), size=min(settings.batch_size, len(texts)),
-                                    replace=False)
-            embedded = student([texts[r] for r in rows])                      # (B, D_s)
-            projected = F.normalize(projection(embedded), dim=-1)
-            wanted = target[torch.from_numpy(rows)]
-            if settings.embedding == "cosine":
-                loss = settings.embedding_weight * (1 - (projected * wanted).sum(-1)).mean()
-            else:
-                loss = settings.embedding_weight * F.mse_loss(projected, wanted)
-            query_rows = [i for i, r in enumerate(rows) if r < len(queries)]
-            if settings.score_weight and query_rows:
-                qs = [int(rows[i]) for i in query_rows]
-                cand = candidates[qs]                                           # (B_q, k)
-                # each distinct candidate fact is encoded once per step
-                unique, slots = torch.unique(cand, return_inverse=True)
-                s_unique = student([kb.texts[int(j)] for j in unique])            # (U, D_s)
-                s_facts = s_unique[slots]                                         # (B_q, k, D_s)
-                s_scores = (embedded[query_rows, None, :] * s_facts).sum(-1)
-                t_scores = (target[qs, None, :] * facts_t[cand]).sum(-1)
-                loss = loss + settings.score_weight * F.kl_div(
-                    F.log_softmax(s_scores / settings.temperature, -1),
-                    F.log_softmax(t_scores / settings.temperature, -1),
-                    log_target=True, reduction="batchmean")
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-            losses.append(float(loss.detach()))
-            bar.update(task, advance=1)
+    losses = run_steps([*student.parameters(), *projection.parameters()],
+                       steps=settings.steps, batch_size=settings.batch_size,
+                       population=len(texts), lr=settings.lr, seed=settings.seed,
+                       what="retriever distillation", progress=progress, step_loss=step_loss)
     student.eval()
     return losses
 
