@@ -79,10 +79,10 @@ def test_token_kd_is_zero_against_itself_and_masks_padding() -> None:
     logits = torch.randn(2, 3, 5)
     labels = torch.tensor([[1, 2, -100], [3, -100, -100]])
     other = logits.clone()
-    other[0, 2] += 10.0                      # a padded position: ignored
+    other[0, 2, 1] += 10.0                   # a padded position, one token: ignored
 
     assert float(token_kd(logits, other, labels)) == pytest.approx(0.0, abs=1e-6)
-    other[1, 0] += 3.0
+    other[1, 0, 2] += 3.0                    # a real position, one token: a different softmax
     assert float(token_kd(logits, other, labels)) > 0.0
 
 

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from vldistill.distill.logit_losses import NO_TARGET, loca_loss
-from vldistill.distill.losses import LOSSES, LossTerm
+from vldistill.distill.losses import LOSSES, LossTerm, kd_loss
 from vldistill.models.outputs import ModelOutput
 
 FIELDS = ("answer_token_logits", "answer_token_mask", "answer_token_ids")
@@ -42,15 +42,15 @@ def token_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
         raise ValueError(f"token KD: student logits {tuple(student_logits.shape)} and teacher "
                          f"logits {tuple(teacher_logits.shape)} differ; teacher and student need "
                          "the same tokenizer (vocabulary) and answer tokens.")
+    if not top_k:                        # the full vocabulary: Hinton KD per position
+        return kd_loss(student_logits, teacher_logits, temperature)
     if student_logits.shape[0] == 0:
         return student_logits.sum() * 0.0
     log_q = F.log_softmax(student_logits.float() / temperature, dim=-1)
-    teacher = teacher_logits.float() / temperature
-    if top_k:
-        teacher, index = teacher.topk(min(top_k, teacher.shape[-1]), dim=-1)
-        log_q = log_q.gather(-1, index)
+    teacher, index = (teacher_logits.float() / temperature).topk(
+        min(top_k, teacher_logits.shape[-1]), dim=-1)
     log_p = F.log_softmax(teacher, dim=-1)
-    return (log_p.exp() * (log_p - log_q)).sum(dim=-1).mean() * temperature**2
+    return (log_p.exp() * (log_p - log_q.gather(-1, index))).sum(dim=-1).mean() * temperature**2
 
 
 @LOSSES.register("answer_token_ce")
