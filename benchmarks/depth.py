@@ -88,32 +88,20 @@ def table(scores: dict[str, dict[str, list[float]]], sizes: dict[str, int]) -> s
     return "\n".join(lines)
 
 
-def saved_predictions(run_dir: Path, seeds: list[int], last_phase: str, val, vocab_size: int,
+def saved_predictions(run_dir: Path, seeds: list[int], last_phase: str, val,
                       batch_images: int) -> dict[str, list]:
     """Predictions of the run folder's saved checkpoints (``--from-run``), by table row."""
-    from vldistill.data.answers import AnswerVocab
-    from vldistill.data.batches import VQACollator, VQAImageDataset
-    from vldistill.data.tokenizer import QuestionTokenizer
-    from vldistill.eval.evaluators import build_evaluator, predict
-    from vldistill.models.checkpoint import build_from_checkpoint, load_checkpoint
+    from vldistill.evaluate_checkpoint import checkpoint_predictions
+    from vldistill.models.checkpoint import load_checkpoint
 
     roles = {"teacher": ["teacher"],
              "student (rgb, no KD)": [f"student-nokd-rgb-seed{s}" for s in seeds],
              "student (no KD)": [f"student-nokd-seed{s}" for s in seeds],
              "student (KD)": [f"student-kd-seed{s}-{last_phase}" for s in seeds]}
-    out: dict[str, list] = {}
-    for name, files in roles.items():
-        for role in files:
-            checkpoint = load_checkpoint(run_dir / "checkpoints" / f"{role}-last.safetensors")
-            vocab = AnswerVocab.from_json(checkpoint.extra["answer_vocab"])
-            tokenizer = QuestionTokenizer.from_json(checkpoint.extra["question_vocab"])
-            modality = checkpoint.extra.get("modality", "rgb")
-            dataset = VQAImageDataset(val.samples, val.images, vocab, tokenizer,
-                                      modalities=(modality,), depth=val.depth)
-            out.setdefault(name, []).append(predict(
-                build_from_checkpoint(checkpoint), dataset, VQACollator(len(vocab), modality),
-                build_evaluator("vqa", vocab), batch_images))
-    return out
+    return {name: [checkpoint_predictions(
+                load_checkpoint(run_dir / "checkpoints" / f"{role}-last.safetensors"),
+                val.samples, val.images, val.depth, batch_images)[2] for role in files]
+            for name, files in roles.items()}
 
 
 def main() -> None:
@@ -137,7 +125,7 @@ def main() -> None:
         val = SimpleNamespace(samples=data.val, images=data.val_images, depth=recipe.data.depth)
         last_phase = recipe.distill.phases[-1].name if recipe.distill.phases else ""
         runs = saved_predictions(args.out, recipe.seeds, last_phase, val,
-                                 len(data.answer_vocab), recipe.eval.batch_images)
+                                 recipe.eval.batch_images)
         run_dir = args.out
     else:
         result = run_recipe(recipe)

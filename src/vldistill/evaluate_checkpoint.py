@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from vldistill.config import DataSettings
+from vldistill.data.rgbd import DepthSettings
 from vldistill.data.answers import AnswerVocab
 from vldistill.data.batches import VQACollator, VQAImageDataset
 from vldistill.data.tokenizer import QuestionTokenizer
@@ -17,25 +18,35 @@ from vldistill.models.checkpoint import build_from_checkpoint, load_checkpoint
 from vldistill.pipeline_data import load_splits
 
 
+def checkpoint_predictions(checkpoint, samples, images, depth: DepthSettings,
+                           batch_images: int = 64):
+    """(model, dataset, predictions) of a saved model over ``samples``: it is fed the modality
+    it sees and scored by the metric its recipe named (VQA accuracy for checkpoints from before
+    the metric was recorded)."""
+    model = build_from_checkpoint(checkpoint)
+    answer_vocab = AnswerVocab.from_json(checkpoint.extra["answer_vocab"])
+    tokenizer = QuestionTokenizer.from_json(checkpoint.extra["question_vocab"])
+    modality = checkpoint.extra.get("modality", "rgb")
+    dataset = VQAImageDataset(samples, images, answer_vocab, tokenizer, modalities=(modality,),
+                              depth=depth)
+    evaluator = build_evaluator(checkpoint.extra.get("metric", "vqa"), answer_vocab)
+    predictions = predict(model, dataset, VQACollator(len(answer_vocab), modality), evaluator,
+                          batch_images)
+    return model, dataset, predictions
+
+
 def evaluate_checkpoint(path: Path, batch_images: int = 64) -> dict[str, Any]:
     checkpoint = load_checkpoint(path)
     missing = {"answer_vocab", "question_vocab", "data"} - set(checkpoint.extra)
     if missing:
         raise DataError(f"checkpoint {path} lacks {sorted(missing)} in its metadata, so the "
                         "data it was trained on is unknown; it was not saved by `vldistill run`.")
-    model = build_from_checkpoint(checkpoint)
-    answer_vocab = AnswerVocab.from_json(checkpoint.extra["answer_vocab"])
-    tokenizer = QuestionTokenizer.from_json(checkpoint.extra["question_vocab"])
     settings = DataSettings.model_validate(checkpoint.extra["data"])
     modality = checkpoint.extra.get("modality", "rgb")     # what the model sees
     needs = checkpoint.extra.get("data_modalities", [modality])   # as the run read its data
     _, _, val, val_images = load_splits(settings, needs=needs)
-    dataset = VQAImageDataset(val, val_images, answer_vocab, tokenizer, modalities=(modality,),
-                              depth=settings.depth)
-    # the metric the recipe named (checkpoints from before it was recorded: VQA accuracy)
-    evaluator = build_evaluator(checkpoint.extra.get("metric", "vqa"), answer_vocab)
-    predictions = predict(model, dataset, VQACollator(len(answer_vocab), modality), evaluator,
-                          batch_images)
+    model, dataset, predictions = checkpoint_predictions(checkpoint, val, val_images,
+                                                         settings.depth, batch_images)
     return {"role": checkpoint.extra.get("role", "?"), "model": checkpoint.model_name,
             "modality": modality, "parameters": count_parameters(model),
             "questions": dataset.num_questions,

@@ -27,6 +27,14 @@ class ModelEntry:
     needs_vocabularies: bool = False
 
 
+def _check_one_source(settings: BaseModel, what: str) -> None:
+    """A Hugging Face model comes from a pretrained folder (path) or is built in code (config):
+    exactly one of them."""
+    if (settings.path is None) == (settings.config is None):
+        raise ValueError(f"give exactly one of path (a pretrained folder) and config (a {what} "
+                         "built in code)")
+
+
 class ViltSettings(BaseModel):
     """A Hugging Face ViltForQuestionAnswering (vldistill.models.hf_vilt): from a local folder
     (``path``), or built in code with random weights (``config``: ViltConfig fields)."""
@@ -46,9 +54,7 @@ class ViltSettings(BaseModel):
 
     @model_validator(mode="after")
     def _one_source(self) -> ViltSettings:
-        if (self.path is None) == (self.config is None):
-            raise ValueError("give exactly one of path (a pretrained folder) and config (a "
-                             "ViLT built in code)")
+        _check_one_source(self, "ViLT")
         return self
 
 
@@ -85,9 +91,7 @@ class LlavaOnevisionSettings(BaseModel):
 
     @model_validator(mode="after")
     def _one_source(self) -> LlavaOnevisionSettings:
-        if (self.path is None) == (self.config is None):
-            raise ValueError("give exactly one of path (a pretrained folder) and config (a "
-                             "LLaVA-OneVision built in code)")
+        _check_one_source(self, "LLaVA-OneVision")
         if "{question}" not in self.prompt:
             raise ValueError(f"prompt {self.prompt!r} needs a {{question}} field")
         return self
