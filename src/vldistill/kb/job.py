@@ -17,19 +17,16 @@ from typing import Any, Literal
 
 import torch
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
+from vldistill.config import Strict
 from vldistill.console import console
 from vldistill.data.sample import Sample
 from vldistill.data.shapesworld import ShapesWorldSettings
 from vldistill.errors import DataError, RecipeError, MissingFileError
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class KBFiles(_Strict):
+class KBFiles(Strict):
     """One split in the VQAv2 / OK-VQA layout, and the image as text."""
 
     questions: Path
@@ -38,7 +35,7 @@ class KBFiles(_Strict):
                                   "as text (e.g. a captioner's output); None: no image text")
 
 
-class KBDataSettings(_Strict):
+class KBDataSettings(Strict):
     source: Literal["shapesworld", "vqa"] = "shapesworld"
     shapesworld: ShapesWorldSettings = Field(default_factory=ShapesWorldSettings)
     facts: Path | None = Field(None, description="the knowledge base (JSONL); None: "
@@ -58,7 +55,7 @@ class KBDataSettings(_Strict):
         return self
 
 
-class RetrieverSettings(_Strict):
+class RetrieverSettings(Strict):
     kind: Literal["bm25", "minilm", "trained", "distilled"] = "trained"
     encoder: str = Field("minilm", description="dense encoder: minilm or a local folder")
     index: Literal["flat", "hnsw"] = "flat"
@@ -70,7 +67,7 @@ class RetrieverSettings(_Strict):
     student_layers: int = Field(2, ge=1)
 
 
-class ReaderModel(_Strict):
+class ReaderModel(Strict):
     """A T5 reader built in code (sizes) or from a local folder (path)."""
 
     path: Path | None = None
@@ -79,7 +76,7 @@ class ReaderModel(_Strict):
     heads: int = Field(4, ge=1)
 
 
-class ReaderSettings(_Strict):
+class ReaderSettings(Strict):
     base: ReaderModel = Field(default_factory=ReaderModel)
     large: ReaderModel | None = Field(
         default_factory=lambda: ReaderModel(d_model=128, layers=3),
@@ -96,7 +93,7 @@ class ReaderSettings(_Strict):
                                  "before stopping; None: run all steps")
 
 
-class KBVQARecipe(_Strict):
+class KBVQARecipe(Strict):
     task: Literal["kbvqa"] = Field("kbvqa", description="marks a knowledge-based VQA recipe "
                                    "(`vldistill run` dispatches on it)")
     name: str = "kbvqa"
