@@ -56,9 +56,9 @@ def _percentile(values: list[float], q: float) -> float:
 def _val_data(data: dict[str, Any], questions: int, needs=("rgb",)):
     """The first ``questions`` val questions, read with the modalities the run's data needed."""
     from vldistill.config import DataSettings
-    from vldistill.pipeline_data import load_splits
+    from vldistill.pipeline_data import load_val
 
-    _, _, val, val_images = load_splits(DataSettings.model_validate(data), needs=needs)
+    val, val_images = load_val(DataSettings.model_validate(data), needs=needs)
     return val[:questions], val_images
 
 

@@ -257,11 +257,15 @@ def data_shapesworld(
         set_: SetOption = None,
         format: Annotated[str, typer.Option(
             "--format", help="vqa: the VQAv2 layout; vizwiz: the VizWiz layout; rgbd: the "
-            "RGB-D layout (images/, depth/ in millimetres, {split}.json)")] = "vqa"
+            "RGB-D layout (images/, depth/ in millimetres, {split}.json); artquest: CSV "
+            "(image, question, answer, question_id, question_type)")] = "vqa",
+        style_questions: Annotated[int, typer.Option(
+            "--style-questions", min=0, max=2, help="artquest: image-level style questions "
+            "per image")] = 2
         ) -> None:
     """Export ShapesWorld in the VQAv2 layout (questions/annotations JSON, images/, depth/,
-    plus facts.jsonl and captions.jsonl), in the VizWiz layout (--format vizwiz) or in the RGB-D
-    layout (--format rgbd)."""
+    plus facts.jsonl and captions.jsonl), in the VizWiz layout (--format vizwiz), in the RGB-D
+    layout (--format rgbd) or as ArtQuest CSVs with style questions (--format artquest)."""
     from vldistill.config import load_recipe
     from vldistill.data.export import FORMATS, export_shapesworld
     from vldistill.data.shapesworld import load_shapesworld
@@ -272,7 +276,7 @@ def data_shapesworld(
         settings = load_recipe(recipe, set_ or []).data.shapesworld
         start = time.perf_counter()
         world = load_shapesworld(settings, progress=True)
-        written = export_shapesworld(world, out, format)
+        written = export_shapesworld(world, out, format, style_questions)
     except VldistillError as error:
         _fail(error)
     for name, path in written.items():

@@ -19,6 +19,7 @@ from vldistill.data.augment import AugmentSettings
 from vldistill.data.rgbd import DepthSettings, Modality
 from vldistill.data.shapesworld import ShapesWorldSettings
 from vldistill.errors import RecipeError
+from vldistill.models.kv_prefix import ExpertSettings, LoraSettings, PrefixSettings
 
 
 class Strict(BaseModel):
@@ -228,11 +229,22 @@ class VizWizFiles(Strict):
                                 "beside annotations/ named like the file (train/, val/)")
 
 
+class ArtQuestFiles(Strict):
+    """A split in the ArtQuest CSV layout (vldistill.data.artquest)."""
+
+    csv: Path = Field(description="image, question, answer[, question_id] rows")
+    images: Path = Field(description="the image root; CSV image paths are relative to it")
+
+
 class DataSettings(Strict):
-    source: Literal["shapesworld", "vqa", "vizwiz", "rgbd"] = "shapesworld"
+    source: Literal["shapesworld", "vqa", "vizwiz", "rgbd", "artquest"] = "shapesworld"
     shapesworld: ShapesWorldSettings = Field(default_factory=ShapesWorldSettings)
-    train: VQAFiles | VizWizFiles | RGBDFiles | None = None
-    val: VQAFiles | VizWizFiles | RGBDFiles | None = None
+    train: VQAFiles | VizWizFiles | RGBDFiles | ArtQuestFiles | None = None
+    val: VQAFiles | VizWizFiles | RGBDFiles | ArtQuestFiles | None = None
+    style_questions: int = Field(
+        0, ge=0, le=2, description="ShapesWorld: image-level style questions per image (the "
+        "pattern covering most of the picture) added to the student's labelled set and to val, "
+        "not to the teacher's training set; 0: none")
     depth: DepthSettings = Field(default_factory=DepthSettings, description="how depth maps "
                                  "become model input, and what to do with bad RGB-D pairs")
     subset: float = Field(1.0, gt=0, le=1, description="share of the training split's images "
@@ -257,7 +269,8 @@ class DataSettings(Strict):
     def _parse_files_by_source(cls, data: Any) -> Any:
         """Read data.train / data.val as the source's file layout (their fields overlap, so
         the union alone would pick the first layout that fits)."""
-        kinds = {"vqa": VQAFiles, "vizwiz": VizWizFiles, "rgbd": RGBDFiles}
+        kinds = {"vqa": VQAFiles, "vizwiz": VizWizFiles, "rgbd": RGBDFiles,
+                 "artquest": ArtQuestFiles}
         if not isinstance(data, dict) or data.get("source") not in kinds:
             return data
         kind, parsed = kinds[data["source"]], {}
@@ -277,7 +290,14 @@ class DataSettings(Strict):
     def _files_for_source(self) -> DataSettings:
         wanted = {"vqa": (VQAFiles, "questions, annotations and images paths"),
                   "vizwiz": (VizWizFiles, "an annotations path (and optionally images)"),
-                  "rgbd": (RGBDFiles, "an annotations path (the split's RGB-D JSON)")}
+                  "rgbd": (RGBDFiles, "an annotations path (the split's RGB-D JSON)"),
+                  "artquest": (ArtQuestFiles, "a csv path and an images root")}
+        if self.style_questions and self.source != "shapesworld":
+            raise ValueError("data.style_questions are written from ShapesWorld scenes; with "
+                             f"source {self.source!r} put style questions in the data itself")
+        if self.style_questions and self.shapesworld.questions_per_image > 90:
+            raise ValueError("data.style_questions take question ids image_id * 100 + 90..91; "
+                             "keep data.shapesworld.questions_per_image <= 90 with them")
         if self.source not in wanted:
             return self
         kind, fields = wanted[self.source]
@@ -315,6 +335,58 @@ class EvalSettings(Strict):
     throughput_images: int = Field(32, ge=1, description="images per batch for throughput")
 
 
+class KVPrefixVariant(Strict):
+    """One model of a KV-prefix ablation. A variant that trains nothing (no prefix, no LoRA,
+    no cross-attention) is the frozen base model, evaluated as it is."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_+-]+$", description="row name; in file names")
+    prefix: bool = Field(True, description="inject the expert's prefixes (train the generator)")
+    lora: bool = Field(False, description="also train LoRA adapters (kv_prefix.lora)")
+    cross_attention: bool = Field(False, description="also train the cross-attention layers")
+    use_expert: bool = Field(True, description="false: constant learned prefixes, no expert "
+                             "information (a control)")
+
+    @property
+    def trains(self) -> bool:
+        return self.prefix or self.lora or self.cross_attention
+
+
+class KVPrefixSettings(Strict):
+    """KV-prefix modulation (seed 002): the recipe's teacher is the frozen base model (trained
+    in the run or loaded from teacher.checkpoint); each variant adds the expert's prefixes
+    and/or adapters and trains them on the labelled data with student.train's budget."""
+
+    expert: ExpertSettings = Field(default_factory=ExpertSettings)
+    prefix: PrefixSettings = Field(default_factory=PrefixSettings)
+    lora: LoraSettings | None = Field(None, description="adapters for variants with lora: true")
+    variants: list[KVPrefixVariant] | None = Field(
+        None, min_length=1, description="the models of the ablation; None: frozen, prefix, "
+        "and prefix+lora when lora is set")
+
+    @model_validator(mode="after")
+    def _check_variants(self) -> KVPrefixSettings:
+        if self.variants is None:
+            variants = [KVPrefixVariant(name="frozen", prefix=False),
+                        KVPrefixVariant(name="prefix")]
+            if self.lora is not None:
+                variants.append(KVPrefixVariant(name="prefix+lora", lora=True))
+            object.__setattr__(self, "variants", variants)
+        names = [v.name for v in self.variants]
+        files = [name.replace("+", "-") for name in names]      # as in checkpoint file names
+        if len(set(files)) != len(files):
+            raise ValueError(f"kv_prefix.variants names must be unique, also with '+' read as "
+                             f"'-' (file names), got {names}")
+        needs_lora = [v.name for v in self.variants if v.lora]
+        if needs_lora and self.lora is None:
+            raise ValueError(f"variants {needs_lora} train LoRA adapters, but kv_prefix.lora is "
+                             "not set; give it, e.g. {r: 8, target_modules: [queries, keys]}")
+        if any(v.prefix for v in self.variants) and not self.prefix.enabled:
+            raise ValueError("kv_prefix.prefix.enabled is false, but variants "
+                             f"{[v.name for v in self.variants if v.prefix]} inject prefixes; "
+                             "set their prefix: false or enable prefixes")
+        return self
+
+
 class Recipe(Strict):
     name: str = "default"
     seeds: list[int] = Field(default_factory=lambda: [0, 1], min_length=1)
@@ -325,6 +397,9 @@ class Recipe(Strict):
     distill: DistillSettings = Field(default_factory=DistillSettings)
     trainer: TrainerSettings = Field(default_factory=TrainerSettings)
     eval: EvalSettings = Field(default_factory=EvalSettings)
+    kv_prefix: KVPrefixSettings | None = Field(
+        None, description="KV-prefix modulation run instead of distillation (vldistill."
+        "models.kv_prefix): the teacher is the frozen base model")
 
     @model_validator(mode="after")
     def _check_modalities(self) -> Recipe:
@@ -340,6 +415,9 @@ class Recipe(Strict):
                              f"modalities than the student's ({self.student.modality!r}, whose "
                              "no-KD baseline is distill.baseline), each once")
         uses_depth = any(modality == "depth" for _, modality, _ in roles)
+        if self.kv_prefix is not None and self.teacher.modality != "rgb":
+            raise ValueError("kv_prefix: the expert reads RGB images, so the base model "
+                             "(teacher) must see rgb too")
         if uses_depth and self.data.augment.views:
             raise ValueError("data.augment.views > 0 with a model that sees depth: augmented "
                              "views transform the RGB image only. Set data.augment.views: 0.")
@@ -368,8 +446,8 @@ def check_input_channels(role: str, modality: str, model: ModelSettings,
     side = "teacher" if role.startswith("teacher") else "student"
     fix = (f"leave {side}.model.params.in_channels out (it then follows the modality), or set "
            f"it to {gives}" if hasattr(config, "in_channels") else
-           f"this model reads 3-channel images: set data.depth.channels: 3 and "
-           f"data.depth.mask_channel: false")
+           "this model reads 3-channel images: set data.depth.channels: 3 and "
+           "data.depth.mask_channel: false")
     raise ValueError(f"{role} sees {modality} with {gives} channel(s) ({where}) but its model "
                      f"{model.name!r} reads {reads}; {fix}")
 

@@ -15,7 +15,7 @@ from vldistill.errors import DataError
 from vldistill.models import count_parameters
 from vldistill.eval.evaluators import build_evaluator, predict
 from vldistill.models.checkpoint import build_from_checkpoint, load_checkpoint
-from vldistill.pipeline_data import load_splits
+from vldistill.pipeline_data import load_val
 
 
 def checkpoint_predictions(checkpoint, samples, images, depth: DepthSettings,
@@ -44,7 +44,7 @@ def evaluate_checkpoint(path: Path, batch_images: int = 64) -> dict[str, Any]:
     settings = DataSettings.model_validate(checkpoint.extra["data"])
     modality = checkpoint.extra.get("modality", "rgb")     # what the model sees
     needs = checkpoint.extra.get("data_modalities", [modality])   # as the run read its data
-    _, _, val, val_images = load_splits(settings, needs=needs)
+    val, val_images = load_val(settings, needs=needs)
     model, dataset, predictions = checkpoint_predictions(checkpoint, val, val_images,
                                                          settings.depth, batch_images)
     return {"role": checkpoint.extra.get("role", "?"), "model": checkpoint.model_name,

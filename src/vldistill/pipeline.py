@@ -67,6 +67,8 @@ class RunResult:
     agreement: dict[str, list[float]] = field(default_factory=dict)
     wall_time_s: float = 0.0
     world_size: int = 1
+    teacher_label: str = "teacher"         # "base (frozen)" in a KV-prefix run
+    trainable: dict[str, int] = field(default_factory=dict)   # trainable parameters by row
 
 
 def world_size() -> int:
@@ -199,13 +201,27 @@ class VQAJob:
               ) -> tuple[nn.Module, Callable[[Path, nn.Module], None]]:
         side = self.recipe.teacher if role == "teacher" else self.recipe.student
         settings, modality = side.model, modality or side.modality
-        params = dict(settings.params)
-        if "in_channels" in MODELS.get(settings.name).config_class.model_fields and \
-                params.get("in_channels") is None:
-            params["in_channels"] = input_channels(modality, self.recipe.data.depth)
+        params = self.resolved_params(role, modality)
         model = build_model(settings.name, params,
                             answers=self.data.answer_vocab.to_json(),
                             question_vocab=self.data.tokenizer.to_json(), **self.sizes)
+        return model, self.saver(role, settings.name, params, modality)
+
+    def resolved_params(self, role: str, modality: str | None = None) -> dict:
+        """A role's model params with ``in_channels`` filled in from the modality it sees
+        (default: the role's)."""
+        side = self.recipe.teacher if role == "teacher" else self.recipe.student
+        params = dict(side.model.params)
+        if "in_channels" in MODELS.get(side.model.name).config_class.model_fields and \
+                params.get("in_channels") is None:
+            params["in_channels"] = input_channels(modality or side.modality,
+                                                   self.recipe.data.depth)
+        return params
+
+    def saver(self, role: str, model_name: str, params: dict, modality: str
+              ) -> Callable[[Path, nn.Module], None]:
+        """save(path, model): a checkpoint that rebuilds ``model_name(params)`` and records
+        the run's vocabularies, data settings, metric and modality."""
         extra = {"answer_vocab": self.data.answer_vocab.to_json(),
                  "question_vocab": self.data.tokenizer.to_json(),
                  "data": self.recipe.data.model_dump(mode="json"), "role": role,
@@ -215,14 +231,15 @@ class VQAJob:
                  "data_modalities": list(used_modalities(self.recipe))}
 
         def save(path: Path, trained: nn.Module) -> None:
-            save_model(path, trained, settings.name, params, self.sizes, extra)
-        return model, save
+            save_model(path, trained, model_name, params, self.sizes, extra)
+        return save
 
     def train(self, role: str, step: DistillationStep, train: TrainSettings, labelled,
               transfer=None, transfer_fraction: float = 0.0, seed: int = 0, save=None,
-              collate: VQACollator | None = None):
+              collate: VQACollator | None = None, stamp: str | None = None):
         """Fit ``step``; ``collate`` gives the batches the modalities of its models (default:
-        the KD student's and its teacher's)."""
+        the KD student's and its teacher's). ``stamp``: what resume files must have been
+        written for (default: the recipe's and the step's teacher's)."""
         collate = collate or self.collate
         loaders = mixed_loaders(labelled, transfer, collate, self.val,
                                 images_per_batch=train.images_per_batch,
@@ -230,7 +247,7 @@ class VQAJob:
                                 val_batch=self.recipe.eval.batch_images)
         return fit(step, loaders, self.evaluator(), train,
                    self.recipe.trainer, run_dir=self.run_dir, role=role, save=save,
-                   resume=self.resume, stamp=self.stamp_for(role, step.teacher))
+                   resume=self.resume, stamp=stamp or self.stamp_for(role, step.teacher))
 
     def evaluator(self):
         return build_evaluator(self.recipe.eval.metric, self.data.answer_vocab)
@@ -406,6 +423,10 @@ def run_recipe(recipe: Recipe, phase: str | None = None, resume: bool = False,
     teacher, teacher_model = train_teacher(job)
     metric = job.metric_name
     console.print(f"teacher: val {metric} {teacher.predictions.metrics[metric]:.2f}")
+    if recipe.kv_prefix is not None:
+        from vldistill.pipeline_kv_prefix import run_kv_prefix
+
+        return run_kv_prefix(job, teacher, teacher_model, start)
     kd_teacher: nn.Module = teacher_model
     if recipe.teacher.mode == "cache":
         from vldistill.pipeline_cache import open_cache

@@ -54,6 +54,12 @@ def load_splits(settings: DataSettings, progress: bool = False,
                                            needs=needs, settings=settings.depth)
             splits += [samples, images]
         return tuple(splits)  # type: ignore[return-value]
+    if settings.source == "artquest":
+        from vldistill.data.artquest import read_artquest
+
+        for files in (settings.train, settings.val):
+            splits += read_artquest(files.csv, files.images, image_size=settings.image_size)
+        return tuple(splits)  # type: ignore[return-value]
     if settings.source == "vizwiz":
         from vldistill.data.vizwiz import read_vizwiz
 
@@ -73,6 +79,16 @@ def load_splits(settings: DataSettings, progress: bool = False,
                                    depth_root=files.depth if "depth" in needs else None)
         splits += [samples, images]
     return tuple(splits)  # type: ignore[return-value]
+
+
+def load_val(settings: DataSettings, needs: Sequence[str] = ("rgb",)
+             ) -> tuple[list[Sample], ImageStore]:
+    """The val split as a run scores it (with its style questions, when the data has them):
+    what ``vldistill eval`` and ``bench`` read for a saved model."""
+    _, _, val, val_images = load_splits(settings, needs=needs)
+    if settings.style_questions:
+        [(val, _)] = with_style_questions(settings, val)
+    return val, val_images
 
 
 def split_for_student(train: list[Sample], settings: DataSettings, seed: int
@@ -111,6 +127,10 @@ def prepare_data(settings: DataSettings, seed: int, progress: bool = False,
     train, train_images, val, val_images = load_splits(settings, progress, needs)
     train = take_subset(train, settings.subset, seed)
     labelled, transfer = split_for_student(train, settings, seed)
+    if settings.style_questions:
+        # the words of style questions that the training split lacks read as <unk>, as they
+        # would for a frozen base model's own tokenizer
+        (labelled, _), (val, _) = with_style_questions(settings, labelled, val)
     answer_vocab = AnswerVocab.build((s.answers for s in train if s.answers),
                                      min_count=settings.answer_vocab_min_count,
                                      max_size=settings.answer_vocab_max_size)
@@ -118,3 +138,26 @@ def prepare_data(settings: DataSettings, seed: int, progress: bool = False,
     coverage = answer_vocab.coverage([s.answers for s in val if s.answers])
     return RunData([s for s in train if s.answers], labelled, transfer, val, train_images,
                    val_images, answer_vocab, tokenizer, coverage)
+
+
+def with_style_questions(settings: DataSettings, *splits: list[Sample]
+                         ) -> list[tuple[list[Sample], list[Sample]]]:
+    """ShapesWorld's image-level style questions (``data.style_questions`` per image) after
+    each image's own questions, per split: [(samples with them, the added ones), ...]. The
+    run adds them to the student's labelled set and to val, not to the teacher's training set
+    (they are the new task); ``vldistill eval`` adds them to val the same way."""
+    from vldistill.data.shapesworld import load_shapesworld
+    from vldistill.data.shapesworld_questions import style_questions
+
+    world = load_shapesworld(settings.shapesworld)
+    scenes = {scene.image_id: scene for split in world.splits.values()
+              for scene in split.scenes}
+    out = []
+    for samples in splits:
+        extended, added = [], []
+        for group in group_by_image(samples):
+            extra = style_questions(scenes[group[0].image_id], settings.style_questions)
+            extended += group + extra
+            added += extra
+        out.append((extended, added))
+    return out

@@ -65,7 +65,7 @@ def _predict_checkpoint(path: Path, image_path: Path, question: str) -> Predicti
         if size:
             image = np.asarray(Image.fromarray(image).resize((size, size),
                                                              Image.Resampling.BILINEAR))
-        images = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None]
+        images = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)[None]
     inputs = {"images": images, "image_index": torch.zeros(1, dtype=torch.long),
               "questions": [question]}
     if "question_vocab" in checkpoint.extra:

@@ -8,16 +8,19 @@ from vldistill.data.rgbd import write_rgbd
 from vldistill.data.vizwiz import write_vizwiz
 from vldistill.data.vqa import write_vqa
 
-FORMATS = ("vqa", "vizwiz", "rgbd")
+FORMATS = ("vqa", "vizwiz", "rgbd", "artquest")
 
 
-def export_shapesworld(world, out_dir: Path, format: str = "vqa") -> dict[str, Path]:
+def export_shapesworld(world, out_dir: Path, format: str = "vqa", style_questions: int = 2
+                       ) -> dict[str, Path]:
     """Write every split in the VQAv2 layout (``{split}_questions.json``,
     ``{split}_annotations.json``, ``images/``, ``depth/``) plus ``facts.jsonl`` and
     ``{split}_captions.jsonl``, or (``format="vizwiz"``) in the VizWiz layout
     (``annotations/{split}.json``, ``{split}/``; the unanswerable questions included), or
     (``format="rgbd"``) in the RGB-D layout (``{split}.json``, ``images/``, ``depth/`` in
-    millimetres; vldistill.data.rgbd). Returns the written paths by name."""
+    millimetres; vldistill.data.rgbd), or (``format="artquest"``) as ArtQuest CSVs
+    (``{split}.csv``, ``images/{split}/``) with ``style_questions`` image-level style questions
+    per image after its own. Returns the written paths by name."""
     from vldistill.data.shapesworld import write_captions_jsonl, write_facts_jsonl
 
     if format not in FORMATS:
@@ -25,6 +28,18 @@ def export_shapesworld(world, out_dir: Path, format: str = "vqa") -> dict[str, P
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path] = {}
+    if format == "artquest":
+        from vldistill.data.artquest import write_artquest
+        from vldistill.data.batches import group_by_image
+        from vldistill.data.shapesworld_questions import style_questions as style
+
+        for name, split in world.splits.items():
+            scenes = {scene.image_id: scene for scene in split.scenes}
+            samples = [s for group in group_by_image(split.samples)
+                       for s in group + style(scenes[group[0].image_id], style_questions)]
+            paths = write_artquest(samples, split.images, out_dir, name)
+            written.update({f"{name} {kind}": path for kind, path in paths.items()})
+        return written
     if format in ("vizwiz", "rgbd"):
         write = write_vizwiz if format == "vizwiz" else write_rgbd
         for name, split in world.splits.items():

@@ -285,7 +285,7 @@ def _scan_files(path: Path, paths: dict[ImageId, tuple[Path, Path | None]],
         raise MissingFileError(
             f"{path}: {len(missing)} of {len(paths)} images lack a modality this recipe needs "
             f"({', '.join(needs)}):\n" + "\n".join(lines) + more + "\nFix: add the files, or "
-            f"set data.depth.missing: skip to skip those questions (they are counted).")
+            "set data.depth.missing: skip to skip those questions (they are counted).")
     report.skipped_images = missing
     report.skipped_questions = sum(questions[image_id] for image_id, _ in missing)
     if mismatched and settings.size_mismatch == "refuse":

@@ -22,6 +22,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from vldistill.data.sample import Sample
 from vldistill.data.shapesworld_render import COLOURS, PATTERNS, SHAPES, SIZES, ObjectSpec, Scene
 
 VISUAL_TYPES = ("colour", "shape", "count", "exists", "spatial", "nearest", "pattern")
@@ -465,3 +466,37 @@ def _deviant(question: Question, code: int, pick: float) -> str:
         if not pool:
             return truth
     return pool[int(pick * len(pool))]
+
+
+# Image-level "style" questions (seed 002's ArtQuest asks about a painting's style): the pattern
+# that covers most of the picture. Not among a world's eight questions per image (the built-in
+# data stays as it is); data.style_questions adds them to the student's labelled set and val
+# (vldistill.pipeline_data), and the ArtQuest export writes them.
+STYLE_TEMPLATES = ("What is the main pattern in this picture?",
+                   "Which pattern covers most of this picture?")
+STYLE_ID_OFFSET = 90          # question_id = image_id * 100 + 90 + k
+# a large object covers (0.19 / 0.11)^2 ~ 3x the area of a small one (shapesworld_render)
+SIZE_AREA = {"small": 1.0, "large": 3.0}
+
+
+def main_pattern(scene: Scene) -> str | None:
+    """The pattern with the most object area in the scene; None on a tie."""
+    area: dict[str, float] = {}
+    for obj in scene.objects:
+        area[obj.pattern] = area.get(obj.pattern, 0.0) + SIZE_AREA[obj.size]
+    ranked = sorted(area.values(), reverse=True)
+    if len(ranked) > 1 and ranked[0] == ranked[1]:
+        return None
+    return max(area, key=area.get)
+
+
+def style_questions(scene: Scene, count: int, stride: int = 100) -> list[Sample]:
+    """Up to ``count`` style questions about ``scene`` (none when two patterns tie), each with
+    ten identical annotator answers; question ids ``image_id * stride + 90 + k``."""
+    answer = main_pattern(scene)
+    if answer is None or count <= 0:
+        return []
+    return [Sample(question_id=scene.image_id * stride + STYLE_ID_OFFSET + k,
+                   image_id=scene.image_id, question=STYLE_TEMPLATES[k % len(STYLE_TEMPLATES)],
+                   answers=(answer,) * 10, question_type="style", answer_type="other")
+            for k in range(min(count, len(STYLE_TEMPLATES)))]

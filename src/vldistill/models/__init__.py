@@ -73,51 +73,93 @@ def _build_vilt(config: ViltSettings, num_answers: int, vocab_size: int,
     return ViltVQA.from_pretrained(config.path, answers, config.max_text_length)
 
 
-class LlavaOnevisionSettings(BaseModel):
-    """A Hugging Face LlavaOnevisionForConditionalGeneration (vldistill.models.hf_llava), a
-    generative VQA model: from a local folder (``path``), or built in code (``config``)."""
+class GenerativeSettings(BaseModel):
+    """A generative Hugging Face VQA model (vldistill.models.hf_generative): from a local
+    folder (``path``), or built in code (``config``)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     path: Path | None = Field(None, description="folder written by save_pretrained: config, "
                               "model.safetensors, tokenizer, image processor config")
-    config: dict[str, Any] | None = Field(
-        None, description="a model built in code: {vision: SiglipVisionConfig fields, text: "
-        "Qwen2Config fields, image_size: 32}; its tokenizer is word-level over the data's words")
-    prompt: str = Field("{question} answer with one word", description="the user turn; the "
-                        "tokenizer's chat template wraps it when it has one")
+    config: dict[str, Any] | None = Field(None, description="a model built in code (see the "
+                                          "adapter's from_config); its tokenizer is word-level "
+                                          "over the data's words")
+    prompt: str = Field("{question} answer with one word", description="the question prompt")
     max_answer_tokens: int = Field(4, ge=1, description="answer tokens (with end-of-sequence) "
                                    "teacher-forced and distilled")
 
     @model_validator(mode="after")
-    def _one_source(self) -> LlavaOnevisionSettings:
-        _check_one_source(self, "LLaVA-OneVision")
+    def _one_source(self) -> GenerativeSettings:
+        _check_one_source(self, type(self).__name__.removesuffix("Settings"))
         if "{question}" not in self.prompt:
             raise ValueError(f"prompt {self.prompt!r} needs a {{question}} field")
         return self
 
 
-def _build_llava(config: LlavaOnevisionSettings, num_answers: int, vocab_size: int,
-                 answers: list[str] | None = None, question_vocab: list[str] | None = None
-                 ) -> nn.Module:
-    from vldistill.models.hf_llava import LlavaOnevisionVQA
+class LlavaOnevisionSettings(GenerativeSettings):
+    """LlavaOnevisionForConditionalGeneration (vldistill.models.hf_llava); ``config``: {vision:
+    SiglipVisionConfig fields, text: Qwen2Config fields, image_size: 32}. The prompt is the user
+    turn; the tokenizer's chat template wraps it when it has one."""
 
-    if answers is None:
-        raise ValueError("a LLaVA-OneVision VQA model needs the answer vocabulary (its strings)")
-    if config.config is not None:
-        if question_vocab is None:
-            raise ValueError("a LLaVA-OneVision built from config needs the question vocabulary")
-        return LlavaOnevisionVQA.from_config(config.config, answers, question_vocab,
-                                             config.prompt, config.max_answer_tokens)
-    return LlavaOnevisionVQA.from_pretrained(config.path, answers, config.prompt,
-                                             config.max_answer_tokens)
+
+class Blip2Settings(GenerativeSettings):
+    """Blip2ForConditionalGeneration (vldistill.models.hf_blip2); ``config``: {vision:
+    Blip2VisionConfig fields, qformer: Blip2QFormerConfig fields, text: OPTConfig fields,
+    num_query_tokens: 4, image_size: 32}."""
+
+    prompt: str = Field("Question: {question} Answer:", description="BLIP-2's VQA prompt")
+
+
+def _generative_builder(module: str, class_name: str) -> Callable[..., nn.Module]:
+    def build(config: GenerativeSettings, num_answers: int, vocab_size: int,
+              answers: list[str] | None = None, question_vocab: list[str] | None = None
+              ) -> nn.Module:
+        import importlib
+
+        adapter = getattr(importlib.import_module(module), class_name)
+        if answers is None:
+            raise ValueError(f"a {class_name} model needs the answer vocabulary (its strings)")
+        if config.config is not None:
+            if question_vocab is None:
+                raise ValueError(f"a {class_name} built from config needs the question "
+                                 "vocabulary")
+            return adapter.from_config(config.config, answers, question_vocab, config.prompt,
+                                       config.max_answer_tokens)
+        return adapter.from_pretrained(config.path, answers, config.prompt,
+                                       config.max_answer_tokens)
+    return build
+
+
+def _build_kv_prefix(config, num_answers: int, vocab_size: int,
+                     answers: list[str] | None = None, question_vocab: list[str] | None = None
+                     ) -> nn.Module:
+    """A base model (random weights; a checkpoint's replace them) modulated by expert
+    prefixes (vldistill.models.kv_prefix)."""
+    from vldistill.models.kv_prefix import KVPrefixVQA, build_expert
+
+    base = build_model(config.base["name"], config.base.get("params", {}), answers=answers,
+                       question_vocab=question_vocab, num_answers=num_answers,
+                       vocab_size=vocab_size)
+    return KVPrefixVQA(base, build_expert(config.expert), config)
+
+
+def _kv_prefix_settings():
+    from vldistill.models.kv_prefix import KVPrefixModelSettings
+
+    return KVPrefixModelSettings
 
 
 MODELS: Registry[ModelEntry] = Registry("model")
 MODELS.register("vqa_attention")(ModelEntry(VQANetConfig, VQANet))
 MODELS.register("vilt")(ModelEntry(ViltSettings, _build_vilt, needs_vocabularies=True))
-MODELS.register("llava_onevision")(ModelEntry(LlavaOnevisionSettings, _build_llava,
-                                              needs_vocabularies=True))
+MODELS.register("llava_onevision")(ModelEntry(
+    LlavaOnevisionSettings, _generative_builder("vldistill.models.hf_llava", "LlavaOnevisionVQA"),
+    needs_vocabularies=True))
+MODELS.register("blip2")(ModelEntry(
+    Blip2Settings, _generative_builder("vldistill.models.hf_blip2", "Blip2VQA"),
+    needs_vocabularies=True))
+MODELS.register("kv_prefix")(ModelEntry(_kv_prefix_settings(), _build_kv_prefix,
+                                        needs_vocabularies=True))
 
 
 def model_config(name: str, params: dict[str, Any]) -> BaseModel:

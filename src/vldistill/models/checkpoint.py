@@ -36,7 +36,14 @@ class ModelCheckpoint:
 def save_model(path: Path, model: nn.Module, model_name: str, model_params: dict[str, Any],
                sizes: dict[str, int], extra: dict[str, Any] | None = None) -> Path:
     """Save weights + rebuild information. ``extra`` must be JSON-serialisable."""
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    state, seen = {}, set()
+    for key, value in model.state_dict().items():
+        value = value.detach().cpu().contiguous()
+        # tied weights (an LM head sharing the embedding) are one tensor under two names;
+        # safetensors refuses shared memory, so the second name gets its own copy
+        pointer = value.untyped_storage().data_ptr()
+        state[key] = value.clone() if pointer in seen and value.numel() else value
+        seen.add(pointer)
     metadata = {"format": FORMAT, "model_name": model_name,
                 "model_params": json.dumps(model_params), "sizes": json.dumps(sizes),
                 "extra": json.dumps(extra or {})}
@@ -67,6 +74,20 @@ def load_checkpoint(path: str | Path) -> ModelCheckpoint:
                                json.loads(metadata["sizes"]), json.loads(metadata["extra"]))
     except (KeyError, json.JSONDecodeError) as error:
         raise DataError(f"checkpoint {path} has damaged metadata ({error}); re-save it.") from None
+
+
+def read_model_spec(path: str | Path) -> tuple[str, dict[str, Any]]:
+    """(registered model name, params) of a checkpoint, from its metadata alone."""
+    path = Path(path)
+    if not path.is_file():
+        raise MissingFileError(f"checkpoint {path} does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+        return metadata["model_name"], json.loads(metadata["model_params"])
+    except (SafetensorError, OSError, KeyError, json.JSONDecodeError) as error:
+        raise DataError(f"checkpoint {path} has no readable model metadata ({error}); it was "
+                        "not written by vldistill's save_model, or is damaged.") from None
 
 
 def build_from_checkpoint(checkpoint: ModelCheckpoint) -> nn.Module:

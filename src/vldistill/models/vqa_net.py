@@ -149,14 +149,33 @@ class AttentionHop(nn.Module):
                                     nn.Linear(width, width))
 
     def forward(self, state: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
-                coords: torch.Tensor, slots: QuestionSlots) -> tuple[torch.Tensor, torch.Tensor]:
+                coords: torch.Tensor, slots: QuestionSlots,
+                prefix: tuple[torch.Tensor, torch.Tensor] | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
         """state (N_q, D); keys/values (N_img, G*G, D); coords (G*G, 2)
-        -> (new state (N_q, D), readout (N_q, readout_dim))."""
+        -> (new state (N_q, D), readout (N_q, readout_dim)).
+
+        ``prefix`` (K, V), each (N_img, P, D), are extra key/value positions placed before the
+        grid (KV-prefix modulation, vldistill.models.kv_prefix): attention spreads over P + G*G
+        positions; the attended location (the grid's share of attention, renormalised), count
+        and peak read the grid positions only (a prefix has no place in the image). None
+        computes exactly what it did without them."""
         n, width = state.shape
         queries = slots.pack(self.queries(state).view(n, self.heads, width))  # (N_img, Q*h, D)
         scores = torch.bmm(queries, keys.transpose(1, 2)) / math.sqrt(width)  # (N_img, Q*h, GG)
-        attention = scores.softmax(dim=-1)
-        read = slots.unpack(torch.bmm(attention, values), self.heads)          # (N_q, h, D)
+        if prefix is None:
+            attention = scores.softmax(dim=-1)
+            read = torch.bmm(attention, values)
+        else:
+            prefix_keys, prefix_values = prefix
+            prefix_scores = torch.bmm(queries, prefix_keys.transpose(1, 2)) / math.sqrt(width)
+            both = torch.cat([prefix_scores, scores], dim=-1).softmax(dim=-1)  # (.., P + GG)
+            read = torch.bmm(both, torch.cat([prefix_values, values], dim=1))
+            grid_part = both[..., prefix_keys.shape[1]:]
+            # where it looks in the image: the grid share renormalised (the prefix mass has
+            # no location and must not pull the attended place toward the centre)
+            attention = grid_part / grid_part.sum(-1, keepdim=True).clamp_min(1e-12)
+        read = slots.unpack(read, self.heads)                                  # (N_q, h, D)
         where = slots.unpack(attention @ coords, self.heads)                   # (N_q, h, 2)
         scores = slots.unpack(scores, self.heads)                              # (N_q, h, GG)
         count = torch.sigmoid(scores).sum(-1, keepdim=True).log1p()            # (N_q, h, 1)

@@ -33,12 +33,17 @@ def results_dict(result: Any) -> dict[str, Any]:
     """The JSON-serialisable summary of a pipeline RunResult (see vldistill.pipeline)."""
     key = METRICS[result.recipe.eval.metric][0]
     teacher_accuracy = result.teacher.predictions.metrics[key]
-    rows = [_row("teacher", [result.teacher], result.efficiency["teacher"], teacher_accuracy,
+    label = getattr(result, "teacher_label", "teacher")
+    rows = [_row(label, [result.teacher], result.efficiency["teacher"], teacher_accuracy,
                  None, key)]
     for name, runs in result.students.items():
-        rows.append(_row(name, runs, result.efficiency.get(name, result.efficiency["student"]),
+        rows.append(_row(name, runs, result.efficiency.get(name) or result.efficiency["student"],
                          teacher_accuracy,
                          result.agreement.get(name), key))
+    trainable = getattr(result, "trainable", {})
+    for row in rows:
+        if row["model"] in trainable:
+            row["trainable_parameters"] = trainable[row["model"]]
     out: dict[str, Any] = {
         "recipe": result.recipe.name, "seeds": result.recipe.seeds, "metric": key, "rows": rows,
         "wall_time_s": result.wall_time_s, "world_size": result.world_size,
@@ -92,7 +97,20 @@ def header(results: dict[str, Any]) -> list[str]:
     columns = [HEADER[0], f"{metric_label(results)} val % (mean ± std [min–max])", *HEADER[2:]]
     if any("unanswerable_ap" in row for row in results["rows"]):
         columns[2:2] = ["unanswerable AP %", "unanswerable F1 %"]
+    if _has_trainable(results):
+        columns.insert(columns.index("params") + 1, "trainable")
     return columns
+
+
+def _trainable_cell(row: dict[str, Any]) -> str:
+    if "trainable_parameters" not in row:
+        return "-"
+    share = 100 * row["trainable_parameters"] / row["parameters"]
+    return f"{row['trainable_parameters']:,} ({share:.2f} %)"
+
+
+def _has_trainable(results: dict[str, Any]) -> bool:
+    return any("trainable_parameters" in row for row in results["rows"])
 
 
 def table_rows(results: dict[str, Any]) -> list[list[str]]:
@@ -105,6 +123,7 @@ def table_rows(results: dict[str, Any]) -> list[list[str]]:
         rows.append([
             row["model"], _accuracy_cell(row[metric_key(results)]), *extra,
             f"{row['parameters']:,}",
+            *([_trainable_cell(row)] if _has_trainable(results) else []),
             f"{row['latency_ms']:.2f}", f"{row['throughput_qps']:,.0f}",
             f"{row['kept_of_teacher_pct']:.1f} %" if row["kept_of_teacher_pct"] else "-",
             f"{agreement['mean']:.1f} %" if agreement else "-",
