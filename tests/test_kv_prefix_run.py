@@ -116,3 +116,18 @@ def test_artquest_csv_data_runs_through_the_same_recipe(tmp_path) -> None:
     results = results_dict(run_recipe(recipe))
     assert [row["model"] for row in results["rows"]] == ["frozen", "prefix"]
     assert "style" in results["per_question_type"]["prefix"]
+
+
+def test_a_base_from_a_checkpoint_is_modulated_as_saved(kv_run, tmp_path) -> None:
+    """teacher.checkpoint: the base is the saved model (its own name and params, even when
+    the recipe's teacher.model says otherwise), and nothing retrains it."""
+    recipe, result, results = kv_run
+    saved = result.run_dir / "checkpoints" / "teacher-last.safetensors"
+    again = load_recipe(ROOT / "recipes" / "kv_prefix.yaml", [
+        f"output_dir={tmp_path}", *TINY, f"teacher.checkpoint={saved}",
+        "teacher.model.params.width=32",            # not the saved model's: ignored
+        "kv_prefix.variants=[{name: frozen, prefix: false}, {name: prefix}]"])
+    rows = {row["model"]: row for row in results_dict(run_recipe(again))["rows"]}
+    first = {row["model"]: row for row in results["rows"]}
+    assert rows["frozen"]["vqa_accuracy"] == first["frozen"]["vqa_accuracy"]
+    assert rows["prefix"]["parameters"] == first["prefix"]["parameters"]

@@ -66,3 +66,26 @@ def test_a_pickle_that_runs_code_is_refused_not_executed(tmp_path) -> None:
 def test_a_state_dict_of_another_network_is_named_with_the_expected_keys() -> None:
     with pytest.raises(DataError, match=r"my\.pth.*_conv_stem\.weight"):
         EfficientNet({"conv1.weight": torch.zeros(1)}, source="my.pth")
+
+
+def test_squeeze_excitation_blocks_are_read_and_a_fully_open_gate_changes_nothing() -> None:
+    """A B-series checkpoint has SE weights per block (and uses swish): with every gate
+    forced open (sigmoid -> 1), the network computes what the same one without SE does."""
+    path, _ = packaged_weights("lite0")
+    lite = read_state_dict(path)
+    with_se = dict(lite)
+    for i in range(16):
+        expanded = lite[f"_blocks.{i}._depthwise_conv.weight"].shape[0]
+        with_se[f"_blocks.{i}._se_reduce.weight"] = torch.randn(4, expanded, 1, 1)
+        with_se[f"_blocks.{i}._se_reduce.bias"] = torch.zeros(4)
+        with_se[f"_blocks.{i}._se_expand.weight"] = torch.zeros(expanded, 4, 1, 1)
+        with_se[f"_blocks.{i}._se_expand.bias"] = torch.full((expanded,), 50.0)
+    b_style = EfficientNet(with_se, image_size=64).eval()
+    assert isinstance(b_style.act, torch.nn.SiLU)
+    plain = EfficientNet(lite, image_size=64).eval()
+    plain.act = torch.nn.SiLU()
+    for block in plain._blocks:
+        block.act = torch.nn.SiLU()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(b_style.features(x), plain.features(x))
