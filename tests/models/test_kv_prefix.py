@@ -305,3 +305,21 @@ def test_the_registered_model_rebuilds_blip2_with_lora_and_runs() -> None:
     assert output.logits.shape == (3, 3)
     output.logits.sum().backward()
     assert model.generator.mlp[-1].weight.grad is not None
+
+
+def test_a_saved_blip2_loads_back_through_from_pretrained_with_the_same_outputs(
+        blip2, tmp_path) -> None:
+    """The path a user takes with a real checkpoint folder: save_pretrained, then the
+    registered model's path: setting (safetensors, processor, tokenizer, offline)."""
+    blip2.save_pretrained(tmp_path / "blip2")
+    loaded = build_model("blip2", {"path": str(tmp_path / "blip2")},
+                         answers=["red", "blue", "yes"], question_vocab=[], num_answers=3,
+                         vocab_size=1).eval()
+    assert loaded.processor.num_query_tokens == 4
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**blip2_inputs()).logits,
+                                   blip2(**blip2_inputs()).logits)
+    modulated = KVPrefixVQA(loaded, TinyExpert(), settings()).eval()
+    with torch.no_grad():
+        assert not torch.allclose(modulated(**blip2_inputs()).logits,
+                                  blip2(**blip2_inputs()).logits)
