@@ -8,6 +8,7 @@ Command-line overrides use dotted paths: ``--set distill.terms.1.temperature=4``
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -575,11 +576,56 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] = ()) -> Re
     except UnicodeDecodeError as error:
         raise RecipeError(f"recipe {path} is not UTF-8 text (byte {error.start}); save it as "
                           "UTF-8") from None
-    if isinstance(data, dict) and data.get("task") == "kbvqa":
-        raise RecipeError(f"recipe {path} is a knowledge-based VQA recipe (task: kbvqa); run it "
-                          f"with `vldistill run {path}` or `vldistill kb run {path}`, load it with "
-                          "vldistill.kb.job.load_kb_recipe")
+    if isinstance(data, dict) and data.get("task") in TASKS:
+        task = data["task"]
+        what, loader, command = TASKS[task]
+        raise RecipeError(f"recipe {path} is a {what} recipe (task: {task}); run it with "
+                          f"`vldistill run {path}` or `vldistill {command} {path}`, load it "
+                          f"with {loader}")
     return recipe_from_dict(_as_plain(data) if data is not None else {}, str(path), overrides)
+
+
+# recipes for jobs other than VQA distillation say so in a `task` field
+TASKS = {"kbvqa": ("knowledge-based VQA", "vldistill.kb.job.load_kb_recipe", "kb run"),
+         "open_vocab": ("open-vocabulary distillation",
+                        "vldistill.openvocab.job.load_open_vocab_recipe", "open-vocab run")}
+
+
+def recipe_task(path: str | Path | None) -> str | None:
+    """The ``task`` a recipe file names (kbvqa, open_vocab), or None (VQA distillation, or a
+    file that does not parse: load_recipe reports that)."""
+    if path is None or not Path(path).is_file():
+        return None
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError):
+        return None
+    task = data.get("task") if isinstance(data, dict) else None
+    return task if task in TASKS else None
+
+
+def load_task_recipe(schema: type[BaseModel], path: str | Path | None,
+                     overrides: Sequence[str] = (), example: str = "") -> Any:
+    """A task recipe (``schema``) from YAML (None: the schema's defaults), with --set
+    overrides; every problem reported at once."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise RecipeError(f"recipe file {path} does not exist; pass e.g. {example}")
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as error:
+            raise RecipeError(f"recipe {path} is not valid UTF-8 YAML: {error}") from None
+    for text in overrides:
+        apply_override(data, *parse_override(text), schema().model_dump(mode="json"))
+    try:
+        return schema.model_validate(data)
+    except ValidationError as error:
+        problems = "\n".join(f"  - {'.'.join(map(str, e['loc']))}: {e['msg']}"
+                             for e in error.errors())
+        raise RecipeError(f"recipe {path or '(built-in)'} has {error.error_count()} "
+                          f"problem(s):\n{problems}") from None
 
 
 def nested_differences(saved: Any, current: Any, prefix: str = "") -> list[str]:

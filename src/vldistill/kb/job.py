@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import torch
 import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
 from vldistill.config import Strict
 from vldistill.console import console
@@ -106,38 +106,16 @@ class KBVQARecipe(Strict):
 
 def is_kb_recipe(path: Path | None) -> bool:
     """Does the YAML file say ``task: kbvqa``?"""
-    if path is None or not Path(path).is_file():
-        return False
-    try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError):
-        return False                    # load_recipe reports it
-    return isinstance(data, dict) and data.get("task") == "kbvqa"
+    from vldistill.config import recipe_task
+
+    return recipe_task(path) == "kbvqa"
 
 
 def load_kb_recipe(path: Path | None, overrides: list[str] = ()) -> KBVQARecipe:
     """A KB-VQA recipe from YAML (None: the built-in default), with --set overrides."""
-    from vldistill.config import apply_override, parse_override
+    from vldistill.config import load_task_recipe
 
-    data: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise RecipeError(f"recipe file {path} does not exist; pass e.g. recipes/kbvqa.yaml")
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except (yaml.YAMLError, UnicodeDecodeError) as error:
-            raise RecipeError(f"recipe {path} is not valid UTF-8 YAML: {error}") from None
-    for text in overrides:
-        apply_override(data, *parse_override(text),
-                       KBVQARecipe().model_dump(mode="json"))
-    try:
-        return KBVQARecipe.model_validate(data)
-    except ValidationError as error:
-        problems = "\n".join(f"  - {'.'.join(map(str, e['loc']))}: {e['msg']}"
-                             for e in error.errors())
-        raise RecipeError(f"KB-VQA recipe {path or '(built-in)'} has {error.error_count()} "
-                          f"problem(s):\n{problems}") from None
+    return load_task_recipe(KBVQARecipe, path, overrides, "recipes/kbvqa.yaml")
 
 
 def read_captions(path: Path | None) -> dict[Any, str]:

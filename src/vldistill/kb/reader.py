@@ -207,7 +207,7 @@ def train_reader(reader: FiDReader, samples: Sequence[Any], captions: dict,
     With ``validate`` = (samples, contexts), the reader is scored by exact match every
     ``val_every_n_steps`` steps; the best weights are restored at the end (early stopping),
     and training stops after ``patience`` validations without improvement."""
-    from vldistill.kb.train import run_steps
+    from vldistill.train.loop import run_steps
 
     if len(samples) != len(contexts):
         raise ValueError(f"{len(samples)} samples but {len(contexts)} context lists")

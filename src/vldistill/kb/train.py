@@ -18,7 +18,7 @@ PyTorch (seeded, progress bar, no Lightning features needed at this size).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,9 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vldistill.console import console
 from vldistill.kb.encoders import SentenceEncoder
 from vldistill.kb.facts import KnowledgeBase
+from vldistill.train.loop import run_steps
 
 
 @dataclass
@@ -39,37 +39,6 @@ class RetrieverTrainSettings:
     temperature: float = 0.05         # scores are cosines; 1/T sharpens them
     hard_negatives: int = 2           # BM25 facts per query that are not gold
     seed: int = 0
-
-
-def run_steps(parameters, *, steps: int, batch_size: int, population: int, lr: float,
-              seed: int, what: str, progress: bool,
-              step_loss: Callable[[np.ndarray], torch.Tensor],
-              after_step: Callable[[int], bool] | None = None) -> list[float]:
-    """The loop the retriever and reader trainers share: each step draws ``batch_size`` row
-    indices out of ``population`` without replacement (seeded), ``step_loss(rows)`` gives the
-    loss, AdamW steps; a progress bar counts the steps. ``after_step(step)`` returning True
-    stops early. Returns the loss per step."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
-    generator = np.random.default_rng(seed)
-    torch.manual_seed(seed)
-    optimiser = torch.optim.AdamW(parameters, lr=lr)
-    losses: list[float] = []
-    with Progress(TextColumn(what), BarColumn(), MofNCompleteColumn(), console=console,
-                  transient=True) as bar:
-        task = bar.add_task(what, total=steps, visible=progress)
-        for step in range(1, steps + 1):
-            rows = generator.choice(population, size=min(batch_size, population),
-                                    replace=False)
-            loss = step_loss(rows)
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-            losses.append(float(loss.detach()))
-            bar.update(task, advance=1)
-            if after_step is not None and after_step(step):
-                break
-    return losses
 
 
 def hard_negative_ids(kb: KnowledgeBase, queries: Sequence[str], golds: Sequence[Sequence[str]],
