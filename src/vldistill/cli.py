@@ -45,12 +45,15 @@ def validate(recipe: RecipeArg = None, set_: SetOption = None) -> None:
     """Check a recipe without running it; prints the resolved recipe."""
     import yaml
 
-    from vldistill.config import dump_recipe, load_recipe
-    from vldistill.kb.job import is_kb_recipe, load_kb_recipe
+    from vldistill.config import dump_recipe, load_recipe, recipe_task
+    from vldistill.kb.job import load_kb_recipe
+    from vldistill.openvocab.job import load_open_vocab_recipe
 
+    loaders = {"kbvqa": load_kb_recipe, "open_vocab": load_open_vocab_recipe}
     try:
-        if is_kb_recipe(recipe):
-            text = yaml.safe_dump(load_kb_recipe(recipe, set_ or []).model_dump(mode="json"),
+        task = recipe_task(recipe)
+        if task is not None:
+            text = yaml.safe_dump(loaders[task](recipe, set_ or []).model_dump(mode="json"),
                                   sort_keys=False)
         else:
             text = dump_recipe(load_recipe(recipe, set_ or []))
@@ -87,16 +90,17 @@ def run(recipe: RecipeArg = None, set_: SetOption = None,
                               "teacher-output cache (built when missing); same as --set "
                               "teacher.mode=...")] = None) -> None:
     """Run a recipe: data, teacher, students with and without KD, evaluation, report. A
-    knowledge-based VQA recipe (task: kbvqa) runs as `vldistill kb run` does."""
+    knowledge-based VQA recipe (task: kbvqa) runs as `vldistill kb run` does; an
+    open-vocabulary recipe (task: open_vocab) trains image encoders into a text space."""
     start = time.perf_counter()
-    from vldistill.config import load_recipe
-    from vldistill.kb.job import is_kb_recipe
+    from vldistill.config import TASKS, load_recipe, recipe_task
 
-    if is_kb_recipe(recipe):
+    task = recipe_task(recipe)
+    if task is not None:
         if phase or resume or teacher:
             _fail(RecipeError("--phase, --resume and --teacher apply to distillation "
-                              f"recipes; {recipe} is a knowledge-based VQA recipe"))
-        return kb_run(recipe, set_)
+                              f"recipes; {recipe} is a {TASKS[task][0]} recipe"))
+        return kb_run(recipe, set_) if task == "kbvqa" else open_vocab_run(recipe, set_)
 
     try:
         extra = [f"teacher.mode={teacher}"] if teacher is not None else []
@@ -361,6 +365,45 @@ def kb_run(recipe: Annotated[Optional[Path], typer.Argument(
     except VldistillError as error:
         _fail(error)
     console.print(report(results))
+
+
+def open_vocab_run(recipe: Path | None, set_: list[str] | None) -> None:
+    from vldistill.openvocab.job import (goal_line, load_open_vocab_recipe, markdown_table,
+                                         run_open_vocab)
+
+    try:
+        results = run_open_vocab(load_open_vocab_recipe(recipe, set_ or []))
+    except VldistillError as error:
+        _fail(error)
+    console.print(markdown_table(results), markup=False)
+    if line := goal_line(results):
+        console.print(line)
+
+
+@app.command("zero-shot")
+def zero_shot_command(
+        model: Annotated[Path, typer.Option("--model", help="an open-vocabulary checkpoint "
+                                            "(runs/<name>/checkpoints/*.safetensors)")],
+        image: Annotated[Path, typer.Option("--image", help="the image file")],
+        labels: Annotated[str, typer.Option("--labels", help='class names, comma-separated: '
+                                            '"red circle,blue star"')],
+        prompt: Annotated[Optional[str], typer.Option(
+            "--prompt", help="prompt with {label}; default: the one the model was trained "
+            "and evaluated with")] = None) -> None:
+    """Rank labels for one image by the model's image-text scores (zero-shot), with
+    probabilities."""
+    from vldistill.openvocab.job import zero_shot
+
+    try:
+        ranked = zero_shot(model, image, labels.split(","), prompt)
+    except (VldistillError, ValueError) as error:
+        _fail(error)
+    table = Table(title=f"zero-shot: {image.name}")
+    for column in ("rank", "label", "probability", "cosine"):
+        table.add_column(column, justify="left" if column == "label" else "right")
+    for rank, (label, probability, cosine) in enumerate(ranked, start=1):
+        table.add_row(str(rank), escape(label), f"{probability:.3f}", f"{cosine:.3f}")
+    console.print(table)
 
 
 def main() -> None:

@@ -579,16 +579,16 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] = ()) -> Re
     if isinstance(data, dict) and data.get("task") in TASKS:
         task = data["task"]
         what, loader, command = TASKS[task]
+        other = f" or `vldistill {command} {path}`" if command else ""
         raise RecipeError(f"recipe {path} is a {what} recipe (task: {task}); run it with "
-                          f"`vldistill run {path}` or `vldistill {command} {path}`, load it "
-                          f"with {loader}")
+                          f"`vldistill run {path}`{other}, load it with {loader}")
     return recipe_from_dict(_as_plain(data) if data is not None else {}, str(path), overrides)
 
 
 # recipes for jobs other than VQA distillation say so in a `task` field
 TASKS = {"kbvqa": ("knowledge-based VQA", "vldistill.kb.job.load_kb_recipe", "kb run"),
          "open_vocab": ("open-vocabulary distillation",
-                        "vldistill.openvocab.job.load_open_vocab_recipe", "open-vocab run")}
+                        "vldistill.openvocab.job.load_open_vocab_recipe", None)}
 
 
 def recipe_task(path: str | Path | None) -> str | None:

@@ -1,0 +1,158 @@
+"""Image-text data for open-vocabulary distillation.
+
+Three sources give the same :class:`ImageTextSet` (uint8 images in memory, a caption each, and a
+class label where there is one):
+- ``shapesworld``: one object per image; the caption is the world's ("a small red striped
+  circle"), the label its colour and shape ("red circle"). Colour-shape combinations named in
+  ``holdout`` never appear in training, images or captions, so zero-shot accuracy on them
+  measures composition ("purple star" from "purple ..." and "... star").
+- ``jsonl``: one ``{"image": PATH, "caption": TEXT, "label": optional}`` per line; image paths
+  are relative to the image root and may not leave it.
+- ``folder``: an image-folder classification layout, ``root/<class name>/<image>``; each
+  image's caption is the prompt with its class name.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from vldistill.errors import DataError, MissingFileError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+@dataclass
+class ImageTextSet:
+    images: torch.Tensor             # (N, 3, S, S) uint8
+    captions: list[str]
+    labels: list[str | None]
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+    def subset(self, indices) -> ImageTextSet:
+        indices = list(indices)
+        return ImageTextSet(self.images[indices], [self.captions[i] for i in indices],
+                            [self.labels[i] for i in indices])
+
+
+def shapesworld_sets(settings, holdout: list[str]) -> tuple[ImageTextSet, ImageTextSet,
+                                                             list[str]]:
+    """(train without the held-out combinations, val, every colour-shape class)."""
+    from vldistill.data.shapesworld import load_shapesworld
+    from vldistill.data.shapesworld_render import COLOURS, SHAPES
+
+    classes = [f"{colour} {shape}" for colour in COLOURS for shape in SHAPES]
+    unknown = [label for label in holdout if label not in classes]
+    if unknown:
+        raise DataError(f"held-out combinations {unknown} are not ShapesWorld classes; a class "
+                        f"is '<colour> <shape>' with colours {', '.join(COLOURS)} and shapes "
+                        f"{', '.join(SHAPES)}")
+    world = load_shapesworld(settings.model_copy(update={"min_objects": 1, "max_objects": 1}),
+                             progress=True)
+    out = []
+    for name in ("train", "val"):
+        split = world.splits[name]
+        keep = [i for i, scene in enumerate(split.scenes)
+                if name == "val" or _label(scene) not in holdout]
+        scenes = [split.scenes[i] for i in keep]
+        images = np.stack([split.images.rgb(scene.image_id) for scene in scenes])
+        out.append(ImageTextSet(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(),
+                                [split.captions[scene.image_id] for scene in scenes],
+                                [_label(scene) for scene in scenes]))
+    return out[0], out[1], classes
+
+
+def _label(scene) -> str:
+    obj = scene.objects[0]
+    return f"{obj.colour} {obj.shape}"
+
+
+def read_image(path: Path, size: int, where: str) -> np.ndarray:
+    """(size, size, 3) uint8 RGB, or an error naming the file."""
+    if not path.is_file():
+        raise MissingFileError(f"{where}: image {path} does not exist")
+    try:
+        with Image.open(path) as image:
+            image.load()
+            if image.width < 1 or image.height < 1:
+                raise DataError(f"{where}: image {path} has no pixels")
+            rgb = image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as error:
+        raise DataError(f"{where}: {path} is not a readable image ({error})") from None
+    return np.asarray(rgb, dtype=np.uint8)
+
+
+def read_jsonl(path: Path, root: Path, size: int) -> ImageTextSet:
+    """A JSONL caption file: ``{"image", "caption"[, "label"]}`` per line."""
+    from vldistill.data.artquest import check_inside
+
+    path = Path(path)
+    if not path.is_file():
+        raise MissingFileError(f"caption file {path} does not exist; pass a JSONL file of "
+                               '{"image": ..., "caption": ...} lines')
+    images, captions, labels = [], [], []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}, line {number}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise DataError(f"{where}: not JSON ({error.msg}); each line is one "
+                            '{"image": ..., "caption": ...} object') from None
+        if not isinstance(record, dict):
+            raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
+        missing = [k for k in ("image", "caption")
+                   if not isinstance(record.get(k), str) or not record[k].strip()]
+        if missing:
+            raise DataError(f"{where}: missing or empty {' and '.join(missing)} (a string); "
+                            "every line needs an image path and a caption")
+        check_inside(Path(root), record["image"], where)
+        images.append(read_image(Path(root) / record["image"], size, where))
+        captions.append(record["caption"].strip())
+        label = record.get("label")
+        labels.append(str(label).strip() if label is not None else None)
+    if not captions:
+        raise DataError(f"{path}: no image-caption lines")
+    return ImageTextSet(torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous(),
+                        captions, labels)
+
+
+def read_folder(root: Path, size: int, prompt: str) -> ImageTextSet:
+    """``root/<class>/<image>``: labels are the folder names, captions the prompt with them."""
+    root = Path(root)
+    if not root.is_dir():
+        raise MissingFileError(f"image folder {root} does not exist; pass a folder with one "
+                               "sub-folder of images per class")
+    images, captions, labels = [], [], []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        label = folder.name.replace("_", " ")
+        for file in sorted(folder.iterdir()):
+            if file.suffix.lower() in IMAGE_SUFFIXES:
+                images.append(read_image(file, size, str(root)))
+                captions.append(prompt.format(label=label))
+                labels.append(label)
+    if not images:
+        raise DataError(f"{root}: no images in class sub-folders ({', '.join(IMAGE_SUFFIXES)})")
+    return ImageTextSet(torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous(),
+                        captions, labels)
+
+
+def check_labels(labels: list[str]) -> list[str]:
+    """Zero-shot labels: stripped, non-empty, distinct; refused otherwise, with the reason."""
+    cleaned = [label.strip() for label in labels]
+    if not cleaned or any(not label for label in cleaned):
+        raise ValueError("zero-shot needs at least one non-empty label, e.g. --labels "
+                         '"red circle,blue star"')
+    duplicates = sorted({label for label in cleaned if cleaned.count(label) > 1})
+    if duplicates:
+        raise ValueError(f"duplicate labels {duplicates}: each class must be named once, or "
+                         "its probability would be split between the copies")
+    return cleaned
