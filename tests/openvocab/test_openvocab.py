@@ -78,11 +78,24 @@ def test_chunked_retrieval_equals_the_full_matrix_reference(chunk) -> None:
         assert got[f"t2i_R@{k}"] == pytest.approx(t2i[k])
 
 
-def test_rank_counts_the_items_scored_above_the_best_correct_one() -> None:
+def test_rank_counts_the_wrong_items_scored_at_least_as_high_as_the_best_correct_one() -> None:
     scores = torch.tensor([[0.1, 0.9, 0.5, 0.3]])
     ranks = ranks_of_correct(lambda a, b: scores[a:b], 1, ["x"], ["y", "z", "x", "x"])
     assert ranks.tolist() == [1]                       # only 0.9 beats the better x (0.5)
+    tied = torch.tensor([[0.5, 0.5, 0.5, 0.2]])
+    assert ranks_of_correct(lambda a, b: tied[a:b], 1, ["x"], ["y", "z", "x", "w"]).tolist() \
+        == [2]                                         # ties count against the model
+    nan = torch.tensor([[float("nan"), 0.2, 0.1]])
+    assert ranks_of_correct(lambda a, b: nan[a:b], 1, ["x"], ["x", "y", "z"]).tolist() == [3]
     assert recall_at(np.array([0, 1, 5, 12]), (1, 5, 10)) == {1: 25.0, 5: 50.0, 10: 75.0}
+
+
+def test_a_collapsed_encoder_gets_no_retrieval_credit() -> None:
+    keys = [f"caption {i}" for i in range(20)]
+    same = torch.ones(20, 20)                          # every image scores every text alike
+    got = retrieval(lambda i0, i1, t0, t1: same[i0:i1, t0:t1], 20, 20, keys, keys, chunk=6)
+    assert got["i2t_R@1"] == 0.0 and got["t2i_R@10"] == 0.0
+    assert naive_recall(same.numpy(), keys, keys)[10] == 0.0
 
 
 # -- models
@@ -185,7 +198,7 @@ def siglip_folder(tmp_path_factory):
     config = SiglipConfig(
         text_config={"vocab_size": len(tokenizer), "hidden_size": 16, "intermediate_size": 32,
                      "num_hidden_layers": 1, "num_attention_heads": 2,
-                     "max_position_embeddings": 8, "pad_token_id": 0},
+                     "max_position_embeddings": 8, "pad_token_id": 0, "projection_size": 12},
         vision_config={"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
                        "num_attention_heads": 2, "image_size": 32, "patch_size": 8})
     folder = tmp_path_factory.mktemp("siglip")
@@ -210,8 +223,18 @@ def test_clip_and_siglip_text_towers_load_from_folders(clip_folder, siglip_folde
                                                attention_mask=ids["attention_mask"])
     expected = getattr(expected, "pooler_output", expected)
     torch.testing.assert_close(vectors[0], torch.nn.functional.normalize(expected, dim=-1)[0])
+    from transformers import SiglipModel
+
     siglip = load_text_encoder("siglip", siglip_folder)
-    assert siglip(["a green square"]).shape == (1, 16)
+    got = siglip(["a green square"])
+    assert siglip.dim == 12 and got.shape == (1, 12)          # the head's projection_size
+    reference = SiglipModel.from_pretrained(siglip_folder).eval()
+    ids = _tokenizer(WORDS)(["a green square"], padding="max_length", max_length=8,
+                            return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        expected = reference.get_text_features(input_ids=ids)      # no mask: as trained
+    expected = getattr(expected, "pooler_output", expected)
+    torch.testing.assert_close(got[0], torch.nn.functional.normalize(expected, dim=-1)[0])
 
 
 # -- data
@@ -254,8 +277,10 @@ def test_an_image_folder_gives_labels_from_folder_names(tmp_path) -> None:
 def test_labels_must_be_distinct_and_non_empty() -> None:
     with pytest.raises(ValueError, match="at least one non-empty label"):
         check_labels(["", " "])
-    with pytest.raises(ValueError, match=r"duplicate labels \['red'\]"):
-        check_labels(["red", "blue", " red"])
+    with pytest.raises(ValueError, match=r"duplicate labels \['Red', 'red'\] \(case aside\)"):
+        check_labels(["red", "blue", " Red"])
+    with pytest.raises(ValueError, match=r"number 2 of 3 are empty"):
+        check_labels(["red", "", "blue"])
     assert check_labels([" red ", "blue"]) == ["red", "blue"]
 
 
@@ -301,8 +326,10 @@ def test_held_out_combinations_never_reach_training() -> None:
     assert len(classes) == 48
     assert not {"purple star", "red circle"} & set(train.labels)
     assert {"purple star", "red circle"} & set(val.labels)
-    assert all(label in caption for label, caption in zip(train.labels, train.captions)
-               for label in [label.split()[0]])
+    for label, caption in zip(train.labels, train.captions):
+        colour, shape = label.split()
+        words = caption.split()
+        assert words[2] == colour and words[-1] == shape   # "a <size> <colour> <pattern> <shape>"
     with pytest.raises(DataError, match="not ShapesWorld classes"):
         shapesworld_sets(ShapesWorldSettings(train_images=4, val_images=2), ["pink star"])
 
@@ -356,5 +383,64 @@ def test_a_clip_teacher_from_a_folder_teaches_a_student_in_its_space(clip_folder
     results = run_open_vocab(recipe)
     rows = {row["model"]: row for row in results["rows"]}
     assert rows["teacher"]["parameters"] > rows["student (KD)"]["parameters"] > 0
-    with pytest.raises(Exception, match="aligned with its own text tower"):
+    from vldistill.errors import RecipeError
+
+    with pytest.raises(RecipeError, match="aligned with its own text tower"):
         load_open_vocab_recipe(None, [f"teacher={{kind: clip, path: {clip_folder}}}"])
+
+
+def test_a_saved_encoder_rebuilds_with_the_same_scores(tmp_path) -> None:
+    from vldistill.openvocab.job import (ImageEncoderSettings, OVDataSettings,
+                                         build_image_encoder, load_encoder, save_encoder)
+    from vldistill.openvocab.text import load_text_encoder
+
+    text = load_text_encoder("minilm")
+    settings = ImageEncoderSettings(widths=[4, 8], fusion="film")
+    torch.manual_seed(0)
+    model = build_image_encoder(settings, text.dim).eval()
+    for parameter in model.fusion.parameters():
+        torch.nn.init.normal_(parameter, std=0.1)
+    save_encoder(tmp_path / "m.safetensors", model, settings, text, OVDataSettings(), "student")
+    loaded, loaded_text, metadata = load_encoder(tmp_path / "m.safetensors")
+    images = torch.randint(0, 255, (3, 3, 64, 64), dtype=torch.uint8)
+    prompts = text(["a red circle", "a blue star"])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.scores(images, prompts), model.scores(images, prompts))
+    assert loaded_text.kind == "minilm" and metadata["prompt"] == "a {label}"
+
+
+def test_the_kd_student_never_reads_transfer_captions() -> None:
+    """Garbling the transfer set's captions (and labels) changes nothing in KD training: only
+    its images and the teacher's embeddings of them are used."""
+    from vldistill.openvocab.data import ImageTextSet
+    from vldistill.openvocab.job import (ImageEncoderSettings, OVDistillSettings,
+                                         OVTrainSettings, build_image_encoder, train_encoder)
+    from vldistill.openvocab.text import load_text_encoder
+
+    text = load_text_encoder("minilm")
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 255, (24, 3, 16, 16), dtype=torch.uint8, generator=generator)
+    labelled = ImageTextSet(images[:8], [f"a shape {i % 3}" for i in range(8)], [None] * 8)
+    teacher = torch.nn.functional.normalize(torch.randn(24, text.dim, generator=generator), -1)
+
+    def run(captions):
+        transfer = ImageTextSet(images[8:], captions, ["x"] * 16)
+        torch.manual_seed(0)
+        model = build_image_encoder(ImageEncoderSettings(widths=[4]), text.dim)
+        return train_encoder(model, text, labelled, OVTrainSettings(steps=3, batch_size=4),
+                             OVDistillSettings(), 0, "kd", transfer, teacher)
+    assert run(["a red star"] * 16) == run([f"garbled {i}" for i in range(16)])
+
+
+def test_a_teacher_checkpoint_from_another_setting_is_refused(ov_run, tmp_path) -> None:
+    from pathlib import Path
+
+    from vldistill.openvocab.job import load_open_vocab_recipe, run_open_vocab
+
+    recipe, _ = ov_run
+    saved = recipe.output_dir / recipe.name / "checkpoints" / "teacher.safetensors"
+    other = load_open_vocab_recipe(Path(__file__).parents[2] / "recipes" / "open_vocab.yaml", [
+        f"output_dir={tmp_path}", *TINY, f"teacher_checkpoint={saved}",
+        "data.holdout=[purple star]"])
+    with pytest.raises(DataError, match="another held-out combinations"):
+        run_open_vocab(other)

@@ -148,11 +148,16 @@ def read_folder(root: Path, size: int, prompt: str) -> ImageTextSet:
 def check_labels(labels: list[str]) -> list[str]:
     """Zero-shot labels: stripped, non-empty, distinct; refused otherwise, with the reason."""
     cleaned = [label.strip() for label in labels]
-    if not cleaned or any(not label for label in cleaned):
+    if not any(cleaned):
         raise ValueError("zero-shot needs at least one non-empty label, e.g. --labels "
                          '"red circle,blue star"')
-    duplicates = sorted({label for label in cleaned if cleaned.count(label) > 1})
+    empty = [i + 1 for i, label in enumerate(cleaned) if not label]
+    if empty:
+        raise ValueError(f"label(s) number {', '.join(map(str, empty))} of {len(cleaned)} are "
+                         "empty (two commas in a row?); name every class")
+    folded = [label.casefold() for label in cleaned]
+    duplicates = sorted({label for label, key in zip(cleaned, folded) if folded.count(key) > 1})
     if duplicates:
-        raise ValueError(f"duplicate labels {duplicates}: each class must be named once, or "
-                         "its probability would be split between the copies")
+        raise ValueError(f"duplicate labels {duplicates} (case aside): each class must be named "
+                         "once, or its probability would be split between the copies")
     return cleaned

@@ -3,8 +3,9 @@
 Retrieval counts a hit when a retrieved item has the query's *key* (its caption text): two
 images with the same caption are indistinguishable by that caption, so either counts. Recall@k
 is the share of queries whose best-scored correct item ranks within the top k, the rank being
-the number of items scored strictly higher. :func:`naive_recall` is the full-matrix reference
-the tests compare against.
+the number of wrong items scored at least as high: ties go against the model, so a collapsed
+encoder that scores everything alike gets no credit, and a NaN score is a miss.
+:func:`naive_recall` is the full-matrix reference the tests compare against.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ def topk_accuracy(scores: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] 
 
 def ranks_of_correct(score_chunk: Callable[[int, int], torch.Tensor], queries: int,
                      query_keys: Sequence, item_keys: Sequence, chunk: int = 256) -> np.ndarray:
-    """For each query, how many items score strictly higher than its best correct item.
+    """For each query, how many wrong items score at least as high as its best correct item
+    (all of them when that score is NaN).
     ``score_chunk(start, stop)`` gives the scores (stop - start, items) of those queries."""
     item_ids = {key: i for i, key in enumerate(dict.fromkeys(item_keys))}
     items = torch.tensor([item_ids[k] for k in item_keys])
@@ -40,7 +42,10 @@ def ranks_of_correct(score_chunk: Callable[[int, int], torch.Tensor], queries: i
         if not bool(correct.any(dim=1).all()):
             raise ValueError("a retrieval query has no correct item among the candidates")
         best = scores.masked_fill(~correct, float("-inf")).amax(dim=1, keepdim=True)
-        ranks[start:stop] = (scores > best).sum(dim=1).numpy()
+        beaten = ((scores >= best) | scores.isnan()) & ~correct
+        rank = beaten.sum(dim=1)
+        rank[best[:, 0].isnan()] = scores.shape[1]
+        ranks[start:stop] = rank.numpy()
     return ranks
 
 
@@ -64,8 +69,12 @@ def retrieval(image_text_scores: Callable[[int, int, int, int], torch.Tensor],
 
 def naive_recall(scores: np.ndarray, query_keys: Sequence, item_keys: Sequence,
                  ks: Sequence[int] = KS) -> dict[int, float]:
-    """Reference: sort every row of the full matrix; the position of the first correct item."""
-    order = np.argsort(-scores, axis=1, kind="stable")
+    """Reference: sort every row of the full matrix, wrong items first among equal scores;
+    the position of the first correct item."""
     keys = np.asarray(item_keys, dtype=object)
-    first = [int(np.nonzero(keys[row] == key)[0][0]) for row, key in zip(order, query_keys)]
+    first = []
+    for row, key in zip(scores, query_keys):
+        correct = keys == key
+        order = np.lexsort((correct, -row))          # by score descending, wrong before right
+        first.append(int(np.nonzero(correct[order])[0][0]))
     return recall_at(np.asarray(first), ks)

@@ -177,12 +177,13 @@ class TowerImageEncoder(nn.Module):
         self.model, _ = dual_encoder(kind, path)
         vision = self.model.config.vision_config
         self.size = int(vision.image_size)
-        processor = _processor_stats(path)
+        processor = _processor_stats(path, kind)
         self.register_buffer("mean", torch.tensor(processor[0]).view(3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(processor[1]).view(3, 1, 1), persistent=False)
+        from vldistill.openvocab.text import tower_dim
+
         self.kind, self.path = kind, Path(path)
-        self.text_dim = (self.model.config.projection_dim if kind == "clip"
-                         else self.model.config.text_config.hidden_size)
+        self.text_dim = tower_dim(kind, self.model.config)
         self.logit_scale = nn.Parameter(self.model.logit_scale.detach().clone())
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
@@ -198,8 +199,9 @@ class TowerImageEncoder(nn.Module):
         return self.logit_scale.exp()
 
 
-def _processor_stats(path: Path) -> tuple[list[float], list[float]]:
-    """image_mean / image_std of a folder's preprocessor_config.json (CLIP's when absent)."""
+def _processor_stats(path: Path, kind: str) -> tuple[list[float], list[float]]:
+    """image_mean / image_std of a folder's preprocessor_config.json; when absent, the
+    model family's (CLIP: the OpenAI statistics; SigLIP: 0.5 / 0.5)."""
     import json
 
     config = Path(path) / "preprocessor_config.json"
@@ -207,6 +209,8 @@ def _processor_stats(path: Path) -> tuple[list[float], list[float]]:
         data = json.loads(config.read_text(encoding="utf-8"))
         if "image_mean" in data and "image_std" in data:
             return data["image_mean"], data["image_std"]
+    if kind == "siglip":
+        return [0.5, 0.5, 0.5], [0.5, 0.5, 0.5]
     return [0.4815, 0.4578, 0.4082], [0.2686, 0.2613, 0.2758]
 
 

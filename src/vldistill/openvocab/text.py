@@ -84,15 +84,25 @@ def tower_text_encoder(kind: str, path: Path) -> FrozenTextEncoder:
     padding = "max_length" if kind == "siglip" else True
     length = model.config.text_config.max_position_embeddings
 
+    # SigLIP was trained on max-length padding without a mask (it pools the last position)
+    keys = ("input_ids", "attention_mask") if kind == "clip" else ("input_ids",)
+
     def encode(texts: Sequence[str]) -> torch.Tensor:
         batch = tokenizer(list(texts), padding=padding, truncation=True, max_length=length,
                           return_tensors="pt")
-        out = model.get_text_features(**{k: v for k, v in batch.items()
-                                         if k in ("input_ids", "attention_mask")})
+        out = model.get_text_features(**{k: v for k, v in batch.items() if k in keys})
         return getattr(out, "pooler_output", out)
 
-    dim = model.config.projection_dim if kind == "clip" else model.config.text_config.hidden_size
-    return FrozenTextEncoder(kind, Path(path), encode, int(dim), model)
+    return FrozenTextEncoder(kind, Path(path).resolve(), encode, tower_dim(kind, model.config),
+                             model)
+
+
+def tower_dim(kind: str, config) -> int:
+    """The width of a CLIP / SigLIP model's shared embedding space."""
+    if kind == "clip":
+        return int(config.projection_dim)
+    text = config.text_config
+    return int(getattr(text, "projection_size", None) or text.hidden_size)
 
 
 def load_text_encoder(kind: str, path: Path | None = None) -> FrozenTextEncoder:
@@ -101,8 +111,8 @@ def load_text_encoder(kind: str, path: Path | None = None) -> FrozenTextEncoder:
             from vldistill.kb.encoders import SentenceEncoder
 
             encoder = SentenceEncoder.from_pretrained(path)
-            return FrozenTextEncoder("minilm", Path(path), encoder.forward, encoder.dim,
-                                     encoder)
+            return FrozenTextEncoder("minilm", Path(path).resolve(), encoder.forward,
+                                     encoder.dim, encoder)
         return minilm_text_encoder()
     if kind in ("clip", "siglip"):
         if path is None:
