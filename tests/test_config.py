@@ -4,12 +4,24 @@ from pathlib import Path
 
 import pytest
 
-from vldistill.config import Recipe, dump_recipe, load_recipe, recipe_from_dict
+from vldistill.config import Recipe, dump_recipe, load_recipe, recipe_from_dict, recipe_task
 from vldistill.errors import RecipeError
 
-# distillation recipes (knowledge-based VQA recipes, task: kbvqa, are tested in tests/kb)
-RECIPES = sorted(p for p in (Path(__file__).parents[1] / "recipes").glob("*.yaml")
-                 if "task: kbvqa" not in p.read_text())
+ALL_RECIPES = sorted((Path(__file__).parents[1] / "recipes").glob("*.yaml"))
+# distillation recipes; task recipes (kbvqa, open_vocab) have their own schemas
+RECIPES = [p for p in ALL_RECIPES if recipe_task(p) is None]
+TASK_RECIPES = [p for p in ALL_RECIPES if recipe_task(p) is not None]
+
+
+@pytest.mark.parametrize("path", TASK_RECIPES, ids=lambda p: p.name)
+def test_every_shipped_task_recipe_validates_with_its_schema(path):
+    from vldistill.kb.job import load_kb_recipe
+    from vldistill.openvocab.job import load_open_vocab_recipe
+
+    loader = {"kbvqa": load_kb_recipe, "open_vocab": load_open_vocab_recipe}[recipe_task(path)]
+    assert loader(path).task == recipe_task(path)
+    with pytest.raises(RecipeError, match=f"task: {recipe_task(path)}"):
+        load_recipe(path)
 
 
 def test_recipes_are_shipped():
