@@ -22,3 +22,8 @@ class RecipeError(VldistillError, ValueError):
 
 class MissingFileError(VldistillError, FileNotFoundError):
     """A file the input needs (questions, annotations, an image, a depth map) does not exist."""
+
+
+class DiskSpaceError(VldistillError, OSError):
+    """Not enough free disk space for a checkpoint, cache shard or export; nothing was left
+    half-written."""

@@ -7,24 +7,76 @@ renamed over the target.
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from vldistill.errors import DiskSpaceError
 
-def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
-    """Call ``write(temporary_path)``, fsync the file, then rename it over ``path``."""
+
+# kept free beyond a write's own size, so the system and the other writers are not starved
+SPACE_MARGIN = 64 * 1024 * 1024
+
+
+def check_free_space(folder: Path, needed: int, what: str) -> None:
+    """Refuse, before writing anything, when ``folder``'s file system has less than ``needed``
+    bytes (plus a margin) free."""
+    folder = Path(folder)
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if free < needed + SPACE_MARGIN:
+        raise DiskSpaceError(
+            f"not enough disk space for {what}: it needs about {needed / 1e6:,.1f} MB (plus "
+            f"{SPACE_MARGIN / 1e6:.0f} MB to spare) in {folder}, and {free / 1e6:,.1f} MB are "
+            "free. Free some space, or write elsewhere (output_dir, teacher.cache.dir); nothing "
+            "was written.")
+
+
+def atomic_write(path: Path, write: Callable[[Path], object], expected_bytes: int | None = None
+                 ) -> None:
+    """Call ``write(temporary_path)``, fsync the file, rename it over ``path``, fsync the
+    folder. With ``expected_bytes`` the free space is checked first; a disk that fills up
+    during the write leaves the previous file as it was and no temporary file behind."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if expected_bytes is not None:
+        check_free_space(path.parent, expected_bytes, f"writing {path}")
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     temporary = Path(name)
     try:
-        write(temporary)
-        with open(temporary, "rb") as handle:
-            os.fsync(handle.fileno())
+        try:
+            write(temporary)
+            with open(temporary, "rb") as handle:
+                os.fsync(handle.fileno())
+        except OSError as error:
+            if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            raise DiskSpaceError(f"the disk filled up while writing {path} ({error.strerror}); "
+                                 "the previous version, if any, is untouched and the partial "
+                                 "file was removed. Free some space and run again (--resume "
+                                 "continues a run).") from None
         os.chmod(temporary, 0o644)
         os.replace(temporary, path)
+        _fsync_folder(path.parent)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make the rename durable (POSIX: a folder's entries are synced through the folder)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass                    # some file systems refuse fsync on folders
+    finally:
+        os.close(fd)

@@ -125,11 +125,18 @@ def recipe_stamp(recipe: Recipe, role: str = "student") -> str:
 
 
 def check_same_recipe(run_dir: Path, recipe: Recipe) -> None:
-    """Resuming continues the run in ``run_dir``: refuse when its recipe differs from this one."""
+    """Resuming continues the run in ``run_dir``: refuse when its recipe differs from this one.
+    A run killed before it wrote anything (no recipe.yaml, no checkpoints) simply starts."""
     saved_path = run_dir / "recipe.yaml"
     if not saved_path.is_file():
-        raise RecipeError(f"--resume: {run_dir} holds no earlier run of {recipe.name!r} "
-                          f"({saved_path} is missing). Run without --resume to start it.")
+        checkpoints = run_dir / "checkpoints"
+        if checkpoints.is_dir() and any(checkpoints.iterdir()):
+            raise RecipeError(f"--resume: {run_dir} has checkpoints but no recipe.yaml, so it "
+                              "cannot be checked against this recipe. Restore the file, or run "
+                              "without --resume to start over.")
+        console.print(f"--resume: nothing was saved in {run_dir} yet (the run stopped before "
+                      f"its first write); starting {recipe.name!r} from the beginning")
+        return
     saved = yaml.safe_load(saved_path.read_text(encoding="utf-8"))
     current = yaml.safe_load(dump_recipe(recipe))
     differences = [key for key in nested_differences(saved, current)

@@ -143,13 +143,19 @@ def test_resume_does_not_reuse_models_finished_under_another_recipe(tmp_path, ti
     assert json.loads(done.read_text())["steps"] == 8
 
 
-def test_resume_refuses_another_recipe_or_a_missing_run(tmp_path, tiny_recipe_path):
+def test_resume_refuses_another_recipe_and_starts_a_run_that_saved_nothing(
+        tmp_path, tiny_recipe_path):
     run_recipe(tiny(tiny_recipe_path, tmp_path, "student.train.max_steps=4"))
     with pytest.raises(RecipeError, match=r"differs from the one the run in .* was started with,"
                                           r" at student.train.max_steps\. Resume with the same"):
         run_recipe(tiny(tiny_recipe_path, tmp_path), resume=True)
-    with pytest.raises(RecipeError, match="holds no earlier run of 'r'.*Run without --resume"):
-        run_recipe(tiny(tiny_recipe_path, tmp_path / "elsewhere"), resume=True)
+    # killed before its first write: --resume starts it
+    fresh = run_recipe(tiny(tiny_recipe_path, tmp_path / "elsewhere"), resume=True)
+    assert (fresh.run_dir / "recipe.yaml").is_file()
+    # checkpoints without the recipe they belong to cannot be checked: refused
+    (tmp_path / "r" / "recipe.yaml").unlink()
+    with pytest.raises(RecipeError, match="has checkpoints but no recipe.yaml"):
+        run_recipe(tiny(tiny_recipe_path, tmp_path), resume=True)
 
 
 def test_damaged_resume_point_is_refused_with_the_fix(tmp_path, tiny_recipe_path, crash_role):

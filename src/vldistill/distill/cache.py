@@ -246,7 +246,7 @@ def _save_array(path: Path, array: np.ndarray) -> None:
     def write(temporary: Path) -> None:
         with open(temporary, "wb") as handle:
             np.save(handle, array, allow_pickle=False)
-    atomic_write(path, write)
+    atomic_write(path, write, expected_bytes=array.nbytes)
 
 
 def _file_record(path: Path) -> dict[str, Any]:

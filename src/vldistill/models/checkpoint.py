@@ -8,6 +8,7 @@ never sees a half-written checkpoint and the previous one survives a crash mid-w
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,8 @@ from torch import nn
 from vldistill.errors import DataError, MissingFileError
 from vldistill.fileio import atomic_write
 
-FORMAT = "vldistill.model.v1"
+FORMAT = "vldistill.model.v2"       # v2: metadata and weights carry a SHA-256
+OLDER_FORMATS = ("vldistill.model.v1",)   # readable; written before checksums
 
 
 @dataclass(frozen=True)
@@ -47,8 +49,24 @@ def save_model(path: Path, model: nn.Module, model_name: str, model_params: dict
     metadata = {"format": FORMAT, "model_name": model_name,
                 "model_params": json.dumps(model_params), "sizes": json.dumps(sizes),
                 "extra": json.dumps(extra or {})}
-    atomic_write(Path(path), lambda tmp: save_file(state, str(tmp), metadata=metadata))
+    metadata["sha256"] = tensors_digest(state, metadata)
+    size = sum(t.numel() * t.element_size() for t in state.values())
+    atomic_write(Path(path), lambda tmp: save_file(state, str(tmp), metadata=metadata),
+                 expected_bytes=size)
     return Path(path)
+
+
+def tensors_digest(state: dict[str, torch.Tensor], metadata: dict[str, str]) -> str:
+    """SHA-256 over the metadata (but its own entry) and every tensor's name, dtype, shape and
+    bytes, in name order: stored in the checkpoint, so a flipped bit anywhere that still parses
+    is detected when it is read."""
+    digest = hashlib.sha256(json.dumps({k: v for k, v in sorted(metadata.items())
+                                        if k != "sha256"}).encode())
+    for key in sorted(state):
+        tensor = state[key].detach().cpu().contiguous()
+        digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def load_checkpoint(path: str | Path) -> ModelCheckpoint:
@@ -66,7 +84,17 @@ def load_checkpoint(path: str | Path) -> ModelCheckpoint:
         raise DataError(f"checkpoint {path} is not a readable safetensors file ({error}); it "
                         "may be truncated or corrupt: re-export it or use another "
                         "checkpoint.") from None
-    if metadata.get("format") != FORMAT:
+    expected = metadata.get("sha256")
+    if metadata.get("format") == FORMAT and expected is None:
+        raise DataError(f"checkpoint {path} is damaged: its checksum entry is missing from the "
+                        "metadata. Use another checkpoint of the run (-best / -last), copy it "
+                        "again, or retrain it with `vldistill run RECIPE --resume`.")
+    if expected is not None and tensors_digest(state, metadata) != expected:
+        raise DataError(f"checkpoint {path} is damaged: its weights or metadata do not match "
+                        "the checksum written with them (a flipped bit or a partial copy). Use another "
+                        "checkpoint of the run (-best / -last), copy it again, or retrain it "
+                        "with `vldistill run RECIPE --resume`.")
+    if metadata.get("format") not in (FORMAT, *OLDER_FORMATS):
         raise DataError(f"checkpoint {path} has format {metadata.get('format')!r}, expected "
                         f"{FORMAT!r}: it was not written by vldistill's save_model.")
     try:

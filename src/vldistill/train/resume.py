@@ -64,12 +64,24 @@ def load_training_state(path: Path) -> dict[str, Any]:
             f"this part of the run from its beginning, then run again with --resume.") from None
 
 
+def _tensor_bytes(value: Any) -> int:
+    """The bytes of every tensor in a (nested) checkpoint: what its file will roughly take."""
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, dict):
+        return sum(_tensor_bytes(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in value)
+    return 0
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning checkpoint I/O that writes atomically (temporary file, fsync, rename) and loads
     with ``weights_only=True`` whatever the caller asks."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
-        atomic_write(Path(path), lambda temporary: torch.save(checkpoint, temporary))
+        atomic_write(Path(path), lambda temporary: torch.save(checkpoint, temporary),
+                     expected_bytes=_tensor_bytes(checkpoint))
 
     def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict[str, Any]:
         return load_training_state(Path(path))
