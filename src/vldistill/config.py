@@ -272,7 +272,8 @@ class DataSettings(Strict):
         the union alone would pick the first layout that fits)."""
         kinds = {"vqa": VQAFiles, "vizwiz": VizWizFiles, "rgbd": RGBDFiles,
                  "artquest": ArtQuestFiles}
-        if not isinstance(data, dict) or data.get("source") not in kinds:
+        if not isinstance(data, dict) or not isinstance(data.get("source"), str) or \
+                data["source"] not in kinds:
             return data
         kind, parsed = kinds[data["source"]], {}
         for split in ("train", "val"):
@@ -539,7 +540,7 @@ def apply_override(data: dict[str, Any], path: list[str], value: Any,
 
 def recipe_from_dict(data: dict[str, Any], source: str = "<dict>",
                      overrides: list[str] = ()) -> Recipe:
-    data = _as_plain(data)
+    data = _as_plain(data, source)
     defaults = Recipe().model_dump(mode="json") if overrides else None
     for text in overrides:
         apply_override(data, *parse_override(text), defaults)
@@ -549,12 +550,12 @@ def recipe_from_dict(data: dict[str, Any], source: str = "<dict>",
         raise RecipeError(_format_errors(error, source)) from None
 
 
-def _as_plain(data: Any) -> dict[str, Any]:
+def _as_plain(data: Any, source: str = "<dict>") -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise RecipeError(f"a recipe is a mapping of sections (data, teacher, student, ...), "
-                          f"got {type(data).__name__}")
+        raise RecipeError(f"recipe {source}: a recipe is a mapping of sections (data, teacher, "
+                          f"student, ...), got {type(data).__name__}")
     return yaml.safe_load(yaml.safe_dump(data))   # a deep copy of plain types
 
 
@@ -582,7 +583,8 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] = ()) -> Re
         other = f" or `vldistill {command} {path}`" if command else ""
         raise RecipeError(f"recipe {path} is a {what} recipe (task: {task}); run it with "
                           f"`vldistill run {path}`{other}, load it with {loader}")
-    return recipe_from_dict(_as_plain(data) if data is not None else {}, str(path), overrides)
+    return recipe_from_dict(_as_plain(data, str(path)) if data is not None else {}, str(path),
+                            overrides)
 
 
 # recipes for jobs other than VQA distillation say so in a `task` field

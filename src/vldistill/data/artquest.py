@@ -90,7 +90,10 @@ def read_artquest(csv_path: Path, image_root: Path, *, image_size: int | None = 
     check_unique([s.question_id for s in samples], path, "question_id")
     store = FolderImageStore(root, "{image_id}", None, image_size)
     if check_images:
-        store.check_images(samples)
+        try:
+            store.check_images(samples)
+        except MissingFileError as error:
+            raise MissingFileError(f"{path}: {error}") from None
     return samples, store
 
 

@@ -32,6 +32,18 @@ def load_json(path: Path, what: str) -> Any:
                         f"re-save the file as UTF-8 JSON.") from err
 
 
+def read_utf8_lines(path: Path, what: str) -> list[str]:
+    """The lines of a UTF-8 text file (JSONL), split at newlines only (a JSON string may hold
+    U+2028); an undecodable byte is named by its line."""
+    raw = Path(path).read_bytes()
+    try:
+        return raw.decode("utf-8-sig").split("\n")
+    except UnicodeDecodeError as err:
+        line = raw[:err.start].count(b"\n") + 1
+        raise DataError(f"{path}, line {line}: not UTF-8 text (bad byte at offset {err.start}). "
+                        f"Fix: re-save the {what} as UTF-8.") from None
+
+
 _REQUIRED = object()
 _KINDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "id": (lambda v: type(v) in (int, str), "an int id (or a string id)"),

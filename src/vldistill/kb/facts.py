@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vldistill.data.jsonio import MAX_LISTED, first, show
+from vldistill.data.jsonio import MAX_LISTED, first, read_utf8_lines, show
 from vldistill.data.sample import Sample
 from vldistill.data.shapesworld_questions import Fact
 from vldistill.errors import DataError, MissingFileError
@@ -79,32 +79,31 @@ def read_facts(path: Path) -> KnowledgeBase:
                                "of {\"id\": ..., \"text\": ...} lines (vldistill data shapesworld "
                                "writes facts.jsonl).")
     facts, fields, lines_of = [], {}, {}
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise DataError(f"{path}, line {number}: not valid JSON ({error.msg} at column "
-                                f"{error.colno}). Fix: one JSON object per line.") from None
-            if not isinstance(record, dict):
-                raise DataError(f"{path}, line {number}: {show(record)} is not a JSON object. "
-                                "Fix: one {\"id\": ..., \"text\": ...} object per line.")
-            for key in ("id", "text"):
-                if not isinstance(record.get(key), str) or not record[key].strip():
-                    got = "missing" if key not in record else f"{show(record[key])}"
-                    raise DataError(f"{path}, line {number}: field {key!r} is {got}; expected a "
-                                    f"non-empty string. Fix: give every fact an id and a text.")
-            fact_id = record["id"]
-            if fact_id in lines_of:
-                lines_of[fact_id].append(number)
-                continue
-            lines_of[fact_id] = [number]
-            facts.append(Fact(fact_id, record["text"]))
-            extra = {k: v for k, v in record.items() if k not in ("id", "text")}
-            if extra:
-                fields[fact_id] = extra
+    for number, line in enumerate(read_utf8_lines(path, "knowledge base"), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise DataError(f"{path}, line {number}: not valid JSON ({error.msg} at column "
+                            f"{error.colno}). Fix: one JSON object per line.") from None
+        if not isinstance(record, dict):
+            raise DataError(f"{path}, line {number}: {show(record)} is not a JSON object. "
+                            "Fix: one {\"id\": ..., \"text\": ...} object per line.")
+        for key in ("id", "text"):
+            if not isinstance(record.get(key), str) or not record[key].strip():
+                got = "missing" if key not in record else f"{show(record[key])}"
+                raise DataError(f"{path}, line {number}: field {key!r} is {got}; expected a "
+                                f"non-empty string. Fix: give every fact an id and a text.")
+        fact_id = record["id"]
+        if fact_id in lines_of:
+            lines_of[fact_id].append(number)
+            continue
+        lines_of[fact_id] = [number]
+        facts.append(Fact(fact_id, record["text"]))
+        extra = {k: v for k, v in record.items() if k not in ("id", "text")}
+        if extra:
+            fields[fact_id] = extra
     duplicates = {k: v for k, v in lines_of.items() if len(v) > 1}
     if duplicates:
         shown = "; ".join(f"{k!r} on lines {', '.join(map(str, v))}"

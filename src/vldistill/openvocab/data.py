@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from vldistill.data.jsonio import read_utf8_lines
 from vldistill.errors import DataError, MissingFileError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -98,7 +99,7 @@ def read_jsonl(path: Path, root: Path, size: int) -> ImageTextSet:
         raise MissingFileError(f"caption file {path} does not exist; pass a JSONL file of "
                                '{"image": ..., "caption": ...} lines')
     images, captions, labels = [], [], []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(read_utf8_lines(path, "caption file"), start=1):
         if not line.strip():
             continue
         where = f"{path}, line {number}"
