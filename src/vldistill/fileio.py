@@ -37,11 +37,13 @@ def check_free_space(folder: Path, needed: int, what: str) -> None:
             "was written.")
 
 
-def atomic_write(path: Path, write: Callable[[Path], object], expected_bytes: int | None = None
-                 ) -> None:
+def atomic_write(path: Path, write: Callable[[Path], object], expected_bytes: int | None = None,
+                 keep_previous: Path | None = None) -> None:
     """Call ``write(temporary_path)``, fsync the file, rename it over ``path``, fsync the
     folder. With ``expected_bytes`` the free space is checked first; a disk that fills up
-    during the write leaves the previous file as it was and no temporary file behind."""
+    during the write leaves the previous file as it was and no temporary file behind. With
+    ``keep_previous`` the file being replaced is first renamed there (the last good version
+    survives even a damaged new one)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if expected_bytes is not None:
@@ -62,6 +64,8 @@ def atomic_write(path: Path, write: Callable[[Path], object], expected_bytes: in
                                  "file was removed. Free some space and run again (--resume "
                                  "continues a run).") from None
         os.chmod(temporary, 0o644)
+        if keep_previous is not None and path.exists():
+            os.replace(path, keep_previous)
         os.replace(temporary, path)
         _fsync_folder(path.parent)
     finally:

@@ -158,14 +158,32 @@ def test_resume_refuses_another_recipe_and_starts_a_run_that_saved_nothing(
         run_recipe(tiny(tiny_recipe_path, tmp_path), resume=True)
 
 
-def test_damaged_resume_point_is_refused_with_the_fix(tmp_path, tiny_recipe_path, crash_role):
+def test_a_damaged_resume_point_falls_back_to_the_previous_one(tmp_path, tiny_recipe_path,
+                                                               crash_role, uninterrupted, capsys):
     recipe = tiny(tiny_recipe_path, tmp_path)
     crash_role("student-kd-seed0", 5)
     with pytest.raises(Crash):
         run_recipe(recipe)
     path = tmp_path / "r" / "checkpoints" / "student-kd-seed0-resume.ckpt"
+    previous = path.with_name("student-kd-seed0-resume.previous.ckpt")
+    assert load_training_state(previous)["global_step"] < load_training_state(path)["global_step"]
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-    with pytest.raises(ResumeError, match=r"student-kd-seed0-resume.ckpt cannot be read .*"
+    resumed = run_recipe(recipe, resume=True)
+    assert "falling back to the previous resume point" in capsys.readouterr().out
+    assert_same_weights(weights(resumed, "student-kd-seed0"),
+                        weights(uninterrupted, "student-kd-seed0"))
+
+
+def test_damaged_resume_points_with_no_good_one_left_are_refused_with_the_fix(
+        tmp_path, tiny_recipe_path, crash_role):
+    recipe = tiny(tiny_recipe_path, tmp_path)
+    crash_role("student-kd-seed0", 5)
+    with pytest.raises(Crash):
+        run_recipe(recipe)
+    path = tmp_path / "r" / "checkpoints" / "student-kd-seed0-resume.ckpt"
+    for damaged in (path, path.with_name("student-kd-seed0-resume.previous.ckpt")):
+        damaged.write_bytes(damaged.read_bytes()[: damaged.stat().st_size // 2])
+    with pytest.raises(ResumeError, match=r"-resume.previous.ckpt cannot be read .*"
                                           r"Delete it to restart"):
         run_recipe(recipe, resume=True)
 

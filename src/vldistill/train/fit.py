@@ -27,7 +27,7 @@ from vldistill.train.progress import StepProgressBar
 from vldistill.console import console
 from vldistill.train.resume import (AtomicCheckpointIO, ResumableLoader, ResumePoints, forget,
                                     load_training_state, read_done, resume_path, resume_stamp,
-                                    write_done)
+                                    usable_resume_point, write_done)
 
 SaveFn = Callable[[Path, nn.Module], None]
 
@@ -153,15 +153,18 @@ def build_trainer(settings: TrainerSettings, train: TrainSettings, log_dir: Path
         default_root_dir=log_dir, plugins=[AtomicCheckpointIO()])
 
 
-def _resumable(run_dir: Path, role: str, stamp: str
+def _resumable(run_dir: Path, role: str, stamp: str, checkpoint: Path | None
                ) -> tuple[bool, dict[str, Any] | None, dict[str, Any] | None]:
     """Whether the role's resume files (if any) were written under this stamp; then its done
-    record and its resume checkpoint's state (each None when absent)."""
+    record and the state of ``checkpoint``, the resume point to continue from (each None when
+    absent). A finished role whose final state is unreadable continues from the previous
+    point instead of counting as done."""
     done = read_done(run_dir, role)
     if done is not None and done["stamp"] != stamp:
         return False, None, None
-    checkpoint = resume_path(run_dir, role)
-    state = load_training_state(checkpoint) if checkpoint.is_file() else None
+    if done is not None and checkpoint != resume_path(run_dir, role):
+        done = None
+    state = load_training_state(checkpoint) if checkpoint is not None else None
     if state is not None and resume_stamp(state) != stamp:
         return False, None, None
     return True, done, state
@@ -181,9 +184,10 @@ def fit(step: DistillationStep, data: LoaderModule, evaluator: Evaluator, train:
     """
     quiet_lightning()
     checkpoint = resume_path(run_dir, role)
-    done = state = None
+    done = state = start_from = None
     if resume:
-        resume, done, state = _resumable(run_dir, role, stamp)
+        start_from = usable_resume_point(checkpoint)       # the latest readable one
+        resume, done, state = _resumable(run_dir, role, stamp, start_from)
         if not resume:
             console.print(f"{role}: its resume files were written for another recipe or "
                           "teacher; training it from the start")
@@ -216,8 +220,7 @@ def fit(step: DistillationStep, data: LoaderModule, evaluator: Evaluator, train:
     # an earlier fit (a previous phase) was left in eval mode, so put the step in train mode
     # (the step keeps its teacher in eval mode).
     step.train()
-    resuming = resume and checkpoint.is_file()
-    trainer.fit(module, datamodule=data, ckpt_path=checkpoint if resuming else None,
+    trainer.fit(module, datamodule=data, ckpt_path=start_from if resume else None,
                 weights_only=True)
     # the final state is a resume point too: a later --resume loads it instead of training
     trainer.save_checkpoint(checkpoint)

@@ -9,6 +9,8 @@ Every fit (one role: the teacher, a student, one phase of a student) keeps two f
                          the epoch's batch plan. Written atomically at every validation and every
                          ``checkpoint_every_n_steps``; the previous one stays until the new one
                          is complete.
+    <role>-resume.previous.ckpt   the resume point before the latest (rotated at each write):
+                         a missing or damaged latest one falls back to it, saying so.
     <role>-done.json     written once the fit has finished: its steps, wall time and metrics.
 
 Both carry a *stamp*: a hash of the recipe and, for a distilled student, of the teacher's
@@ -35,6 +37,7 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Checkpoint
 from torch.utils.data import DataLoader
 
+from vldistill.console import console
 from vldistill.errors import VldistillError
 from vldistill.fileio import atomic_write
 
@@ -49,6 +52,31 @@ def resume_path(run_dir: Path, role: str) -> Path:
 
 def done_path(run_dir: Path, role: str) -> Path:
     return run_dir / "checkpoints" / f"{role}-done.json"
+
+
+def previous_path(path: Path) -> Path:
+    """Where the resume point before the current one is kept."""
+    return path.with_name(path.name.replace("-resume.ckpt", "-resume.previous.ckpt"))
+
+
+def usable_resume_point(path: Path) -> Path | None:
+    """The resume point to continue from: ``path``, or, when it is missing or damaged (killed
+    between the two renames of a rotation, a flipped byte), the previous one, saying so. None
+    when there is neither; a ResumeError when no readable one is left."""
+    previous = previous_path(path)
+    if path.is_file():
+        try:
+            load_training_state(path)
+            return path
+        except ResumeError as error:
+            if not previous.is_file():
+                raise
+            console.print(f"[yellow]{error.args[0].split(' Delete it')[0]}; falling back to "
+                          f"the previous resume point {previous.name}[/]")
+    if previous.is_file():
+        load_training_state(previous)
+        return previous
+    return None
 
 
 def load_training_state(path: Path) -> dict[str, Any]:
@@ -81,7 +109,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
         atomic_write(Path(path), lambda temporary: torch.save(checkpoint, temporary),
-                     expected_bytes=_tensor_bytes(checkpoint))
+                     expected_bytes=_tensor_bytes(checkpoint),
+                     keep_previous=previous_path(Path(path)))
 
     def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict[str, Any]:
         return load_training_state(Path(path))
@@ -180,4 +209,5 @@ def resume_stamp(state: dict[str, Any]) -> str:
 def forget(run_dir: Path, role: str) -> None:
     """Remove a role's resume files (a fresh, non-resumed fit)."""
     resume_path(run_dir, role).unlink(missing_ok=True)
+    previous_path(resume_path(run_dir, role)).unlink(missing_ok=True)
     done_path(run_dir, role).unlink(missing_ok=True)
