@@ -8,6 +8,7 @@ renamed over the target.
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import shutil
 import tempfile
@@ -84,3 +85,28 @@ def _fsync_folder(folder: Path) -> None:
         pass                    # some file systems refuse fsync on folders
     finally:
         os.close(fd)
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_record(path: Path) -> dict:
+    """{bytes, sha256} of a file, for a manifest that must detect damage later."""
+    return {"bytes": Path(path).stat().st_size, "sha256": sha256_file(path)}
+
+
+def verify_file(path: Path, record: dict, fix: str) -> None:
+    """Refuse a file whose size or SHA-256 differs from its manifest record."""
+    from vldistill.errors import DataError
+
+    path = Path(path)
+    size = path.stat().st_size
+    if size != record["bytes"] or sha256_file(path) != record["sha256"]:
+        raise DataError(f"{path} is damaged: its {'size' if size != record['bytes'] else 'SHA-256'}"
+                        f" differs from the manifest's ({size} bytes, expected "
+                        f"{record['bytes']}). {fix}")

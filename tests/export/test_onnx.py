@@ -185,3 +185,20 @@ def test_a_new_export_removes_the_old_int8_model(vilt, tmp_path):
     export_onnx(vilt, tmp_path, int8=True)
     export_onnx(vilt, tmp_path)
     assert not (tmp_path / "model.int8.onnx").exists()
+
+
+def test_a_damaged_export_is_refused_with_the_fix(vilt, tmp_path):
+    from vldistill.errors import DataError
+    from vldistill.export.runtime import OnnxVQA
+
+    export_onnx(vilt, tmp_path)
+    manifest = json.loads((tmp_path / "vldistill-export.json").read_text())
+    assert manifest["checksums"]["model.onnx"]["bytes"] == (tmp_path / "model.onnx").stat().st_size
+    OnnxVQA(tmp_path)                                   # intact: loads
+    model = tmp_path / "model.onnx"
+    original = model.read_bytes()
+    for damaged in (original[: len(original) // 2],
+                    original[:100] + bytes([original[100] ^ 1]) + original[101:]):
+        model.write_bytes(damaged)
+        with pytest.raises(DataError, match=r"model.onnx is damaged.*vldistill export"):
+            OnnxVQA(tmp_path)

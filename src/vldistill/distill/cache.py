@@ -46,7 +46,7 @@ from vldistill.data.augment import AugmentSettings, apply_view, view_parameters
 from vldistill.distill.step import call_model
 from vldistill.distill.topk import compress_logits, expand_logits
 from vldistill.errors import VldistillError
-from vldistill.fileio import atomic_write
+from vldistill.fileio import atomic_write, sha256_file
 from vldistill.models.outputs import ModelOutput
 
 FORMAT = 1
@@ -54,14 +54,6 @@ FORMAT = 1
 
 class CacheError(VldistillError, ValueError):
     """A teacher cache is missing, stale (fingerprint differs) or damaged."""
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def teacher_fingerprint(model: nn.Module) -> str:

@@ -28,7 +28,7 @@ from torch import nn
 
 from vldistill.errors import VldistillError
 from vldistill.export.runtime import INPUTS, MANIFEST, data_image_size, encode_fixed
-from vldistill.fileio import atomic_write
+from vldistill.fileio import atomic_write, file_record
 from vldistill.models.hf_vilt import (full_mask_image_embeds, image_positions,
                                       vilt_on_image_embeds)
 
@@ -136,7 +136,8 @@ def export_onnx(model, out_dir: Path, *, int8: bool = False, tolerance: float = 
             torch.onnx.export(wrapper, examples, str(temporary), dynamo=True,
                               dynamic_shapes=dynamic, input_names=list(INPUTS),
                               output_names=["logits"], external_data=False, verbose=False)
-    atomic_write(onnx_path, write)
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    atomic_write(onnx_path, write, expected_bytes=weights)
     fp32 = _run(onnxruntime, onnx_path, check)
     difference = float(np.abs(fp32 - expected).max())
     report = ExportReport(out_dir, size, model.answers, difference, tolerance,
@@ -161,7 +162,9 @@ def export_onnx(model, out_dir: Path, *, int8: bool = False, tolerance: float = 
                               f"{report.int8_max_abs_diff:.3g} (tolerance {int8_tolerance:g}); "
                               "keep the fp32 export or calibrate the quantisation.")
     model.processor.save_pretrained(out_dir / "processor")
-    manifest: dict[str, Any] = {**(metadata or {}),
+    checksums = {name: file_record(out_dir / name) for name in ("model.onnx", "model.int8.onnx")
+                 if (out_dir / name).is_file()}
+    manifest: dict[str, Any] = {**(metadata or {}), "checksums": checksums,
                                 "format": 1, "model": "vilt", "inputs": list(INPUTS),
                                 "image_size": size, "max_text_length": model.max_text_length,
                                 "answers": model.answers,

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from vldistill.errors import DataError, MissingFileError
+from vldistill.fileio import verify_file
 
 MANIFEST = "vldistill-export.json"
 INPUTS = ("input_ids", "attention_mask", "pixel_values")
@@ -85,11 +86,19 @@ class OnnxVQA:
         if not manifest_path.is_file():
             raise MissingFileError(f"{self.directory} is not a vldistill export ({MANIFEST} is "
                                    "missing). Fix: pass the folder `vldistill export` wrote.")
-        self.manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        try:
+            self.manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise DataError(f"{manifest_path} is damaged ({error}); export the checkpoint "
+                            "again with `vldistill export CHECKPOINT`") from None
         model = self.directory / ("model.int8.onnx" if int8 else "model.onnx")
         if not model.is_file():
             raise MissingFileError(f"{model} does not exist" + (
                 ": export with --int8 to get it" if int8 else ""))
+        record = self.manifest.get("checksums", {}).get(model.name)
+        if record is not None:       # exports written before checksums have none
+            verify_file(model, record, "Export the checkpoint again with `vldistill export "
+                                       "CHECKPOINT`.")
         from transformers import ViltProcessor
 
         self.processor = ViltProcessor.from_pretrained(self.directory / "processor")
