@@ -58,13 +58,9 @@ class CacheError(VldistillError, ValueError):
 
 def teacher_fingerprint(model: nn.Module) -> str:
     """SHA-256 over the teacher's state (names, dtypes, shapes and bytes, in name order)."""
-    digest = hashlib.sha256()
-    state = model.state_dict()
-    for name, tensor in sorted(state.items()):
-        tensor = tensor.detach().cpu().contiguous().reshape(-1)
-        digest.update(f"{name}|{tensor.dtype}|{tuple(state[name].shape)}|".encode())
-        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
-    return digest.hexdigest()
+    from vldistill.models.checkpoint import hash_tensors
+
+    return hash_tensors(hashlib.sha256(), model.state_dict()).hexdigest()
 
 
 def data_fingerprint(datasets: Sequence[Any]) -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -31,16 +31,21 @@ class Efficiency:
 
 
 @torch.inference_mode()
-def _median_seconds(model: nn.Module, inputs: Mapping[str, Any] | Sequence[Any],
-                    repeats: int, warmup: int = 3) -> float:
+def median_seconds(run: Callable[[], Any], repeats: int, warmup: int = 3) -> float:
+    """Median wall time of ``run()`` over ``repeats`` calls, after ``warmup`` untimed ones."""
     for _ in range(warmup):
-        call_model(model, inputs)
+        run()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        call_model(model, inputs)
+        run()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def _median_seconds(model: nn.Module, inputs: Mapping[str, Any] | Sequence[Any],
+                    repeats: int, warmup: int = 3) -> float:
+    return median_seconds(lambda: call_model(model, inputs), repeats, warmup)
 
 
 def measure(model: nn.Module, single_inputs: Mapping[str, Any] | Sequence[Any],

@@ -56,17 +56,23 @@ def save_model(path: Path, model: nn.Module, model_name: str, model_params: dict
     return Path(path)
 
 
-def tensors_digest(state: dict[str, torch.Tensor], metadata: dict[str, str]) -> str:
-    """SHA-256 over the metadata (but its own entry) and every tensor's name, dtype, shape and
-    bytes, in name order: stored in the checkpoint, so a flipped bit anywhere that still parses
-    is detected when it is read."""
-    digest = hashlib.sha256(json.dumps({k: v for k, v in sorted(metadata.items())
-                                        if k != "sha256"}).encode())
+def hash_tensors(digest, state: dict[str, torch.Tensor]):
+    """Feed every tensor's name, dtype, shape and bytes, in name order, to ``digest`` (a
+    hashlib object); returns it. The checkpoint checksum and the teacher fingerprint of the
+    cache (vldistill.distill.cache) both hash a state this way."""
     for key in sorted(state):
         tensor = state[key].detach().cpu().contiguous()
         digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
         digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
+    return digest
+
+
+def tensors_digest(state: dict[str, torch.Tensor], metadata: dict[str, str]) -> str:
+    """SHA-256 over the metadata (but its own entry) and the tensors: stored in the checkpoint,
+    so a flipped bit anywhere that still parses is detected when it is read."""
+    digest = hashlib.sha256(json.dumps({k: v for k, v in sorted(metadata.items())
+                                        if k != "sha256"}).encode())
+    return hash_tensors(digest, state).hexdigest()
 
 
 def load_checkpoint(path: str | Path) -> ModelCheckpoint:

@@ -379,15 +379,11 @@ def evaluate(model: nn.Module, text_encoder: FrozenTextEncoder, val: ImageTextSe
 def latency_ms(model: nn.Module, image: torch.Tensor, text: torch.Tensor,
                repeats: int) -> float:
     """Median wall time (ms) of scoring one image against ``text`` (the class prompts)."""
+    from vldistill.eval.efficiency import median_seconds
+
     model.eval()
-    times = []
     with torch.inference_mode():
-        for i in range(repeats + 3):
-            start = time.perf_counter()
-            model.scores(image, text)
-            if i >= 3:
-                times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
+        return 1000 * median_seconds(lambda: model.scores(image, text), repeats)
 
 
 # -- the job
