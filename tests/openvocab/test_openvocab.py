@@ -407,6 +407,11 @@ def test_a_saved_encoder_rebuilds_with_the_same_scores(tmp_path) -> None:
     with torch.no_grad():
         torch.testing.assert_close(loaded.scores(images, prompts), model.scores(images, prompts))
     assert loaded_text.kind == "minilm" and metadata["prompt"] == "a {label}"
+    data = bytearray((tmp_path / "m.safetensors").read_bytes())
+    data[-3] ^= 0x01                                    # one bit of the last weight
+    (tmp_path / "m.safetensors").write_bytes(bytes(data))
+    with pytest.raises(DataError, match=r"m.safetensors is damaged.*run the recipe again"):
+        load_encoder(tmp_path / "m.safetensors")
 
 
 def test_the_kd_student_never_reads_transfer_captions() -> None:

@@ -158,13 +158,19 @@ def test_resume_refuses_another_recipe_and_starts_a_run_that_saved_nothing(
         run_recipe(tiny(tiny_recipe_path, tmp_path), resume=True)
 
 
-def test_a_damaged_resume_point_falls_back_to_the_previous_one(tmp_path, tiny_recipe_path,
-                                                               crash_role, uninterrupted, capsys):
+def crashed_kd_student(tiny_recipe_path, tmp_path, crash_role):
+    """(recipe, the KD student's latest resume point) after a crash at step 5: resume points
+    after step 3 (previous) and 4 (latest) are on disk."""
     recipe = tiny(tiny_recipe_path, tmp_path)
     crash_role("student-kd-seed0", 5)
     with pytest.raises(Crash):
         run_recipe(recipe)
-    path = tmp_path / "r" / "checkpoints" / "student-kd-seed0-resume.ckpt"
+    return recipe, tmp_path / "r" / "checkpoints" / "student-kd-seed0-resume.ckpt"
+
+
+def test_a_damaged_resume_point_falls_back_to_the_previous_one(tmp_path, tiny_recipe_path,
+                                                               crash_role, uninterrupted, capsys):
+    recipe, path = crashed_kd_student(tiny_recipe_path, tmp_path, crash_role)
     previous = path.with_name("student-kd-seed0-resume.previous.ckpt")
     assert load_training_state(previous)["global_step"] < load_training_state(path)["global_step"]
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
@@ -176,11 +182,7 @@ def test_a_damaged_resume_point_falls_back_to_the_previous_one(tmp_path, tiny_re
 
 def test_damaged_resume_points_with_no_good_one_left_are_refused_with_the_fix(
         tmp_path, tiny_recipe_path, crash_role):
-    recipe = tiny(tiny_recipe_path, tmp_path)
-    crash_role("student-kd-seed0", 5)
-    with pytest.raises(Crash):
-        run_recipe(recipe)
-    path = tmp_path / "r" / "checkpoints" / "student-kd-seed0-resume.ckpt"
+    recipe, path = crashed_kd_student(tiny_recipe_path, tmp_path, crash_role)
     for damaged in (path, path.with_name("student-kd-seed0-resume.previous.ckpt")):
         damaged.write_bytes(damaged.read_bytes()[: damaged.stat().st_size // 2])
     with pytest.raises(ResumeError, match=r"-resume.previous.ckpt cannot be read .*"

@@ -38,6 +38,18 @@ class ModelCheckpoint:
 def save_model(path: Path, model: nn.Module, model_name: str, model_params: dict[str, Any],
                sizes: dict[str, int], extra: dict[str, Any] | None = None) -> Path:
     """Save weights + rebuild information. ``extra`` must be JSON-serialisable."""
+    return write_weights(path, model, {
+        "format": FORMAT, "model_name": model_name, "model_params": json.dumps(model_params),
+        "sizes": json.dumps(sizes), "extra": json.dumps(extra or {})})
+
+
+RECOVER = ("Use another checkpoint of the run (-best / -last), copy it again, or retrain it "
+           "with `vldistill run RECIPE --resume`.")
+
+
+def write_weights(path: Path, model: nn.Module, metadata: dict[str, str]) -> Path:
+    """``model``'s state as safetensors with string ``metadata`` plus its SHA-256 checksum,
+    written atomically after a free-space check (every vldistill weights file goes here)."""
     state, seen = {}, set()
     for key, value in model.state_dict().items():
         value = value.detach().cpu().contiguous()
@@ -46,14 +58,38 @@ def save_model(path: Path, model: nn.Module, model_name: str, model_params: dict
         pointer = value.untyped_storage().data_ptr()
         state[key] = value.clone() if pointer in seen and value.numel() else value
         seen.add(pointer)
-    metadata = {"format": FORMAT, "model_name": model_name,
-                "model_params": json.dumps(model_params), "sizes": json.dumps(sizes),
-                "extra": json.dumps(extra or {})}
-    metadata["sha256"] = tensors_digest(state, metadata)
+    metadata = {**metadata, "sha256": tensors_digest(state, metadata)}
     size = sum(t.numel() * t.element_size() for t in state.values())
     atomic_write(Path(path), lambda tmp: save_file(state, str(tmp), metadata=metadata),
                  expected_bytes=size)
     return Path(path)
+
+
+def read_weights(path: str | Path, missing_hint: str, checked_formats: tuple[str, ...],
+                 recover: str = RECOVER) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(state, metadata) of a file written by :func:`write_weights` (nothing is unpickled).
+    Its checksum is verified; files of ``checked_formats`` must have one (older formats may
+    lack it). The caller checks the format and reads the metadata."""
+    path = Path(path)
+    if not path.is_file():
+        raise MissingFileError(f"checkpoint {path} does not exist; {missing_hint}")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            state = {key: handle.get_tensor(key) for key in handle.keys()}
+    except (SafetensorError, OSError, ValueError) as error:
+        raise DataError(f"checkpoint {path} is not a readable safetensors file ({error}); it "
+                        "may be truncated or corrupt: re-export it or use another "
+                        "checkpoint.") from None
+    expected = metadata.get("sha256")
+    if metadata.get("format") in checked_formats and expected is None:
+        raise DataError(f"checkpoint {path} is damaged: its checksum entry is missing from the "
+                        f"metadata. {recover}")
+    if expected is not None and tensors_digest(state, metadata) != expected:
+        raise DataError(f"checkpoint {path} is damaged: its weights or metadata do not match "
+                        f"the checksum written with them (a flipped bit or a partial copy). "
+                        f"{recover}")
+    return state, metadata
 
 
 def hash_tensors(digest, state: dict[str, torch.Tensor]):
@@ -77,29 +113,9 @@ def tensors_digest(state: dict[str, torch.Tensor], metadata: dict[str, str]) -> 
 
 def load_checkpoint(path: str | Path) -> ModelCheckpoint:
     """Read a checkpoint written by :func:`save_model` (safetensors: nothing is unpickled)."""
-    path = Path(path)
-    if not path.is_file():
-        raise MissingFileError(f"checkpoint {path} does not exist; pass a .safetensors file "
-                               "from a run folder, e.g. runs/default/checkpoints/"
-                               "student-kd-seed0-last.safetensors")
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-            state = {key: handle.get_tensor(key) for key in handle.keys()}
-    except (SafetensorError, OSError, ValueError) as error:
-        raise DataError(f"checkpoint {path} is not a readable safetensors file ({error}); it "
-                        "may be truncated or corrupt: re-export it or use another "
-                        "checkpoint.") from None
-    expected = metadata.get("sha256")
-    if metadata.get("format") == FORMAT and expected is None:
-        raise DataError(f"checkpoint {path} is damaged: its checksum entry is missing from the "
-                        "metadata. Use another checkpoint of the run (-best / -last), copy it "
-                        "again, or retrain it with `vldistill run RECIPE --resume`.")
-    if expected is not None and tensors_digest(state, metadata) != expected:
-        raise DataError(f"checkpoint {path} is damaged: its weights or metadata do not match "
-                        "the checksum written with them (a flipped bit or a partial copy). Use another "
-                        "checkpoint of the run (-best / -last), copy it again, or retrain it "
-                        "with `vldistill run RECIPE --resume`.")
+    state, metadata = read_weights(
+        path, "pass a .safetensors file from a run folder, e.g. runs/default/checkpoints/"
+        "student-kd-seed0-last.safetensors", (FORMAT,))
     if metadata.get("format") not in (FORMAT, *OLDER_FORMATS):
         raise DataError(f"checkpoint {path} has format {metadata.get('format')!r}, expected "
                         f"{FORMAT!r}: it was not written by vldistill's save_model.")

@@ -39,7 +39,8 @@ from vldistill.openvocab.models import (ConvBackbone, HFBackbone, OpenVocabModel
                                         TowerImageEncoder, image_encoder_parameters)
 from vldistill.openvocab.text import FrozenTextEncoder, load_text_encoder
 
-FORMAT = "vldistill.openvocab.v1"
+FORMAT = "vldistill.openvocab.v2"        # v2: checksummed (models.checkpoint.write_weights)
+OLDER_FORMATS = ("vldistill.openvocab.v1",)
 HOLDOUT = ["purple star", "green circle", "orange square", "white triangle", "red diamond",
            "blue hexagon"]
 
@@ -175,12 +176,9 @@ def build_image_encoder(settings: ImageEncoderSettings, text_dim: int) -> nn.Mod
 
 def save_encoder(path: Path, model: nn.Module, settings: ImageEncoderSettings,
                  text_encoder: FrozenTextEncoder, data: OVDataSettings, role: str) -> Path:
-    """safetensors weights + what rebuilds the model and its text encoder."""
-    from safetensors.torch import save_file
+    """safetensors weights + what rebuilds the model and its text encoder (checksummed)."""
+    from vldistill.models.checkpoint import write_weights
 
-    from vldistill.fileio import atomic_write
-
-    state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     if settings.path is not None:
         settings = settings.model_copy(update={"path": Path(settings.path).resolve()})
     metadata = {"format": FORMAT, "role": role,
@@ -191,9 +189,7 @@ def save_encoder(path: Path, model: nn.Module, settings: ImageEncoderSettings,
                 "text_dim": str(text_encoder.dim), "prompt": data.prompt,
                 "image_size": str(image_size(data)), "source": data.source,
                 "holdout": json.dumps(data.holdout if data.source == "shapesworld" else [])}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata=metadata))
-    return path
+    return write_weights(path, model, metadata)
 
 
 def image_size(data: OVDataSettings) -> int:
@@ -224,22 +220,12 @@ def check_teacher_checkpoint(metadata: dict[str, str], recipe: OpenVocabRecipe,
 
 def load_encoder(path: Path) -> tuple[nn.Module, FrozenTextEncoder, dict[str, str]]:
     """(image encoder, its text encoder, metadata) of a saved open-vocabulary checkpoint."""
-    from safetensors import SafetensorError, safe_open
+    from vldistill.models.checkpoint import read_weights
 
-    from vldistill.errors import MissingFileError
-
-    path = Path(path)
-    if not path.is_file():
-        raise MissingFileError(f"checkpoint {path} does not exist; pass a .safetensors file "
-                               "from an open_vocab run's checkpoints/ folder")
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-            state = {key: handle.get_tensor(key) for key in handle.keys()}
-    except (SafetensorError, OSError) as error:
-        raise DataError(f"checkpoint {path} is not a readable safetensors file ({error})"
-                        ) from None
-    if metadata.get("format") != FORMAT:
+    state, metadata = read_weights(
+        path, "pass a .safetensors file from an open_vocab run's checkpoints/ folder", (FORMAT,),
+        "Use another checkpoint of the run, copy it again, or run the recipe again.")
+    if metadata.get("format") not in (FORMAT, *OLDER_FORMATS):
         raise DataError(f"checkpoint {path} is not an open-vocabulary checkpoint (format "
                         f"{metadata.get('format')!r}, expected {FORMAT!r}); zero-shot needs "
                         "one written by an open_vocab run")
