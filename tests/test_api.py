@@ -92,7 +92,7 @@ def test_image_folder_errors_name_the_problem(tmp_path):
         image_folder(tmp_path / "nope")
     (tmp_path / "cls").mkdir()
     (tmp_path / "cls" / "broken.png").write_bytes(b"not an image")
-    with pytest.raises(DataError, match="broken.png is not a readable image"):
+    with pytest.raises(DataError, match="broken.png could not be read as an image"):
         image_folder(tmp_path)
 
 

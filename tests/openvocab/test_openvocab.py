@@ -259,7 +259,7 @@ def test_jsonl_errors_name_the_file_and_line(tmp_path) -> None:
     assert data.images.shape == (1, 3, 16, 16) and data.labels == ["red"]
     (tmp_path / "bad.png").write_bytes(b"not an image")
     path.write_text('{"image": "bad.png", "caption": "x"}\n', encoding="utf-8")
-    with pytest.raises(DataError, match="bad.png is not a readable image"):
+    with pytest.raises(DataError, match="bad.png could not be read as an image"):
         read_jsonl(path, tmp_path, 16)
 
 

@@ -18,10 +18,11 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Sequence
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from PIL import Image
 
+from vldistill.data.images import check_inside
 from vldistill.data.jsonio import check_unique
 from vldistill.data.sample import ImageStore, Sample
 from vldistill.data.vqa import FolderImageStore
@@ -30,19 +31,6 @@ from vldistill.fileio import atomic_write
 
 REQUIRED = ("image", "question", "answer")
 ANNOTATORS = 10
-
-
-def check_inside(root: Path, relative: str, where: str) -> None:
-    """Refuse an image path that is absolute or leaves ``root`` (``../``, links out)."""
-    pure = PurePosixPath(relative.replace("\\", "/"))
-    if not relative or pure.is_absolute() or ".." in pure.parts or Path(relative).is_absolute():
-        raise DataError(f"{where}: image path {relative!r} is not inside the image root {root}; "
-                        "paths must be relative to the root, without '..'. Fix the row or move "
-                        "the image under the root.")
-    resolved = (root / relative).resolve()
-    if not resolved.is_relative_to(root.resolve()):
-        raise DataError(f"{where}: image path {relative!r} resolves to {resolved}, outside the "
-                        f"image root {root} (a link out of it?). Fix the row or the link.")
 
 
 def read_artquest(csv_path: Path, image_root: Path, *, image_size: int | None = None,

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch.utils.data import Dataset
 
 from vldistill.errors import DataError, MissingFileError
@@ -54,13 +54,10 @@ def collate_classification(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _load_image(path: Path, image_size: int) -> np.ndarray:
-    try:
-        with Image.open(path) as image:
-            image = image.convert("RGB").resize((image_size, image_size), Image.BILINEAR)
-            return np.asarray(image, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError) as error:
-        raise DataError(f"{path} is not a readable image ({error}); remove or replace it.") \
-            from None
+    from vldistill.data.images import read_image
+
+    image = read_image(path, "image").convert("RGB")
+    return np.asarray(image.resize((image_size, image_size), Image.BILINEAR), dtype=np.uint8)
 
 
 def image_folder(root: str | Path, image_size: int = 64, labelled: bool = True

@@ -32,17 +32,13 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from vldistill.console import console
+from vldistill.data.images import check_inside, image_header, read_image
 from vldistill.data.jsonio import MAX_LISTED, check_unique, get, load_json, show
 from vldistill.data.sample import ImageId, ImageStore, Sample
 from vldistill.errors import DataError, MissingFileError
 
 MODALITIES = ("rgb", "depth")
 Modality = Literal["rgb", "depth"]
-DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I")     # how Pillow opens a 16-bit grey PNG
-_MODE_NAMES = {"1": "1-bit, 1 channel", "L": "8-bit, 1 channel", "P": "8-bit palette",
-               "LA": "8-bit, 2 channels", "RGB": "8-bit, 3 channels",
-               "RGBA": "8-bit, 4 channels", "CMYK": "8-bit, 4 channels",
-               "F": "32-bit float, 1 channel", "I;16": "16-bit, 1 channel"}
 
 
 class DepthSettings(BaseModel):
@@ -81,26 +77,10 @@ class DepthSettings(BaseModel):
         return self.channels + int(self.mask_channel)
 
 
-def describe_mode(mode: str) -> str:
-    return _MODE_NAMES.get(mode, f"mode {mode!r}")
-
-
-def check_depth_mode(path: Path, mode: str) -> None:
-    """Refuse a depth file that is not a 16-bit single-channel image, naming what it is."""
-    if mode not in DEPTH_MODES:
-        raise DataError(f"depth map {path} is {describe_mode(mode)} (image mode {mode!r}); "
-                        f"expected a 16-bit single-channel PNG in millimetres (0 = invalid). "
-                        f"Fix: re-save it as uint16 millimetres, e.g. "
-                        f"Image.fromarray(depth_mm.astype(np.uint16)).save(path).")
-
-
 def read_depth_png(path: Path, size: tuple[int, int] | None = None) -> np.ndarray:
     """A 16-bit depth PNG as float32 metres (H, W), 0 where invalid; resized to ``size``
     (width, height) with nearest neighbour (so invalid zeros never blend into readings)."""
-    from vldistill.data.vqa import _read_image
-
-    image = _read_image(path, "depth map")
-    check_depth_mode(path, image.mode)
+    image = read_image(path, "depth map", expect="depth")
     if size is not None and image.size != size:
         image = image.resize(size, Image.Resampling.NEAREST)
     millimetres = np.clip(np.asarray(image), 0, None).astype(np.float32)
@@ -151,9 +131,7 @@ class RGBDImageStore:
                            f"({len(paths)} {what}s)") from None
 
     def rgb(self, image_id: ImageId) -> np.ndarray:
-        from vldistill.data.vqa import _read_image
-
-        image = _read_image(self._path(self.rgb_paths, image_id, "RGB image"),
+        image = read_image(self._path(self.rgb_paths, image_id, "RGB image"),
                             "image").convert("RGB")
         if self.image_size is not None:
             image = image.resize((self.image_size, self.image_size), Image.Resampling.BILINEAR)
@@ -248,6 +226,9 @@ def _parse_record(record: Any, path: Path, index: int) -> tuple[Sample, str, str
         raise DataError(f"{path}: {where} field 'depth' is {show(depth)}; expected a path "
                         f"string (or null when the sample has no depth map). Fix: correct that "
                         f"record.")
+    for relative in (rgb, depth):
+        if relative is not None:
+            check_inside(path.parent, relative, f"{path}: {where}")
     return sample, rgb, depth
 
 
@@ -260,7 +241,7 @@ def _scan_files(path: Path, paths: dict[ImageId, tuple[Path, Path | None]],
         questions[sample.image_id] = questions.get(sample.image_id, 0) + 1
     keep, sizes, mismatched, missing = [], {}, [], []
     for image_id, (rgb_path, depth_path) in paths.items():
-        rgb_size = _header(rgb_path)[0] if rgb_path.is_file() else None
+        rgb_size = image_header(rgb_path, "RGB image")[0] if rgb_path.is_file() else None
         why = None
         if rgb_size is None and "rgb" in needs:
             why = f"RGB image {rgb_path} is missing"
@@ -271,8 +252,7 @@ def _scan_files(path: Path, paths: dict[ImageId, tuple[Path, Path | None]],
             missing.append((image_id, why))
             continue
         if "depth" in needs:
-            depth_size, mode = _header(depth_path)
-            check_depth_mode(depth_path, mode)
+            depth_size, _ = image_header(depth_path, "depth map", expect="depth")
             if rgb_size is not None and depth_size != rgb_size:
                 mismatched.append((image_id, depth_size, rgb_size, depth_path, rgb_path))
         keep.append(image_id)
@@ -297,19 +277,6 @@ def _scan_files(path: Path, paths: dict[ImageId, tuple[Path, Path | None]],
             f"to the RGB images, or set data.depth.size_mismatch: resize.")
     report.resized_depth = [(m[0], m[1], m[2]) for m in mismatched]
     return keep, sizes
-
-
-def _header(path: Path) -> tuple[tuple[int, int], str]:
-    """(width, height) and mode, from the file header only."""
-    from vldistill.data.vqa import _IMAGE_ERRORS
-
-    try:
-        with Image.open(path) as image:
-            return image.size, image.mode
-    except _IMAGE_ERRORS as err:
-        raise DataError(f"{path} could not be read as an image ({type(err).__name__}: {err}). "
-                        f"Fix: replace it with a valid PNG/JPEG file, or drop the questions "
-                        f"that use it.") from err
 
 
 def _print_notes(path: Path, report: RGBDReadReport, settings: DepthSettings) -> None:

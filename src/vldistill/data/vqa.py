@@ -35,8 +35,9 @@ from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
+from vldistill.data.images import check_inside, image_header, read_image
 from vldistill.data.rgbd import read_depth_png
 from vldistill.data.sample import ImageId, ImageStore, QuestionId, Sample
 from vldistill.data.jsonio import (MAX_LISTED as _MAX_LISTED, check_unique as _check_unique,
@@ -47,8 +48,6 @@ from vldistill.fileio import atomic_write
 
 _COCO_NAME = re.compile(r"^.+_(\d{12})\.jpg$")
 _PLAIN_NAME = re.compile(r"^(.+)\.(?:png|jpg)$")
-_IMAGE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError,
-                 Image.DecompressionBombError)
 
 
 # ----------------------------------------------------------------------------- image folder
@@ -80,7 +79,7 @@ class FolderImageStore:
 
     def rgb(self, image_id: ImageId) -> np.ndarray:
         """The image as uint8 (H, W, 3); (S, S, 3) when ``image_size`` S is set."""
-        image = _read_image(self._rgb_path(image_id), "image").convert("RGB")
+        image = read_image(self._rgb_path(image_id), "image").convert("RGB")
         if self.image_size is not None:
             size = (self.image_size, self.image_size)
             image = image.resize(size, Image.Resampling.BILINEAR)
@@ -107,21 +106,30 @@ class FolderImageStore:
         return list(found)
 
     def check_images(self, samples: Iterable[Sample]) -> None:
-        """Raise one :class:`MissingFileError` listing the images (and depth maps) missing."""
+        """Raise one :class:`MissingFileError` listing the images (and depth maps) missing;
+        then check every file's header (readable, size, bit depth: see data.images), so a
+        bad file stops the run before training rather than in the middle of it."""
         needed: dict[ImageId, list[QuestionId]] = {}
         for sample in samples:
             needed.setdefault(sample.image_id, []).append(sample.question_id)
         missing: list[tuple[str, list[QuestionId]]] = []
+        present: list[tuple[Path, Path | None]] = []
         for image_id, question_ids in needed.items():
             path = self._find_rgb(image_id)
+            depth_path = (self.depth_root / f"{path.stem}.png"
+                          if path is not None and self.depth_root is not None else None)
             if path is None:
                 missing.append((self._describe(image_id), question_ids))
-            elif self.depth_root is not None:
-                depth_path = self.depth_root / f"{path.stem}.png"
-                if not depth_path.is_file():
-                    missing.append((str(depth_path), question_ids))
+            elif depth_path is not None and not depth_path.is_file():
+                missing.append((str(depth_path), question_ids))
+            else:
+                present.append((path, depth_path))
         if missing:
             raise MissingFileError(self._missing_message(missing, len(needed)))
+        for path, depth_path in present:
+            image_header(path, "image")
+            if depth_path is not None:
+                image_header(depth_path, "depth map", expect="depth")
 
     # -- finding files
 
@@ -135,9 +143,11 @@ class FolderImageStore:
 
     def _find_rgb(self, image_id: ImageId) -> Path | None:
         if self.pattern is not None:
+            check_inside(self.root, self._format(image_id), f"image id {image_id!r}")
             path = self.root / self._format(image_id)
             return path if path.is_file() else None
         for name in (f"{image_id}.png", f"{image_id}.jpg"):
+            check_inside(self.root, name, f"image id {image_id!r}")
             path = self.root / name
             if path.is_file():
                 return path
@@ -232,20 +242,6 @@ def _parse_id(text: str, int_spec: bool) -> ImageId:
     if text.isdigit() and (int_spec or str(int(text)) == text):
         return int(text)
     return text
-
-
-def _read_image(path: Path, what: str) -> Image.Image:
-    if not path.is_file():
-        raise MissingFileError(f"{what} {path} does not exist. Fix: check the folder and file "
-                               f"naming, or drop the questions that use it.")
-    try:
-        with Image.open(path) as image:
-            image.load()
-            return image.copy()
-    except _IMAGE_ERRORS as err:
-        raise DataError(f"{what} {path} could not be read as an image "
-                        f"({type(err).__name__}: {err}). Fix: replace it with a valid PNG/JPEG "
-                        f"file, or drop the questions that use it.") from err
 
 
 # ----------------------------------------------------------------------------- reading

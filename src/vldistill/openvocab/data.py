@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from vldistill.data.jsonio import read_utf8_lines
 from vldistill.errors import DataError, MissingFileError
@@ -76,23 +76,16 @@ def _label(scene) -> str:
 
 
 def read_image(path: Path, size: int, where: str) -> np.ndarray:
-    """(size, size, 3) uint8 RGB, or an error naming the file."""
-    if not path.is_file():
-        raise MissingFileError(f"{where}: image {path} does not exist")
-    try:
-        with Image.open(path) as image:
-            image.load()
-            if image.width < 1 or image.height < 1:
-                raise DataError(f"{where}: image {path} has no pixels")
-            rgb = image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as error:
-        raise DataError(f"{where}: {path} is not a readable image ({error})") from None
-    return np.asarray(rgb, dtype=np.uint8)
+    """(size, size, 3) uint8 RGB, or an error naming the file (checks in data.images)."""
+    from vldistill.data import images
+
+    rgb = images.read_image(path, f"{where}: image").convert("RGB")
+    return np.asarray(rgb.resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
 
 
 def read_jsonl(path: Path, root: Path, size: int) -> ImageTextSet:
     """A JSONL caption file: ``{"image", "caption"[, "label"]}`` per line."""
-    from vldistill.data.artquest import check_inside
+    from vldistill.data.images import check_inside
 
     path = Path(path)
     if not path.is_file():

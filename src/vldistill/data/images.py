@@ -1,0 +1,120 @@
+"""Reading image files named by a dataset: one place for every reader's checks.
+
+Every image a reader or store opens goes through :func:`image_header` (header only: cheap,
+used to check a whole split up front) or :func:`read_image` (decoded). Both refuse, naming the
+file, what it is and the fix:
+
+- a file that is missing, or is not an image Pillow can read (text, zero bytes, truncated);
+- an image with no pixels, or more than :data:`MAX_PIXELS` (checked from the header, before
+  any decoding, so a crafted 100000 x 100000 header costs nothing);
+- the wrong bit depth: a 16-bit / 32-bit single-channel image where an 8-bit RGB picture is
+  expected (Pillow's RGB conversion would clip it to a white sheet without a word), or
+  anything but a 16-bit single-channel map where depth in millimetres is expected.
+
+:func:`check_inside` keeps paths written in a data file inside their root.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path, PurePosixPath
+from typing import Literal
+
+from PIL import Image, UnidentifiedImageError
+
+from vldistill.errors import DataError, MissingFileError, VldistillError
+
+MAX_PIXELS = 8192 * 8192
+DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I")     # how Pillow opens a 16-bit grey PNG
+WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")   # not 8-bit pictures
+_MODE_NAMES = {"1": "1-bit, 1 channel", "L": "8-bit, 1 channel", "P": "8-bit palette",
+               "LA": "8-bit, 2 channels", "RGB": "8-bit, 3 channels",
+               "RGBA": "8-bit, 4 channels", "CMYK": "8-bit, 4 channels",
+               "F": "32-bit float, 1 channel", "I": "32-bit integer, 1 channel",
+               "I;16": "16-bit, 1 channel", "I;16L": "16-bit, 1 channel",
+               "I;16B": "16-bit, 1 channel", "I;16N": "16-bit, 1 channel"}
+_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError,
+           Image.DecompressionBombError)
+Expect = Literal["rgb", "depth"]
+
+
+def describe_mode(mode: str) -> str:
+    return _MODE_NAMES.get(mode, f"mode {mode!r}")
+
+
+def check_depth_mode(path: Path, mode: str) -> None:
+    """Refuse a depth file that is not a 16-bit single-channel image, naming what it is."""
+    if mode not in DEPTH_MODES:
+        raise DataError(f"depth map {path} is {describe_mode(mode)} (image mode {mode!r}); "
+                        f"expected a 16-bit single-channel PNG in millimetres (0 = invalid). "
+                        f"Fix: re-save it as uint16 millimetres, e.g. "
+                        f"Image.fromarray(depth_mm.astype(np.uint16)).save(path).")
+
+
+def _check(image: Image.Image, path: Path, what: str, expect: Expect) -> None:
+    width, height = image.size
+    if width < 1 or height < 1:
+        raise DataError(f"{what} {path} has no pixels ({width} x {height}). Fix: replace it "
+                        "with a valid image, or drop the questions that use it.")
+    if width * height > MAX_PIXELS:
+        raise DataError(f"{what} {path} is {width} x {height} pixels, more than the "
+                        f"{MAX_PIXELS:,} vldistill reads (8192 x 8192). Fix: downscale it, or "
+                        "drop the questions that use it.")
+    if expect == "depth":
+        check_depth_mode(path, image.mode)
+    elif image.mode in WIDE_MODES:
+        raise DataError(f"{what} {path} is {describe_mode(image.mode)} (image mode "
+                        f"{image.mode!r}); expected an 8-bit RGB (or 8-bit grey) picture. "
+                        "Fix: convert it to 8 bits per channel; if it is a depth map, list it "
+                        "as depth, not as the image.")
+
+
+def _open(path: Path, what: str) -> Image.Image:
+    if not Path(path).is_file():
+        raise MissingFileError(f"{what} {path} does not exist. Fix: check the folder and file "
+                               f"naming, or drop the questions that use it.")
+    return Image.open(path)
+
+
+def _unreadable(path: Path, what: str, error: BaseException) -> DataError:
+    return DataError(f"{what} {path} could not be read as an image ({type(error).__name__}: "
+                     f"{error}). Fix: replace it with a valid PNG/JPEG file, or drop the "
+                     f"questions that use it.")
+
+
+def image_header(path: Path, what: str = "image", expect: Expect = "rgb"
+                 ) -> tuple[tuple[int, int], str]:
+    """(width, height) and mode from the file header only, after the checks above."""
+    try:
+        with _open(path, what) as image:
+            _check(image, path, what, expect)
+            return image.size, image.mode
+    except VldistillError:
+        raise
+    except _ERRORS as error:
+        raise _unreadable(path, what, error) from None
+
+
+def read_image(path: Path, what: str = "image", expect: Expect = "rgb") -> Image.Image:
+    """The decoded image (a copy: the file is closed), after the checks above."""
+    try:
+        with _open(path, what) as image:
+            _check(image, path, what, expect)
+            image.load()
+            return image.copy()
+    except VldistillError:
+        raise
+    except _ERRORS as error:
+        raise _unreadable(path, what, error) from None
+
+
+def check_inside(root: Path, relative: str, where: str) -> None:
+    """Refuse an image path that is absolute or leaves ``root`` (``../``, links out)."""
+    pure = PurePosixPath(relative.replace("\\", "/"))
+    if not relative or pure.is_absolute() or ".." in pure.parts or Path(relative).is_absolute():
+        raise DataError(f"{where}: image path {relative!r} is not inside the image root {root}; "
+                        "paths must be relative to the root, without '..'. Fix the row or move "
+                        "the image under the root.")
+    resolved = (Path(root) / relative).resolve()
+    if not resolved.is_relative_to(Path(root).resolve()):
+        raise DataError(f"{where}: image path {relative!r} resolves to {resolved}, outside the "
+                        f"image root {root} (a link out of it?). Fix the row or the link.")
