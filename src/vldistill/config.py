@@ -23,6 +23,48 @@ from vldistill.errors import RecipeError
 from vldistill.models.kv_prefix import ExpertSettings, LoraSettings, PrefixSettings
 
 
+class _RecipeLoader(yaml.SafeLoader):
+    """PyYAML's safe loader (plain data only: a ``!!python/...`` tag is an error, so a recipe
+    can never name code to import or call), refusing a key given twice in one mapping, which
+    YAML itself would resolve silently to the last value. Written here because PyYAML has no
+    option for it and a dependency for ten lines is not worth it."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice in one mapping (lines {seen[key]} "
+                    f"and {key_node.start_mark.line + 1}); YAML would keep only the last",
+                    key_node.start_mark)
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep)
+
+
+def read_yaml(path: str | Path) -> Any:
+    """A recipe file's data, loaded safely; bad YAML, a duplicate key, a Python tag or bytes
+    that are not UTF-8 raise :class:`RecipeError` naming the file and the line."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"recipe file {path} does not exist; pass a YAML file such as "
+                          "recipes/default.yaml")
+    try:
+        return yaml.load(path.read_text(encoding="utf-8"), Loader=_RecipeLoader)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or error
+        fix = (" Recipes hold names and numbers only; no Python object can be named in one."
+               if "python/" in str(problem) else " Fix that line.")
+        raise RecipeError(f"recipe {path} is not valid YAML{where}: {problem}.{fix}") from None
+    except UnicodeDecodeError as error:
+        raise RecipeError(f"recipe {path} is not UTF-8 text (byte {error.start}); save it as "
+                          "UTF-8") from None
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -564,19 +606,7 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] = ()) -> Re
     if path is None:
         return recipe_from_dict({}, "(built-in default)", overrides)
     path = Path(path)
-    if not path.is_file():
-        raise RecipeError(f"recipe file {path} does not exist; pass a YAML file such as "
-                          "recipes/default.yaml")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise RecipeError(f"recipe {path} is not valid YAML{where}: "
-                          f"{getattr(error, 'problem', error)}") from None
-    except UnicodeDecodeError as error:
-        raise RecipeError(f"recipe {path} is not UTF-8 text (byte {error.start}); save it as "
-                          "UTF-8") from None
+    data = read_yaml(path)
     if isinstance(data, dict) and data.get("task") in TASKS:
         task = data["task"]
         what, loader, command = TASKS[task]
@@ -599,8 +629,8 @@ def recipe_task(path: str | Path | None) -> str | None:
     if path is None or not Path(path).is_file():
         return None
     try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError):
+        data = read_yaml(path)
+    except RecipeError:
         return None
     task = data.get("task") if isinstance(data, dict) else None
     return task if task in TASKS else None
@@ -615,10 +645,7 @@ def load_task_recipe(schema: type[BaseModel], path: str | Path | None,
         path = Path(path)
         if not path.is_file():
             raise RecipeError(f"recipe file {path} does not exist; pass e.g. {example}")
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except (yaml.YAMLError, UnicodeDecodeError) as error:
-            raise RecipeError(f"recipe {path} is not valid UTF-8 YAML: {error}") from None
+        data = _as_plain(read_yaml(path), str(path))
     for text in overrides:
         apply_override(data, *parse_override(text), schema().model_dump(mode="json"))
     try:

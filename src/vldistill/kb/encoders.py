@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vldistill.errors import MissingFileError
+from vldistill.models.checkpoint import require_safetensors
 
 
 def minilm_folder() -> Path:
@@ -51,7 +52,8 @@ class SentenceEncoder(nn.Module):
         if not (path / "config.json").is_file():
             raise MissingFileError(f"text encoder folder {path} has no config.json. Fix: pass "
                                    "a folder written by save_pretrained, or 'minilm'.")
-        return cls(AutoModel.from_pretrained(path), AutoTokenizer.from_pretrained(path),
+        require_safetensors(path, "text encoder")
+        return cls(AutoModel.from_pretrained(path, use_safetensors=True), AutoTokenizer.from_pretrained(path),
                    max_length, name=str(path))
 
     @property

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vldistill.errors import MissingFileError
+from vldistill.models.checkpoint import require_safetensors
 
 NO_FACT = "none"
 SPECIAL = ["<pad>", "</s>", "<unk>"]
@@ -94,7 +95,8 @@ class FiDReader(nn.Module):
         if not (path / "config.json").is_file():
             raise MissingFileError(f"T5 reader folder {path} has no config.json. Fix: pass a "
                                    "folder written by save_pretrained.")
-        return cls(T5ForConditionalGeneration.from_pretrained(path),
+        require_safetensors(path, "T5 reader")
+        return cls(T5ForConditionalGeneration.from_pretrained(path, use_safetensors=True),
                    AutoTokenizer.from_pretrained(path), **kwargs)
 
     def save_pretrained(self, path: Path) -> None:

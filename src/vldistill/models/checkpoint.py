@@ -26,6 +26,29 @@ FORMAT = "vldistill.model.v2"       # v2: metadata and weights carry a SHA-256
 OLDER_FORMATS = ("vldistill.model.v1",)   # readable; written before checksums
 
 
+HF_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def pickled_weights_note(path: Path) -> str:
+    """What to say when a Hugging Face folder has no safetensors weights: the pickled files
+    it has instead (never loaded) and how to convert them."""
+    pickled = sorted(p.name for p in Path(path).iterdir() if p.suffix in PICKLE_SUFFIXES) \
+        if Path(path).is_dir() else []
+    return (f" (found {', '.join(pickled)}: pickled weights are never loaded; convert them "
+            "with save_pretrained(..., safe_serialization=True) where you trust the file)"
+            if pickled else "")
+
+
+def require_safetensors(path: Path, what: str) -> None:
+    """Refuse a Hugging Face folder whose weights are not safetensors; every from_pretrained of
+    a user's folder also passes use_safetensors=True, so a pickle there is never unpickled."""
+    if Path(path).is_dir() and not any((Path(path) / name).is_file() for name in HF_WEIGHTS):
+        raise MissingFileError(f"{what} folder {path} has no model.safetensors"
+                               f"{pickled_weights_note(path)}. Fix: save the model there with "
+                               "save_pretrained(folder).")
+
+
 @dataclass(frozen=True)
 class ModelCheckpoint:
     state_dict: dict[str, torch.Tensor]

@@ -49,7 +49,7 @@ class Blip2VQA(GenerativeVQA):
                                   Blip2Processor, BlipImageProcessorPil)
 
         check_folder(path, "BLIP-2")
-        model = Blip2ForConditionalGeneration.from_pretrained(path)
+        model = Blip2ForConditionalGeneration.from_pretrained(path, use_safetensors=True)
         try:
             processor = Blip2Processor.from_pretrained(path)
         except (OSError, ValueError, TypeError):      # an image processor that needs torchvision

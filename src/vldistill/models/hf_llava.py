@@ -79,7 +79,7 @@ class LlavaOnevisionVQA(GenerativeVQA):
             processor = processor_class(
                 image_processor=LlavaOnevisionImageProcessorPil.from_pretrained(path),
                 tokenizer=AutoTokenizer.from_pretrained(path))
-        model = LlavaOnevisionForConditionalGeneration.from_pretrained(path)
+        model = LlavaOnevisionForConditionalGeneration.from_pretrained(path, use_safetensors=True)
         processor.num_image_tokens = processor.num_image_tokens or _patches(model.config)
         processor.vision_feature_select_strategy = (processor.vision_feature_select_strategy or
                                                     model.config.vision_feature_select_strategy)

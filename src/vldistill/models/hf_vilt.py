@@ -27,9 +27,9 @@ import torch
 from torch import nn
 
 from vldistill.errors import MissingFileError
+from vldistill.models.checkpoint import HF_WEIGHTS, pickled_weights_note
 from vldistill.models.outputs import ModelOutput
 
-_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
 _TOKENIZER = ("tokenizer.json", "vocab.txt")
 _PROCESSOR = ("preprocessor_config.json", "processor_config.json")
 
@@ -49,12 +49,8 @@ def check_folder(path: Path, what: str = "ViLT") -> None:
     missing = []
     if "config.json" not in found:
         missing.append("config.json")
-    if not any(name in found for name in _WEIGHTS):
-        pickled = [n for n in found if n.endswith((".bin", ".pt", ".pth", ".ckpt"))]
-        missing.append("model.safetensors" + (
-            f" (found {', '.join(pickled)}: pickled weights are never loaded; convert them "
-            "with save_pretrained(..., safe_serialization=True) where you trust the file)"
-            if pickled else ""))
+    if not any(name in found for name in HF_WEIGHTS):
+        missing.append("model.safetensors" + pickled_weights_note(path))
     if not any(name in found for name in _TOKENIZER):
         missing.append("a tokenizer (tokenizer.json or vocab.txt)")
     if not any(name in found for name in _PROCESSOR):
@@ -104,13 +100,13 @@ class ViltVQA(nn.Module):
         config = ViltConfig.from_pretrained(path)       # the labels, before loading weights once
         labels = [config.id2label[i] for i in range(config.num_labels)]
         if answers is None or labels == list(answers):
-            return cls(ViltForQuestionAnswering.from_pretrained(path), processor,
+            return cls(ViltForQuestionAnswering.from_pretrained(path, use_safetensors=True), processor,
                        max_text_length)
         warnings.warn(f"{path}: its {len(labels)} answer labels differ from the "
                       f"{len(answers)} answers of this data; the answer head is new "
                       "(randomly initialised) and must be trained.", stacklevel=2)
         model = ViltForQuestionAnswering.from_pretrained(
-            path, num_labels=len(answers), id2label=dict(enumerate(answers)),
+            path, use_safetensors=True, num_labels=len(answers), id2label=dict(enumerate(answers)),
             label2id={a: i for i, a in enumerate(answers)}, ignore_mismatched_sizes=True)
         return cls(model, processor, max_text_length)
 

@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vldistill.models.checkpoint import require_safetensors
+
 LOGIT_SCALE_INIT = math.log(1 / 0.07)     # CLIP's initial temperature
 LOGIT_SCALE_MAX = math.log(100.0)
 
@@ -66,7 +68,8 @@ class HFBackbone(nn.Module):
         config_name, model_name = self.CLASSES[kind]
         model_class = getattr(transformers, model_name)
         if path is not None:
-            self.model = model_class.from_pretrained(path)
+            require_safetensors(path, f"{kind} vision tower")
+            self.model = model_class.from_pretrained(path, use_safetensors=True)
         else:
             self.model = model_class(getattr(transformers, config_name)(**(config or {})))
         self.model.eval()

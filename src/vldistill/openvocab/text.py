@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vldistill.errors import MissingFileError
+from vldistill.models.checkpoint import require_safetensors
 
 
 class FrozenTextEncoder(nn.Module):
@@ -74,7 +75,8 @@ def dual_encoder(kind: str, path: Path):
 
     path = _check_folder(path, kind)
     model_class = {"clip": CLIPModel, "siglip": SiglipModel}[kind]
-    return model_class.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
+    require_safetensors(path, kind)
+    return model_class.from_pretrained(path, use_safetensors=True).eval(), AutoTokenizer.from_pretrained(path)
 
 
 def tower_text_encoder(kind: str, path: Path) -> FrozenTextEncoder:
