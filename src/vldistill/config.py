@@ -52,17 +52,22 @@ def read_yaml(path: str | Path) -> Any:
         raise RecipeError(f"recipe file {path} does not exist; pass a YAML file such as "
                           "recipes/default.yaml")
     try:
-        return yaml.load(path.read_text(encoding="utf-8"), Loader=_RecipeLoader)
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_RecipeLoader)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(error, "problem", None) or error
-        fix = (" Recipes hold names and numbers only; no Python object can be named in one."
+        fix = (" Recipes hold names and numbers only; no Python object can be named in one. "
+               "Fix: remove the tag."
                if "python/" in str(problem) else " Fix that line.")
         raise RecipeError(f"recipe {path} is not valid YAML{where}: {problem}.{fix}") from None
     except UnicodeDecodeError as error:
         raise RecipeError(f"recipe {path} is not UTF-8 text (byte {error.start}); save it as "
                           "UTF-8") from None
+    if data is None:
+        raise RecipeError(f"recipe {path} is empty. Fix: write its sections (see "
+                          "recipes/default.yaml), or give no recipe to run the built-in default.")
+    return data
 
 
 class Strict(BaseModel):
@@ -597,7 +602,8 @@ def _as_plain(data: Any, source: str = "<dict>") -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise RecipeError(f"recipe {source}: a recipe is a mapping of sections (data, teacher, "
-                          f"student, ...), got {type(data).__name__}")
+                          f"student, ...), got {type(data).__name__}. Fix: write one "
+                          f"'section: ...' per line, as in recipes/default.yaml.")
     return yaml.safe_load(yaml.safe_dump(data))   # a deep copy of plain types
 
 
@@ -654,7 +660,8 @@ def load_task_recipe(schema: type[BaseModel], path: str | Path | None,
         problems = "\n".join(f"  - {'.'.join(map(str, e['loc']))}: {e['msg']}"
                              for e in error.errors())
         raise RecipeError(f"recipe {path or '(built-in)'} has {error.error_count()} "
-                          f"problem(s):\n{problems}") from None
+                          f"problem(s):\n{problems}\nFix: correct these fields; {example} "
+                          "shows every section.") from None
 
 
 def nested_differences(saved: Any, current: Any, prefix: str = "") -> list[str]:

@@ -52,7 +52,8 @@ def read_artquest(csv_path: Path, image_root: Path, *, image_size: int | None = 
     if missing:
         raise DataError(f"{path}: missing column(s) {', '.join(missing)} (found "
                         f"{', '.join(columns) or 'no header'}); an ArtQuest CSV needs image, "
-                        "question, answer and optionally question_id")
+                        "question, answer and optionally question_id. Fix: add or rename the header row's "
+                        "columns.")
     root = Path(image_root)
     samples = []
     for number, row in enumerate(reader, start=2):           # line 1 is the header
@@ -74,7 +75,8 @@ def read_artquest(csv_path: Path, image_root: Path, *, image_size: int | None = 
             answers=(values["answer"],) * ANNOTATORS,
             question_type=(row.get("question_type") or "").strip()))
     if not samples:
-        raise DataError(f"{path}: no rows after the header; an empty split cannot be used")
+        raise DataError(f"{path}: no rows after the header; an empty split cannot be used. "
+                        "Fix: add the split's rows, or point the recipe at another CSV.")
     check_unique([s.question_id for s in samples], path, "question_id")
     store = FolderImageStore(root, "{image_id}", None, image_size)
     if check_images:

@@ -22,7 +22,11 @@ def load_json(path: Path, what: str) -> Any:
         raise MissingFileError(f"{what} file {path} does not exist. Fix: check the path.")
     try:
         with path.open(encoding="utf-8") as file:
-            return json.load(file)
+            return json.load(file, object_pairs_hook=_unique_keys)
+    except _DuplicateKey as err:
+        raise DataError(f"{path}: key {err.args[0]!r} appears twice in one JSON object "
+                        f"(JSON readers would keep only the last value). Fix: remove one of "
+                        f"them.") from None
     except json.JSONDecodeError as err:
         raise DataError(f"{path}: not valid JSON at line {err.lineno}, column {err.colno} "
                         f"(char {err.pos}): {err.msg}. Fix: repair or re-export the file."
@@ -30,6 +34,31 @@ def load_json(path: Path, what: str) -> Any:
     except UnicodeDecodeError as err:
         raise DataError(f"{path}: not UTF-8 text (bad byte at offset {err.start}). Fix: "
                         f"re-save the file as UTF-8 JSON.") from err
+
+
+class _DuplicateKey(Exception):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    record = dict(pairs)
+    if len(record) != len(pairs):
+        seen: set[str] = set()
+        raise _DuplicateKey(next(k for k, _ in pairs if k in seen or seen.add(k)))
+    return record
+
+
+def parse_line(line: str, where: str, expected: str) -> Any:
+    """One JSONL line; bad JSON or a key given twice raises naming ``where`` and ``expected``
+    (e.g. 'one {"id": ..., "text": ...} object per line')."""
+    try:
+        return json.loads(line, object_pairs_hook=_unique_keys)
+    except json.JSONDecodeError as error:
+        raise DataError(f"{where}: not valid JSON ({error.msg} at column {error.colno}). "
+                        f"Fix: {expected}.") from None
+    except _DuplicateKey as error:
+        raise DataError(f"{where}: key {error.args[0]!r} appears twice in the object. Fix: "
+                        "remove one of them.") from None
 
 
 def read_utf8_lines(path: Path, what: str) -> list[str]:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vldistill.data.jsonio import MAX_LISTED, first, read_utf8_lines, show
+from vldistill.data.jsonio import MAX_LISTED, first, parse_line, read_utf8_lines, show
 from vldistill.data.sample import Sample
 from vldistill.data.shapesworld_questions import Fact
 from vldistill.errors import DataError, MissingFileError
@@ -82,11 +82,8 @@ def read_facts(path: Path) -> KnowledgeBase:
     for number, line in enumerate(read_utf8_lines(path, "knowledge base"), start=1):
         if not line.strip():
             continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise DataError(f"{path}, line {number}: not valid JSON ({error.msg} at column "
-                            f"{error.colno}). Fix: one JSON object per line.") from None
+        record = parse_line(line, f"{path}, line {number}",
+                            'one {"id": ..., "text": ...} object per line')
         if not isinstance(record, dict):
             raise DataError(f"{path}, line {number}: {show(record)} is not a JSON object. "
                             "Fix: one {\"id\": ..., \"text\": ...} object per line.")

@@ -14,7 +14,6 @@ class label where there is one):
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vldistill.data.jsonio import read_utf8_lines
+from vldistill.data.jsonio import parse_line, read_utf8_lines
 from vldistill.errors import DataError, MissingFileError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -96,13 +95,10 @@ def read_jsonl(path: Path, root: Path, size: int) -> ImageTextSet:
         if not line.strip():
             continue
         where = f"{path}, line {number}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise DataError(f"{where}: not JSON ({error.msg}); each line is one "
-                            '{"image": ..., "caption": ...} object') from None
+        record = parse_line(line, where, 'one {"image": ..., "caption": ...} object per line')
         if not isinstance(record, dict):
-            raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
+            raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}. Fix: "
+                            'one {"image": ..., "caption": ...} object per line.')
         missing = [k for k in ("image", "caption")
                    if not isinstance(record.get(k), str) or not record[k].strip()]
         if missing:
@@ -114,7 +110,8 @@ def read_jsonl(path: Path, root: Path, size: int) -> ImageTextSet:
         label = record.get("label")
         labels.append(str(label).strip() if label is not None else None)
     if not captions:
-        raise DataError(f"{path}: no image-caption lines")
+        raise DataError(f"{path}: no image-caption lines. Fix: one "
+                        '{"image": ..., "caption": ...} object per line.')
     return ImageTextSet(torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous(),
                         captions, labels)
 
