@@ -83,3 +83,46 @@ def test_image_ids_cannot_leave_the_image_root(tmp_path: Path) -> None:
         store.rgb("../secret")
     with pytest.raises(DataError, match="not inside the image root"):
         FolderImageStore(tmp_path / "images", "../{image_id}.png").rgb(1)
+
+
+def _calls(tree):
+    import ast
+
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            name = ast.unparse(node.func)
+            keywords = {k.arg: ast.unparse(k.value) for k in node.keywords}
+            yield node.lineno, name, keywords
+
+
+def test_no_code_path_in_the_package_can_unpickle_or_run_what_a_file_says() -> None:
+    """A scan of every module: torch.load only with weights_only=True, np.load only with
+    allow_pickle=False, YAML only through the safe loaders, no pickle / marshal / eval / exec,
+    no trust_remote_code, every Hugging Face model from_pretrained with use_safetensors=True."""
+    import ast
+
+    import vldistill
+
+    problems = []
+    for path in sorted(Path(vldistill.__file__).parent.rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for line, name, keywords in _calls(tree):
+            where = f"{path.name}:{line} {name}"
+            if name == "torch.load" and keywords.get("weights_only") != "True":
+                problems.append(where)
+            if name.endswith("np.load") and keywords.get("allow_pickle") != "False":
+                problems.append(where)
+            if name in ("yaml.load", "yaml.unsafe_load", "yaml.full_load") and \
+                    keywords.get("Loader") != "_RecipeLoader":
+                problems.append(where)
+            if name.split(".")[0] in ("pickle", "marshal", "dill", "cloudpickle") or \
+                    name in ("eval", "exec", "__import__"):
+                problems.append(where)
+            if keywords.get("trust_remote_code") not in (None, "False"):
+                problems.append(where)
+            if name.endswith(("ForConditionalGeneration.from_pretrained",
+                              "ForQuestionAnswering.from_pretrained", "Model.from_pretrained",
+                              "model_class.from_pretrained")) and \
+                    keywords.get("use_safetensors") != "True":
+                problems.append(where)
+    assert not problems, problems

