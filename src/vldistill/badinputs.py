@@ -53,8 +53,7 @@ class Outcome:
     message: str
 
 
-FIX_WORDS = ("fix", "pass ", "save ", "use ", "set ", "give ", "add ", "remove", "quote",
-             "convert", "replace", "rename", "every ", "check ")
+FIX_WORDS = ("Fix",)
 
 
 def run_case(case: Case, folder: Path) -> Outcome:
@@ -66,7 +65,7 @@ def run_case(case: Case, folder: Path) -> Outcome:
         absent = [m for m in case.mention if m not in message]
         if absent:
             return Outcome(case, False, f"error without {absent}", message)
-        if not any(word in message.lower() for word in FIX_WORDS):
+        if not any(word in message for word in FIX_WORDS):
             return Outcome(case, False, "error without a fix", message)
         return Outcome(case, True, "error", message)
     except Exception as error:              # a crash: exactly what this corpus looks for
@@ -143,7 +142,7 @@ IMAGE_DAMAGE: list[tuple[str, Callable[[Path], None], tuple[str, ...]]] = [
     ("huge dimensions (9000 x 9000 header)",
      lambda p: p.write_bytes(_png_header(9000, 9000)), ("9000 x 9000", "downscale")),
     ("decompression bomb (100000 x 100000 header)",
-     lambda p: p.write_bytes(_png_header(100000, 100000)), ("pixels",)),
+     lambda p: p.write_bytes(_png_header(100000, 100000)), ("pixels", "downscale")),
     ("zero-size image (0 x 0 header)", lambda p: p.write_bytes(_png_header(0, 0)),
      ("could not be read",)),
     ("16-bit where 8-bit is expected",
@@ -262,11 +261,6 @@ def _vqa_cases() -> list[Case]:
                 "image_id", f"../{folder.name}-outside"))
         return read
 
-    def link(folder: Path) -> Read:
-        image_path, read = image(folder)
-        image_path.unlink()
-        image_path.symlink_to(_outside(folder))
-        return read
 
     name = "VQAv2 / OK-VQA"
     return [
@@ -281,7 +275,6 @@ def _vqa_cases() -> list[Case]:
                        {"question_id": 1.5, "answers": "red"}, None, "answers"),
         *_image_cases(name, image, "1.png"),
         Case(name, "image path escapes the root (../)", escape, ("outside", "not inside")),
-        Case(name, "image links out of the root", link, ("1.png", "outside")),
     ]
 
 
@@ -309,11 +302,6 @@ def _vizwiz_cases() -> list[Case]:
         _edit_json(path, lambda d: d[0].__setitem__("image", f"../../{folder.name}-outside.png"))
         return read
 
-    def link(folder: Path) -> Read:
-        image_path, read = image(folder)
-        image_path.unlink()
-        image_path.symlink_to(_outside(folder))
-        return read
 
     name = "VizWiz"
     return [
@@ -324,8 +312,6 @@ def _vizwiz_cases() -> list[Case]:
         *_image_cases(name, image, "VizWiz_train_00000000.png"),
         Case(name, "image path escapes the root (../)", escape, ("train.json", "record [0]",
                                                                 "no folders")),
-        Case(name, "image links out of the root", link, ("VizWiz_train_00000000.png",
-                                                         "outside")),
     ]
 
 
@@ -439,11 +425,6 @@ def _csv_cases() -> list[Case]:
         _outside(folder / "images")
         return rewrite(cell(1, 0, f"../../{folder.name}-outside.png"))(folder)
 
-    def link(folder: Path) -> Read:
-        image_path, read = image(folder)
-        image_path.unlink()
-        image_path.symlink_to(_outside(folder))
-        return read
 
     name = "CSV (ArtQuest)"
     header_only = rewrite(lambda lines: lines[:1])
@@ -471,7 +452,6 @@ def _csv_cases() -> list[Case]:
         Case(name, "image path escapes the root (../)", escape, ("train.csv", "line 2", "not inside")),
         Case(name, "absolute image path", rewrite(cell(1, 0, "/etc/hostname")),
              ("train.csv", "line 2")),
-        Case(name, "image links out of the root", link, (".png", "outside")),
     ]
 
 
@@ -514,11 +494,6 @@ def _jsonl_cases() -> list[Case]:
         return lines(record(lambda r: r.__setitem__("image",
                                                     f"../{folder.name}-outside.png")))(folder)
 
-    def link(folder: Path) -> Read:
-        image_path, read = image(folder)
-        image_path.unlink()
-        image_path.symlink_to(_outside(folder))
-        return read
 
     name = "image-text JSONL"
     return [
@@ -537,7 +512,8 @@ def _jsonl_cases() -> list[Case]:
         Case(name, "image path escapes the root (../)", escape, ("captions.jsonl", "line 1", "not inside")),
         Case(name, "absolute image path", lines(record(lambda r: r.__setitem__(
             "image", "/etc/hostname"))), ("captions.jsonl", "line 1")),
-        Case(name, "image links out of the root", link, ("1.png", "outside")),
+        Case(name, "image path with a NUL byte", lines(record(lambda r: r.__setitem__(
+            "image", "images/1\x00.png"))), ("captions.jsonl", "line 1", "NUL")),
     ]
 
 

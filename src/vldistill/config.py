@@ -8,7 +8,7 @@ Command-line overrides use dotted paths: ``--set distill.terms.1.temperature=4``
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -35,7 +35,9 @@ class _RecipeLoader(yaml.SafeLoader):
             if key_node.tag == "tag:yaml.org,2002:merge":
                 continue
             key = self.construct_object(key_node, deep=True)
-            if isinstance(key, (str, int, float, bool)) and key in seen:
+            if not isinstance(key, Hashable):
+                continue                        # SafeConstructor refuses it, with the line
+            if key in seen:
                 raise yaml.constructor.ConstructorError(
                     None, None, f"key {key!r} appears twice in one mapping (lines {seen[key]} "
                     f"and {key_node.start_mark.line + 1}); YAML would keep only the last",
@@ -49,8 +51,8 @@ def read_yaml(path: str | Path) -> Any:
     that are not UTF-8 raise :class:`RecipeError` naming the file and the line."""
     path = Path(path)
     if not path.is_file():
-        raise RecipeError(f"recipe file {path} does not exist; pass a YAML file such as "
-                          "recipes/default.yaml")
+        raise RecipeError(f"recipe file {path} does not exist. Fix: pass a YAML file such as "
+                          "recipes/default.yaml.")
     try:
         data = yaml.load(path.read_text(encoding="utf-8"), Loader=_RecipeLoader)
     except yaml.YAMLError as error:
@@ -62,8 +64,11 @@ def read_yaml(path: str | Path) -> Any:
                if "python/" in str(problem) else " Fix that line.")
         raise RecipeError(f"recipe {path} is not valid YAML{where}: {problem}.{fix}") from None
     except UnicodeDecodeError as error:
-        raise RecipeError(f"recipe {path} is not UTF-8 text (byte {error.start}); save it as "
-                          "UTF-8") from None
+        raise RecipeError(f"recipe {path} is not UTF-8 text (byte {error.start}). Fix: save it "
+                          "as UTF-8.") from None
+    except RecursionError:
+        raise RecipeError(f"recipe {path} is nested too deeply to read. Fix: a recipe is a few "
+                          "levels of sections (see recipes/default.yaml).") from None
     if data is None:
         raise RecipeError(f"recipe {path} is empty. Fix: write its sections (see "
                           "recipes/default.yaml), or give no recipe to run the built-in default.")
@@ -604,7 +609,17 @@ def _as_plain(data: Any, source: str = "<dict>") -> dict[str, Any]:
         raise RecipeError(f"recipe {source}: a recipe is a mapping of sections (data, teacher, "
                           f"student, ...), got {type(data).__name__}. Fix: write one "
                           f"'section: ...' per line, as in recipes/default.yaml.")
-    return yaml.safe_load(yaml.safe_dump(data))   # a deep copy of plain types
+    return _copy(data)
+
+
+def _copy(value: Any) -> Any:
+    """A deep copy that also unshares YAML anchors: after ``student: {model: *m}`` an override
+    of ``teacher.model`` must not change the student (copy.deepcopy would keep them shared)."""
+    if isinstance(value, dict):
+        return {key: _copy(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_copy(item) for item in value]
+    return value
 
 
 def load_recipe(path: str | Path | None = None, overrides: list[str] = ()) -> Recipe:

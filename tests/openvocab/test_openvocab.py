@@ -245,7 +245,7 @@ def test_jsonl_errors_name_the_file_and_line(tmp_path) -> None:
 
     Image.new("RGB", (20, 10), "red").save(tmp_path / "a.png")
     good = '{"image": "a.png", "caption": "a red thing", "label": "red"}'
-    cases = {'{"image": "a.png"}': r"line 2: missing or empty caption",
+    cases = {'{"image": "a.png"}': r"line 2: caption missing, empty or not a string",
              "{not json": r"line 2: not valid JSON",
              '{"image": "../a.png", "caption": "x"}': r"line 2: .*not inside the image root",
              '["a.png", "x"]': r"line 2: expected a JSON object"}

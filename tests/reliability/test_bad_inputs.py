@@ -91,3 +91,47 @@ def test_sixteen_bit_images_are_refused_as_pictures_and_required_as_depth(
     assert np.asarray(read_image(narrow)).max() == 12
     with pytest.raises(DataError, match="narrow.png is 8-bit"):
         read_image(narrow, "depth map", expect="depth")
+
+
+def test_edge_cases_a_review_found(tmp_path: Path) -> None:
+    """Each of these once crashed with a bare Python error or did the wrong thing quietly."""
+    from vldistill.config import load_recipe, read_yaml
+    from vldistill.data.jsonio import load_json, parse_line
+    from vldistill.errors import RecipeError
+
+    recipe = tmp_path / "recipe.yaml"
+    for text in ["? [a, b]\n: 1\n", "[" * 5000]:               # unhashable key, deep nesting
+        recipe.write_text(text)
+        with pytest.raises(RecipeError, match="recipe.yaml"):
+            read_yaml(recipe)
+    document = tmp_path / "q.json"
+    for text in ["[" * 100000, '{"question_id": ' + "9" * 5000 + "}"]:
+        document.write_text(text)
+        with pytest.raises(DataError, match="q.json"):
+            load_json(document, "questions")
+        with pytest.raises(DataError, match="line 4"):
+            parse_line(text, "line 4", "one object per line")
+    document.write_bytes(b'\xef\xbb\xbf{"questions": []}')        # a UTF-8 byte-order mark
+    assert load_json(document, "questions") == {"questions": []}
+    document.write_text('{"questions": [{"question_id": 7, "image_id": 1, "image_id": 2}]}')
+    with pytest.raises(DataError, match=r"'image_id' appears twice .*'question_id': 7"):
+        load_json(document, "questions")
+    # an anchor shared by teacher and student: overriding the teacher leaves the student alone
+    recipe.write_text("teacher:\n  model: &m {name: vqa_attention, params: {width: 8}}\n"
+                      "student:\n  model: *m\n")
+    loaded = load_recipe(recipe, ["teacher.model.params.width=16"])
+    assert loaded.teacher.model.params["width"] == 16
+    assert loaded.student.model.params["width"] == 8
+
+
+def test_a_symlinked_image_inside_the_root_is_followed(tmp_path: Path) -> None:
+    """DVC, git-annex and Hugging Face caches lay datasets out as links into a blob store:
+    a link made on the machine is followed; only paths written in the data are checked."""
+    from vldistill.data.vqa import FolderImageStore
+
+    blob = tmp_path / "blobs" / "abc123"
+    blob.parent.mkdir()
+    Image.fromarray(np.full((4, 4, 3), 9, np.uint8)).save(blob, format="PNG")
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "1.png").symlink_to(blob)
+    assert FolderImageStore(tmp_path / "images").rgb(1).max() == 9

@@ -38,22 +38,22 @@ def read_artquest(csv_path: Path, image_root: Path, *, image_size: int | None = 
     """Samples (file order) and an image store for one CSV split."""
     path = Path(csv_path)
     if not path.is_file():
-        raise MissingFileError(f"ArtQuest CSV {path} does not exist; pass the split's CSV "
-                               "(columns image, question, answer[, question_id])")
+        raise MissingFileError(f"ArtQuest CSV {path} does not exist. Fix: pass the split's CSV "
+                               "(columns image, question, answer[, question_id]).")
     raw = path.read_bytes()
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as error:
-        raise DataError(f"{path}: not UTF-8 text (byte {error.start}); save the CSV as UTF-8"
-                        ) from None
+        raise DataError(f"{path}: not UTF-8 text (byte {error.start}). Fix: save the CSV as "
+                        "UTF-8.") from None
     reader = csv.DictReader(io.StringIO(text, newline=""))
     columns = reader.fieldnames or []
     missing = [c for c in REQUIRED if c not in columns]
     if missing:
         raise DataError(f"{path}: missing column(s) {', '.join(missing)} (found "
                         f"{', '.join(columns) or 'no header'}); an ArtQuest CSV needs image, "
-                        "question, answer and optionally question_id. Fix: add or rename the header row's "
-                        "columns.")
+                        "question, answer and optionally question_id. Fix: add or rename the "
+                        "header row's columns.")
     root = Path(image_root)
     samples = []
     for number, row in enumerate(reader, start=2):           # line 1 is the header
@@ -61,16 +61,18 @@ def read_artquest(csv_path: Path, image_root: Path, *, image_size: int | None = 
         if None in row or any(v is None for v in row.values()):
             raise DataError(f"{where}: {len(columns)} columns expected, the row has "
                             f"{len(columns) + len(row.get(None) or []) if None in row else 'fewer'}"
-                            "; quote fields that contain commas")
+                            ". Fix: quote fields that contain commas, and close every "
+                            "opening quote (an unclosed one swallows the rest of the file).")
         values = {key: row[key].strip() for key in REQUIRED}
         empty = [key for key, value in values.items() if not value]
         if empty:
             raise DataError(f"{where}: empty {', '.join(empty)}; every row needs an image, a "
-                            "question and an answer")
+                            "question and an answer. Fix: fill in that cell or drop the row.")
         check_inside(root, values["image"], where)
         question_id = (row.get("question_id") or "").strip() or str(number - 1)
         samples.append(Sample(
-            question_id=int(question_id) if question_id.isdigit() else question_id,
+            question_id=int(question_id) if question_id.isascii() and question_id.isdigit()
+            else question_id,
             image_id=values["image"], question=values["question"],
             answers=(values["answer"],) * ANNOTATORS,
             question_type=(row.get("question_type") or "").strip()))

@@ -21,12 +21,15 @@ def load_json(path: Path, what: str) -> Any:
     if not path.is_file():
         raise MissingFileError(f"{what} file {path} does not exist. Fix: check the path.")
     try:
-        with path.open(encoding="utf-8") as file:
+        with path.open(encoding="utf-8-sig") as file:
             return json.load(file, object_pairs_hook=_unique_keys)
     except _DuplicateKey as err:
-        raise DataError(f"{path}: key {err.args[0]!r} appears twice in one JSON object "
-                        f"(JSON readers would keep only the last value). Fix: remove one of "
-                        f"them.") from None
+        raise DataError(f"{path}: key {err.args[0]!r} appears twice in one JSON object, "
+                        f"{err.args[1]} (JSON readers would keep only the last value). Fix: "
+                        f"remove one of them.") from None
+    except RecursionError:
+        raise DataError(f"{path}: nested too deeply to read. Fix: re-export the file in its "
+                        "documented layout.") from None
     except json.JSONDecodeError as err:
         raise DataError(f"{path}: not valid JSON at line {err.lineno}, column {err.colno} "
                         f"(char {err.pos}): {err.msg}. Fix: repair or re-export the file."
@@ -34,6 +37,9 @@ def load_json(path: Path, what: str) -> Any:
     except UnicodeDecodeError as err:
         raise DataError(f"{path}: not UTF-8 text (bad byte at offset {err.start}). Fix: "
                         f"re-save the file as UTF-8 JSON.") from err
+    except ValueError as err:                  # e.g. an integer past Python's digit limit
+        raise DataError(f"{path}: not readable as JSON ({err}). Fix: repair or re-export the "
+                        "file.") from None
 
 
 class _DuplicateKey(Exception):
@@ -44,7 +50,8 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     record = dict(pairs)
     if len(record) != len(pairs):
         seen: set[str] = set()
-        raise _DuplicateKey(next(k for k, _ in pairs if k in seen or seen.add(k)))
+        key = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise _DuplicateKey(key, show(record))
     return record
 
 
@@ -59,6 +66,9 @@ def parse_line(line: str, where: str, expected: str) -> Any:
     except _DuplicateKey as error:
         raise DataError(f"{where}: key {error.args[0]!r} appears twice in the object. Fix: "
                         "remove one of them.") from None
+    except (ValueError, RecursionError) as error:   # digit limit, deep nesting
+        raise DataError(f"{where}: not readable as JSON ({type(error).__name__}). Fix: "
+                        f"{expected}.") from None
 
 
 def read_utf8_lines(path: Path, what: str) -> list[str]:

@@ -108,7 +108,8 @@ class FolderImageStore:
     def check_images(self, samples: Iterable[Sample]) -> None:
         """Raise one :class:`MissingFileError` listing the images (and depth maps) missing;
         then check every file's header (readable, size, bit depth: see data.images), so a
-        bad file stops the run before training rather than in the middle of it."""
+        file with a bad header stops the run before training rather than in the middle of
+        it. Damaged pixel data behind a good header is found when the image is decoded."""
         needed: dict[ImageId, list[QuestionId]] = {}
         for sample in samples:
             needed.setdefault(sample.image_id, []).append(sample.question_id)

@@ -88,8 +88,8 @@ def read_jsonl(path: Path, root: Path, size: int) -> ImageTextSet:
 
     path = Path(path)
     if not path.is_file():
-        raise MissingFileError(f"caption file {path} does not exist; pass a JSONL file of "
-                               '{"image": ..., "caption": ...} lines')
+        raise MissingFileError(f"caption file {path} does not exist. Fix: pass a JSONL file of "
+                               '{"image": ..., "caption": ...} lines.')
     images, captions, labels = [], [], []
     for number, line in enumerate(read_utf8_lines(path, "caption file"), start=1):
         if not line.strip():
@@ -102,8 +102,8 @@ def read_jsonl(path: Path, root: Path, size: int) -> ImageTextSet:
         missing = [k for k in ("image", "caption")
                    if not isinstance(record.get(k), str) or not record[k].strip()]
         if missing:
-            raise DataError(f"{where}: missing or empty {' and '.join(missing)} (a string); "
-                            "every line needs an image path and a caption")
+            raise DataError(f"{where}: {' and '.join(missing)} missing, empty or not a "
+                            "string. Fix: give every line an image path and a caption.")
         check_inside(Path(root), record["image"], where)
         images.append(read_image(Path(root) / record["image"], size, where))
         captions.append(record["caption"].strip())
