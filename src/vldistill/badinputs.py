@@ -24,7 +24,7 @@ import tempfile
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -119,9 +119,47 @@ def _write_json(path: Path, document: Any) -> None:
 
 
 def _edit_json(path: Path, edit: Callable[[Any], Any]) -> None:
+    """Apply ``edit`` to the JSON document in place (its return value is ignored)."""
     document = json.loads(path.read_text(encoding="utf-8"))
-    result = edit(document)
-    _write_json(path, document if result is None else result)
+    edit(document)
+    _write_json(path, document)
+
+
+Make = Callable[[Path], tuple[Any, Read]]     # writes valid files: (what to damage, the read)
+
+
+def _damaged(make: Make, change: Callable[[Any], None]) -> Callable[[Path], Read]:
+    """A case's build: the valid files of ``make``, then ``change`` applied to its target."""
+    def build(folder: Path) -> Read:
+        target, read = make(folder)
+        change(target)
+        return read
+    return build
+
+
+def _focus(make: Make, pick: Callable[[Path, Any], Path]) -> Make:
+    """``make`` aimed at another file: ``pick(folder, target)``."""
+    def aimed(folder: Path) -> tuple[Path, Read]:
+        target, read = make(folder)
+        return pick(folder, target), read
+    return aimed
+
+
+def _lines(change: Callable[[list[str]], list[str]]) -> Callable[[Path], None]:
+    """A change to a text file's lines."""
+    def rewrite(path: Path) -> None:
+        lines = path.read_text(encoding="utf-8").splitlines()
+        path.write_text("\n".join(change(lines)) + "\n", encoding="utf-8")
+    return rewrite
+
+
+def _first_record(edit: Callable[[dict], Any]) -> Callable[[list[str]], list[str]]:
+    """A change to the JSON object on a JSONL file's first line."""
+    def change(rows: list[str]) -> list[str]:
+        record = json.loads(rows[0])
+        edit(record)
+        return [json.dumps(record), *rows[1:]]
+    return change
 
 
 def _outside(folder: Path) -> Path:
@@ -158,24 +196,14 @@ def _text_cases(reader: str, file_name: str, make: Callable[[Path], tuple[Path, 
                 top_level: Any) -> list[Case]:
     """File-level damage any text reader must explain: missing, empty, truncated, bytes that
     are not UTF-8, the wrong top-level type."""
-    def damaged(change: Callable[[Path], None]) -> Callable[[Path], Read]:
-        def build(folder: Path) -> Read:
-            path, read = make(folder)
-            change(path)
-            return read
-        return build
-
-    return [
-        Case(reader, "file missing", damaged(lambda p: p.unlink()), (file_name,)),
-        Case(reader, "empty file", damaged(lambda p: p.write_bytes(b"")), (file_name,)),
-        Case(reader, "truncated file", damaged(
-            lambda p: p.write_bytes(p.read_bytes()[: len(p.read_bytes()) * 2 // 3])),
-            (file_name,)),
-        Case(reader, "non-UTF-8 bytes", damaged(
-            lambda p: p.write_bytes(_insert(p.read_bytes(), b"\xff"))), (file_name,)),
-        Case(reader, "wrong top-level type", damaged(
-            lambda p: p.write_text(json.dumps(top_level))), (file_name,)),
+    damage = [
+        ("file missing", lambda p: p.unlink()),
+        ("empty file", lambda p: p.write_bytes(b"")),
+        ("truncated file", lambda p: p.write_bytes(p.read_bytes()[: len(p.read_bytes()) * 2 // 3])),
+        ("non-UTF-8 bytes", lambda p: p.write_bytes(_insert(p.read_bytes(), b"\xff"))),
+        ("wrong top-level type", lambda p: p.write_text(json.dumps(top_level))),
     ]
+    return [Case(reader, name, _damaged(make, change), (file_name,)) for name, change in damage]
 
 
 def _record_cases(reader: str, file_name: str, make: Callable[[Path], tuple[Path, Read]],
@@ -184,12 +212,8 @@ def _record_cases(reader: str, file_name: str, make: Callable[[Path], tuple[Path
                   duplicate_key: str, optional: tuple[str, ...] = ()) -> list[Case]:
     """Record-level damage to a JSON file: a record that is not an object, each required field
     missing, each field of the wrong type, a duplicate id, a key given twice."""
-    def edited(edit: Callable[[Any], None]) -> Callable[[Path], Read]:
-        def build(folder: Path) -> Read:
-            path, read = make(folder)
-            _edit_json(path, lambda document: (edit(records(document)), None)[1])
-            return read
-        return build
+    def edited(edit: Callable[[list], Any]) -> Callable[[Path], Read]:
+        return _damaged(make, lambda path: _edit_json(path, lambda d: edit(records(d))))
 
     def not_object(rows: list) -> None:
         rows[1] = 42
@@ -197,13 +221,9 @@ def _record_cases(reader: str, file_name: str, make: Callable[[Path], tuple[Path
     def duplicate(rows: list) -> None:
         rows.append(dict(rows[0]))
 
-    def twice(folder: Path) -> Read:
-        path, read = make(folder)
-        text = path.read_text(encoding="utf-8")
-        key = f'"{duplicate_key}": '
-        path.write_text(text.replace(key, f'{key}"shadowed", {key}', 1), encoding="utf-8")
-        return read
-
+    key = f'"{duplicate_key}": '
+    twice = _damaged(make, _lines(lambda rows: "\n".join(rows).replace(
+        key, f'{key}"shadowed", {key}', 1).split("\n")))
     cases = [Case(reader, "record not an object", edited(not_object), (file_name, where(1)))]
     for field, value in wrong.items():
         if field not in optional:
@@ -223,14 +243,7 @@ def _record_cases(reader: str, file_name: str, make: Callable[[Path], tuple[Path
 def _image_cases(reader: str, make: Callable[[Path], tuple[Path, Read]],
                  image_name: str) -> list[Case]:
     """Damage to the first image (``make`` returns its path and the read)."""
-    def damaged(change: Callable[[Path], None]) -> Callable[[Path], Read]:
-        def build(folder: Path) -> Read:
-            image, read = make(folder)
-            change(image)
-            return read
-        return build
-
-    return [Case(reader, name, damaged(change), (image_name, *says))
+    return [Case(reader, name, _damaged(make, change), (image_name, *says))
             for name, change, says in IMAGE_DAMAGE]
 
 
@@ -249,9 +262,9 @@ def _vqa_cases() -> list[Case]:
                 store.rgb(sample.image_id)
         return paths, read
 
-    questions = lambda folder: (lambda p, r: (p["questions"], r))(*base(folder))  # noqa: E731
-    annotations = lambda folder: (lambda p, r: (p["annotations"], r))(*base(folder))  # noqa
-    image = lambda folder: (lambda p, r: (folder / "images" / "1.png", r))(*base(folder))  # noqa
+    questions = _focus(base, lambda folder, paths: paths["questions"])
+    annotations = _focus(base, lambda folder, paths: paths["annotations"])
+    image = _focus(base, lambda folder, paths: folder / "images" / "1.png")
 
     def escape(folder: Path) -> Read:
         paths, read = base(folder)
@@ -260,7 +273,6 @@ def _vqa_cases() -> list[Case]:
             _edit_json(paths[key], lambda d, k=key: d[k][0].__setitem__(
                 "image_id", f"../{folder.name}-outside"))
         return read
-
 
     name = "VQAv2 / OK-VQA"
     return [
@@ -292,16 +304,13 @@ def _vizwiz_cases() -> list[Case]:
                 store.rgb(sample.image_id)
         return paths["annotations"], read
 
-    def image(folder: Path) -> tuple[Path, Read]:
-        path, read = base(folder)
-        return folder / "train" / "VizWiz_train_00000000.png", read
+    image = _focus(base, lambda folder, _: folder / "train" / "VizWiz_train_00000000.png")
 
     def escape(folder: Path) -> Read:
         path, read = base(folder)
         _outside(folder)
         _edit_json(path, lambda d: d[0].__setitem__("image", f"../../{folder.name}-outside.png"))
         return read
-
 
     name = "VizWiz"
     return [
@@ -332,11 +341,8 @@ def _rgbd_cases() -> list[Case]:
             return report.skipped_questions
         return paths["samples"], read
 
-    def image(folder: Path) -> tuple[Path, Read]:
-        return folder / "images" / "1.png", base(folder)[1]
-
-    def depth(folder: Path) -> tuple[Path, Read]:
-        return folder / "depth" / "1.png", base(folder)[1]
+    image = _focus(base, lambda folder, _: folder / "images" / "1.png")
+    depth = _focus(base, lambda folder, _: folder / "depth" / "1.png")
 
     def escape(field: str) -> Callable[[Path], Read]:
         def build(folder: Path) -> Read:
@@ -352,16 +358,10 @@ def _rgbd_cases() -> list[Case]:
         (folder / "depth" / "1.png").unlink()
         return read
 
-    def eight_bit_depth(folder: Path) -> Read:
-        path, read = depth(folder)
-        Image.fromarray(np.zeros((8, 8), np.uint8)).save(path)
-        return read
-
-    def same_image_other_files(folder: Path) -> Read:
-        path, read = base(folder)
-        _edit_json(path, lambda d: d["samples"][1].__setitem__("image_id",
-                                                              d["samples"][0]["image_id"]))
-        return read
+    eight_bit_depth = _damaged(depth, lambda path: Image.fromarray(
+        np.zeros((8, 8), np.uint8)).save(path))
+    same_image_other_files = _damaged(base, lambda path: _edit_json(
+        path, lambda d: d["samples"][1].__setitem__("image_id", d["samples"][0]["image_id"])))
 
     name = "RGB-D"
     return [
@@ -373,15 +373,12 @@ def _rgbd_cases() -> list[Case]:
         Case(name, "one image id, two pairs of files", same_image_other_files,
              ("train.json", "samples[1]")),
         *_image_cases(name, image, "1.png"),
-        *[Case(name, f"depth map: {case}", depth_case.make, ("1.png",))
-          for case, depth_case in zip([n for n, _, _ in IMAGE_DAMAGE[:-1]],
-                                      _image_cases(name, depth, "1.png")[:-1])],
+        *[replace(case, name=f"depth map: {case.name}")    # 16-bit is right for depth: not
+          for case in _image_cases(name, depth, "1.png")[:-1]],  # the last damage
         Case(name, "depth map 8-bit where 16-bit millimetres are expected", eight_bit_depth,
              ("1.png", "16-bit")),
-        Case(name, "rgb path escapes the root (../)", escape("rgb"), ("train.json",
-                                                                    "samples[0]", "not inside")),
-        Case(name, "depth path escapes the root (../)", escape("depth"), ("train.json",
-                                                                        "samples[0]", "not inside")),
+        *[Case(name, f"{field} path escapes the root (../)", escape(field),
+               ("train.json", "samples[0]", "not inside")) for field in ("rgb", "depth")],
         Case(name, "depth map missing, data.depth.missing: skip", skipped, (), skips=1),
     ]
 
@@ -401,17 +398,10 @@ def _csv_cases() -> list[Case]:
         return paths["csv"], read
 
     def rewrite(change: Callable[[list[str]], list[str]]) -> Callable[[Path], Read]:
-        def build(folder: Path) -> Read:
-            path, read = base(folder)
-            lines = path.read_text(encoding="utf-8").splitlines()
-            path.write_text("\n".join(change(lines)) + "\n", encoding="utf-8")
-            return read
-        return build
+        return _damaged(base, _lines(change))
 
-    def image(folder: Path) -> tuple[Path, Read]:
-        path, read = base(folder)
-        first = path.read_text(encoding="utf-8").splitlines()[1].split(",")[0]
-        return folder / "images" / first, read
+    image = _focus(base, lambda folder, path: folder / "images" / path.read_text(
+        encoding="utf-8").splitlines()[1].split(",")[0])
 
     def cell(line: int, column: int, value: str) -> Callable[[list[str]], list[str]]:
         def change(lines: list[str]) -> list[str]:
@@ -424,7 +414,6 @@ def _csv_cases() -> list[Case]:
     def escape(folder: Path) -> Read:
         _outside(folder / "images")
         return rewrite(cell(1, 0, f"../../{folder.name}-outside.png"))(folder)
-
 
     name = "CSV (ArtQuest)"
     header_only = rewrite(lambda lines: lines[:1])
@@ -449,7 +438,8 @@ def _csv_cases() -> list[Case]:
         Case(name, "duplicate question_id", rewrite(cell(2, 3, "10")),
              ("train.csv", "question_id")),
         *_image_cases(name, image, ".png"),
-        Case(name, "image path escapes the root (../)", escape, ("train.csv", "line 2", "not inside")),
+        Case(name, "image path escapes the root (../)", escape,
+             ("train.csv", "line 2", "not inside")),
         Case(name, "absolute image path", rewrite(cell(1, 0, "/etc/hostname")),
              ("train.csv", "line 2")),
     ]
@@ -472,28 +462,15 @@ def _jsonl_base(folder: Path) -> tuple[Path, Read]:
 
 def _jsonl_cases() -> list[Case]:
     def lines(change: Callable[[list[str]], list[str]]) -> Callable[[Path], Read]:
-        def build(folder: Path) -> Read:
-            path, read = _jsonl_base(folder)
-            path.write_text("\n".join(change(path.read_text().splitlines())), encoding="utf-8")
-            return read
-        return build
+        return _damaged(_jsonl_base, _lines(change))
 
-    def record(edit: Callable[[dict], None]) -> Callable[[list[str]], list[str]]:
-        def change(rows: list[str]) -> list[str]:
-            first = json.loads(rows[0])
-            edit(first)
-            return [json.dumps(first), *rows[1:]]
-        return change
-
-    def image(folder: Path) -> tuple[Path, Read]:
-        path, read = _jsonl_base(folder)
-        return folder / "images" / "1.png", read
+    record = _first_record
+    image = _focus(_jsonl_base, lambda folder, _: folder / "images" / "1.png")
 
     def escape(folder: Path) -> Read:
         _outside(folder)
         return lines(record(lambda r: r.__setitem__("image",
                                                     f"../{folder.name}-outside.png")))(folder)
-
 
     name = "image-text JSONL"
     return [
@@ -509,7 +486,8 @@ def _jsonl_cases() -> list[Case]:
             rows[0].replace('"caption": ', '"caption": "x", "caption": ', 1), *rows[1:]]),
             ("captions.jsonl", "line 1", "caption")),
         *_image_cases(name, image, "1.png"),
-        Case(name, "image path escapes the root (../)", escape, ("captions.jsonl", "line 1", "not inside")),
+        Case(name, "image path escapes the root (../)", escape,
+             ("captions.jsonl", "line 1", "not inside")),
         Case(name, "absolute image path", lines(record(lambda r: r.__setitem__(
             "image", "/etc/hostname"))), ("captions.jsonl", "line 1")),
         Case(name, "image path with a NUL byte", lines(record(lambda r: r.__setitem__(
@@ -528,18 +506,9 @@ def _facts_cases() -> list[Case]:
         return path, lambda: read_facts(path)
 
     def lines(change: Callable[[list[str]], list[str]]) -> Callable[[Path], Read]:
-        def build(folder: Path) -> Read:
-            path, read = base(folder)
-            path.write_text("\n".join(change(path.read_text().splitlines())), encoding="utf-8")
-            return read
-        return build
+        return _damaged(base, _lines(change))
 
-    def first(edit: Callable[[dict], None]) -> Callable[[list[str]], list[str]]:
-        def change(rows: list[str]) -> list[str]:
-            record = json.loads(rows[0])
-            edit(record)
-            return [json.dumps(record), *rows[1:]]
-        return change
+    first = _first_record
 
     name = "fact KB (JSONL)"
     return [
