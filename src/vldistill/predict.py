@@ -18,9 +18,9 @@ from vldistill.export.runtime import (MANIFEST, OnnxVQA, Prediction, answer_from
 
 def read_rgb(path: Path) -> np.ndarray:
     """An image file as uint8 (H, W, 3); a missing or undecodable file gets a clear error."""
-    from vldistill.data.images import read_image
+    from vldistill.data.images import read_rgb
 
-    return np.asarray(read_image(Path(path), "image").convert("RGB"), dtype=np.uint8)
+    return read_rgb(Path(path))
 
 
 def predict(model_path: Path, image_path: Path, question: str, int8: bool = False

@@ -12,9 +12,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
+from vldistill.data.images import read_rgb
 from vldistill.errors import DataError, MissingFileError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
@@ -53,13 +53,6 @@ def collate_classification(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
             "targets": labels.clamp(min=0), "labelled": labelled}
 
 
-def _load_image(path: Path, image_size: int) -> np.ndarray:
-    from vldistill.data.images import read_image
-
-    image = read_image(path, "image").convert("RGB")
-    return np.asarray(image.resize((image_size, image_size), Image.BILINEAR), dtype=np.uint8)
-
-
 def image_folder(root: str | Path, image_size: int = 64, labelled: bool = True
                  ) -> ClassificationDataset:
     """Read ``root/<class>/<image>`` into a dataset of uint8 (N, 3, S, S) images.
@@ -68,19 +61,21 @@ def image_folder(root: str | Path, image_size: int = 64, labelled: bool = True
     """
     root = Path(root)
     if not root.is_dir():
-        raise MissingFileError(f"image folder {root} does not exist; pass a folder with one "
-                               "sub-folder of images per class")
+        raise MissingFileError(f"image folder {root} does not exist. Fix: pass a folder with "
+                               "one sub-folder of images per class.")
     classes = sorted(p.name for p in root.iterdir() if p.is_dir())
     if not classes:
         raise DataError(f"image folder {root} has no class sub-folders; expected "
-                        f"{root}/<class name>/<image files>")
+                        f"{root}/<class name>/<image files>. Fix: put each class's images in a "
+                        "sub-folder named after the class.")
     images, labels = [], []
     for label, name in enumerate(classes):
         files = sorted(p for p in (root / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        images += [_load_image(path, image_size) for path in files]
+        images += [read_rgb(path, "image", image_size) for path in files]
         labels += [label] * len(files)
     if not images:
         raise DataError(f"image folder {root} has class folders {classes} but no images "
-                        f"(suffixes {sorted(IMAGE_SUFFIXES)})")
+                        f"(suffixes {sorted(IMAGE_SUFFIXES)}). Fix: put the images in the "
+                        "class folders.")
     tensor = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
     return ClassificationDataset(tensor, torch.tensor(labels) if labelled else None, classes)

@@ -20,6 +20,7 @@ import warnings
 from pathlib import Path, PurePosixPath
 from typing import Literal
 
+import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from vldistill.errors import DataError, MissingFileError, VldistillError
@@ -115,6 +116,15 @@ def read_image(path: Path, what: str = "image", expect: Expect = "rgb") -> Image
         raise
     except _ERRORS as error:
         raise _unreadable(path, what, error) from None
+
+
+def read_rgb(path: Path, what: str = "image", size: int | None = None) -> np.ndarray:
+    """The picture as uint8 (H, W, 3) RGB; (size, size, 3), resized bilinearly, when ``size``
+    is given. What every reader and store returns for an image."""
+    image = read_image(path, what).convert("RGB")
+    if size is not None:
+        image = image.resize((size, size), Image.Resampling.BILINEAR)
+    return np.array(image, dtype=np.uint8)
 
 
 def check_inside(root: Path, relative: str, where: str) -> None:

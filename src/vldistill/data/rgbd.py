@@ -32,7 +32,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from vldistill.console import console
-from vldistill.data.images import check_inside, image_header, read_image
+from vldistill.data.images import check_inside, image_header, read_image, read_rgb
 from vldistill.data.jsonio import MAX_LISTED, check_unique, get, load_json, show
 from vldistill.data.sample import ImageId, ImageStore, Sample
 from vldistill.errors import DataError, MissingFileError
@@ -131,11 +131,8 @@ class RGBDImageStore:
                            f"({len(paths)} {what}s)") from None
 
     def rgb(self, image_id: ImageId) -> np.ndarray:
-        image = read_image(self._path(self.rgb_paths, image_id, "RGB image"),
-                            "image").convert("RGB")
-        if self.image_size is not None:
-            image = image.resize((self.image_size, self.image_size), Image.Resampling.BILINEAR)
-        return np.array(image, dtype=np.uint8)
+        return read_rgb(self._path(self.rgb_paths, image_id, "RGB image"), "image",
+                        self.image_size)
 
     def depth(self, image_id: ImageId) -> np.ndarray | None:
         path = self.depth_paths.get(image_id)

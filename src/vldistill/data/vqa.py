@@ -37,7 +37,7 @@ from typing import IO, Any
 import numpy as np
 from PIL import Image
 
-from vldistill.data.images import check_inside, image_header, read_image
+from vldistill.data.images import check_inside, image_header, read_rgb
 from vldistill.data.rgbd import read_depth_png
 from vldistill.data.sample import ImageId, ImageStore, QuestionId, Sample
 from vldistill.data.jsonio import (MAX_LISTED as _MAX_LISTED, check_unique as _check_unique,
@@ -79,11 +79,7 @@ class FolderImageStore:
 
     def rgb(self, image_id: ImageId) -> np.ndarray:
         """The image as uint8 (H, W, 3); (S, S, 3) when ``image_size`` S is set."""
-        image = read_image(self._rgb_path(image_id), "image").convert("RGB")
-        if self.image_size is not None:
-            size = (self.image_size, self.image_size)
-            image = image.resize(size, Image.Resampling.BILINEAR)
-        return np.array(image, dtype=np.uint8)
+        return read_rgb(self._rgb_path(image_id), "image", self.image_size)
 
     def depth(self, image_id: ImageId) -> np.ndarray | None:
         """Depth as float32 metres (H, W), 0 where invalid; None without a ``depth_root``."""

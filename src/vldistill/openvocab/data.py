@@ -19,12 +19,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from vldistill.data.jsonio import parse_line, read_utf8_lines
 from vldistill.errors import DataError, MissingFileError
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+LINE_LAYOUT = 'one {"image": ..., "caption": ...} object per line'
 
 
 @dataclass
@@ -74,17 +74,9 @@ def _label(scene) -> str:
     return f"{obj.colour} {obj.shape}"
 
 
-def read_image(path: Path, size: int, where: str) -> np.ndarray:
-    """(size, size, 3) uint8 RGB, or an error naming the file (checks in data.images)."""
-    from vldistill.data import images
-
-    rgb = images.read_image(path, f"{where}: image").convert("RGB")
-    return np.asarray(rgb.resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
-
-
 def read_jsonl(path: Path, root: Path, size: int) -> ImageTextSet:
     """A JSONL caption file: ``{"image", "caption"[, "label"]}`` per line."""
-    from vldistill.data.images import check_inside
+    from vldistill.data.images import check_inside, read_rgb
 
     path = Path(path)
     if not path.is_file():
@@ -95,45 +87,35 @@ def read_jsonl(path: Path, root: Path, size: int) -> ImageTextSet:
         if not line.strip():
             continue
         where = f"{path}, line {number}"
-        record = parse_line(line, where, 'one {"image": ..., "caption": ...} object per line')
+        record = parse_line(line, where, LINE_LAYOUT)
         if not isinstance(record, dict):
-            raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}. Fix: "
-                            'one {"image": ..., "caption": ...} object per line.')
+            raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}. "
+                            f"Fix: {LINE_LAYOUT}.")
         missing = [k for k in ("image", "caption")
                    if not isinstance(record.get(k), str) or not record[k].strip()]
         if missing:
             raise DataError(f"{where}: {' and '.join(missing)} missing, empty or not a "
                             "string. Fix: give every line an image path and a caption.")
         check_inside(Path(root), record["image"], where)
-        images.append(read_image(Path(root) / record["image"], size, where))
+        images.append(read_rgb(Path(root) / record["image"], f"{where}: image", size))
         captions.append(record["caption"].strip())
         label = record.get("label")
         labels.append(str(label).strip() if label is not None else None)
     if not captions:
-        raise DataError(f"{path}: no image-caption lines. Fix: one "
-                        '{"image": ..., "caption": ...} object per line.')
+        raise DataError(f"{path}: no image-caption lines. Fix: {LINE_LAYOUT}.")
     return ImageTextSet(torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous(),
                         captions, labels)
 
 
 def read_folder(root: Path, size: int, prompt: str) -> ImageTextSet:
-    """``root/<class>/<image>``: labels are the folder names, captions the prompt with them."""
-    root = Path(root)
-    if not root.is_dir():
-        raise MissingFileError(f"image folder {root} does not exist; pass a folder with one "
-                               "sub-folder of images per class")
-    images, captions, labels = [], [], []
-    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
-        label = folder.name.replace("_", " ")
-        for file in sorted(folder.iterdir()):
-            if file.suffix.lower() in IMAGE_SUFFIXES:
-                images.append(read_image(file, size, str(root)))
-                captions.append(prompt.format(label=label))
-                labels.append(label)
-    if not images:
-        raise DataError(f"{root}: no images in class sub-folders ({', '.join(IMAGE_SUFFIXES)})")
-    return ImageTextSet(torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous(),
-                        captions, labels)
+    """``root/<class>/<image>`` (read by :func:`vldistill.data.classification.image_folder`):
+    labels are the folder names with ``_`` as spaces, captions the prompt with them."""
+    from vldistill.data.classification import image_folder
+
+    data = image_folder(root, size)
+    names = [name.replace("_", " ") for name in data.classes]
+    labels = [names[i] for i in data.labels.tolist()]
+    return ImageTextSet(data.images, [prompt.format(label=label) for label in labels], labels)
 
 
 def check_labels(labels: list[str]) -> list[str]:

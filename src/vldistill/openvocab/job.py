@@ -517,7 +517,8 @@ def zero_shot(checkpoint: Path, image: Path, labels: list[str], prompt: str | No
               ) -> list[tuple[str, float, float]]:
     """[(label, probability, cosine)] best first: softmax over the labels of the model's
     scaled cosine scores of the image against each label's prompt."""
-    from vldistill.openvocab.data import check_labels, read_image
+    from vldistill.data.images import read_rgb
+    from vldistill.openvocab.data import check_labels
 
     labels = check_labels(labels)
     model, text_encoder, metadata = load_encoder(checkpoint)
@@ -525,7 +526,7 @@ def zero_shot(checkpoint: Path, image: Path, labels: list[str], prompt: str | No
     if "{label}" not in prompt:
         raise ValueError(f"--prompt {prompt!r} needs a {{label}} field")
     size = int(metadata.get("image_size", 64))
-    pixels = torch.from_numpy(read_image(Path(image), size, "--image").copy())
+    pixels = torch.from_numpy(read_rgb(Path(image), "--image: image", size))
     with torch.no_grad():
         text = text_encoder([prompt.format(label=label) for label in labels])
         cosines = model.scores(pixels.permute(2, 0, 1)[None], text)[0]
