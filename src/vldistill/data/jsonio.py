@@ -21,25 +21,36 @@ def load_json(path: Path, what: str) -> Any:
     if not path.is_file():
         raise MissingFileError(f"{what} file {path} does not exist. Fix: check the path.")
     try:
-        with path.open(encoding="utf-8-sig") as file:
-            return json.load(file, object_pairs_hook=_unique_keys)
-    except _DuplicateKey as err:
-        raise DataError(f"{path}: key {err.args[0]!r} appears twice in one JSON object, "
-                        f"{err.args[1]} (JSON readers would keep only the last value). Fix: "
-                        f"remove one of them.") from None
-    except RecursionError:
-        raise DataError(f"{path}: nested too deeply to read. Fix: re-export the file in its "
-                        "documented layout.") from None
-    except json.JSONDecodeError as err:
-        raise DataError(f"{path}: not valid JSON at line {err.lineno}, column {err.colno} "
-                        f"(char {err.pos}): {err.msg}. Fix: repair or re-export the file."
-                        ) from err
+        text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as err:
         raise DataError(f"{path}: not UTF-8 text (bad byte at offset {err.start}). Fix: "
                         f"re-save the file as UTF-8 JSON.") from err
-    except ValueError as err:                  # e.g. an integer past Python's digit limit
-        raise DataError(f"{path}: not readable as JSON ({err}). Fix: repair or re-export the "
-                        "file.") from None
+    return _decode(text, str(path), "repair or re-export the file", whole_file=True)
+
+
+def parse_line(line: str, where: str, expected: str) -> Any:
+    """One JSONL line; bad JSON or a key given twice raises naming ``where`` and ``expected``
+    (e.g. 'one {"id": ..., "text": ...} object per line')."""
+    return _decode(line, where, expected, whole_file=False)
+
+
+def _decode(text: str, where: str, fix: str, whole_file: bool) -> Any:
+    """JSON text -> data; every way it can fail is a DataError naming ``where`` and ``fix``
+    (a position by line, column and char in a whole file, by column in one JSONL line)."""
+    try:
+        return json.loads(text, object_pairs_hook=_unique_keys)
+    except _DuplicateKey as error:
+        key, record = error.args
+        raise DataError(f"{where}: key {key!r} appears twice in one JSON object, {record} "
+                        "(JSON readers would keep only the last value). Fix: remove one of "
+                        "them.") from None
+    except json.JSONDecodeError as error:
+        at = (f"line {error.lineno}, column {error.colno} (char {error.pos})" if whole_file
+              else f"column {error.colno}")
+        raise DataError(f"{where}: not valid JSON at {at}: {error.msg}. Fix: {fix}.") from None
+    except (ValueError, RecursionError) as error:   # digit limit, deep nesting
+        raise DataError(f"{where}: not readable as JSON ({type(error).__name__}: "
+                        f"{str(error)[:120]}). Fix: {fix}.") from None
 
 
 class _DuplicateKey(Exception):
@@ -53,22 +64,6 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         key = next(k for k, _ in pairs if k in seen or seen.add(k))
         raise _DuplicateKey(key, show(record))
     return record
-
-
-def parse_line(line: str, where: str, expected: str) -> Any:
-    """One JSONL line; bad JSON or a key given twice raises naming ``where`` and ``expected``
-    (e.g. 'one {"id": ..., "text": ...} object per line')."""
-    try:
-        return json.loads(line, object_pairs_hook=_unique_keys)
-    except json.JSONDecodeError as error:
-        raise DataError(f"{where}: not valid JSON ({error.msg} at column {error.colno}). "
-                        f"Fix: {expected}.") from None
-    except _DuplicateKey as error:
-        raise DataError(f"{where}: key {error.args[0]!r} appears twice in the object. Fix: "
-                        "remove one of them.") from None
-    except (ValueError, RecursionError) as error:   # digit limit, deep nesting
-        raise DataError(f"{where}: not readable as JSON ({type(error).__name__}). Fix: "
-                        f"{expected}.") from None
 
 
 def read_utf8_lines(path: Path, what: str) -> list[str]:

@@ -140,8 +140,9 @@ class FolderImageStore:
 
     def _find_rgb(self, image_id: ImageId) -> Path | None:
         if self.pattern is not None:
-            check_inside(self.root, self._format(image_id), f"image id {image_id!r}")
-            path = self.root / self._format(image_id)
+            name = self._format(image_id)
+            check_inside(self.root, name, f"image id {image_id!r}")
+            path = self.root / name
             return path if path.is_file() else None
         for name in (f"{image_id}.png", f"{image_id}.jpg"):
             check_inside(self.root, name, f"image id {image_id!r}")
