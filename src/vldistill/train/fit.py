@@ -26,8 +26,8 @@ from vldistill.train.module import DistillModule, Evaluator
 from vldistill.train.progress import StepProgressBar
 from vldistill.console import console
 from vldistill.train.resume import (AtomicCheckpointIO, ResumableLoader, ResumePoints, forget,
-                                    load_training_state, read_done, resume_path, resume_stamp,
-                                    usable_resume_point, write_done)
+                                    read_done, resume_path, resume_stamp, usable_resume_point,
+                                    write_done)
 
 SaveFn = Callable[[Path, nn.Module], None]
 
@@ -153,18 +153,18 @@ def build_trainer(settings: TrainerSettings, train: TrainSettings, log_dir: Path
         default_root_dir=log_dir, plugins=[AtomicCheckpointIO()])
 
 
-def _resumable(run_dir: Path, role: str, stamp: str, checkpoint: Path | None
+def _resumable(run_dir: Path, role: str, stamp: str, checkpoint: Path | None,
+               state: dict[str, Any] | None
                ) -> tuple[bool, dict[str, Any] | None, dict[str, Any] | None]:
     """Whether the role's resume files (if any) were written under this stamp; then its done
-    record and the state of ``checkpoint``, the resume point to continue from (each None when
-    absent). A finished role whose final state is unreadable continues from the previous
+    record and ``state``, that of ``checkpoint``, the resume point to continue from (each None
+    when absent). A finished role whose final state is unreadable continues from the previous
     point instead of counting as done."""
     done = read_done(run_dir, role)
     if done is not None and done["stamp"] != stamp:
         return False, None, None
     if done is not None and checkpoint != resume_path(run_dir, role):
         done = None
-    state = load_training_state(checkpoint) if checkpoint is not None else None
     if state is not None and resume_stamp(state) != stamp:
         return False, None, None
     return True, done, state
@@ -186,8 +186,8 @@ def fit(step: DistillationStep, data: LoaderModule, evaluator: Evaluator, train:
     checkpoint = resume_path(run_dir, role)
     done = state = start_from = None
     if resume:
-        start_from = usable_resume_point(checkpoint)       # the latest readable one
-        resume, done, state = _resumable(run_dir, role, stamp, start_from)
+        start_from, state = usable_resume_point(checkpoint) or (None, None)   # latest readable
+        resume, done, state = _resumable(run_dir, role, stamp, start_from, state)
         if not resume:
             console.print(f"{role}: its resume files were written for another recipe or "
                           "teacher; training it from the start")

@@ -59,23 +59,22 @@ def previous_path(path: Path) -> Path:
     return path.with_name(path.name.replace("-resume.ckpt", "-resume.previous.ckpt"))
 
 
-def usable_resume_point(path: Path) -> Path | None:
-    """The resume point to continue from: ``path``, or, when it is missing or damaged (killed
-    between the two renames of a rotation, a flipped byte), the previous one, saying so. None
-    when there is neither; a ResumeError when no readable one is left."""
+def usable_resume_point(path: Path) -> tuple[Path, dict[str, Any]] | None:
+    """The resume point to continue from and its state (read once, here): ``path``, or, when it
+    is missing or damaged (killed between the two renames of a rotation, a flipped byte), the
+    previous one, saying so. None when there is neither; a ResumeError when no readable one is
+    left."""
     previous = previous_path(path)
     if path.is_file():
         try:
-            load_training_state(path)
-            return path
+            return path, load_training_state(path)
         except ResumeError as error:
             if not previous.is_file():
                 raise
             console.print(f"[yellow]{error.args[0].split(' Delete it')[0]}; falling back to "
                           f"the previous resume point {previous.name}[/]")
     if previous.is_file():
-        load_training_state(previous)
-        return previous
+        return previous, load_training_state(previous)
     return None
 
 
