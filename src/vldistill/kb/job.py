@@ -24,6 +24,7 @@ from vldistill.console import console
 from vldistill.data.sample import Sample
 from vldistill.data.shapesworld import ShapesWorldSettings
 from vldistill.errors import DataError, RecipeError, MissingFileError
+from vldistill.report.results import write_run_files
 
 
 class KBFiles(Strict):
@@ -282,8 +283,7 @@ def run_kbvqa(recipe: KBVQARecipe) -> dict[str, Any]:
                               "code, or load both from folders that share a tokenizer.")
         fit("base distilled", reader_settings.base, teacher=large)
     results["wall_time_s"] = time.perf_counter() - start
-    (run_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    (run_dir / "report.md").write_text(report(results) + "\n", encoding="utf-8")
+    write_run_files(run_dir, results, report(results))
     return results
 
 

@@ -502,15 +502,14 @@ def goal_line(results: dict[str, Any]) -> str:
 
 
 def write_report(results: dict[str, Any], run_dir: Path) -> Path:
-    (run_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    from vldistill.report.results import write_run_files
+
     text = "\n\n".join([f"# vldistill open-vocab: {results['recipe']}", markdown_table(results),
                         goal_line(results),
                         f"Zero-shot over {results['classes']} classes; held out of training: "
                         f"{', '.join(results['holdout']) or 'none'}; {results['val_images']} val "
                         f"images; seeds {results['seeds']}; {results['wall_time_s']:.0f} s."])
-    path = run_dir / "report.md"
-    path.write_text(text + "\n", encoding="utf-8")
-    return path
+    return write_run_files(run_dir, results, text)
 
 
 def zero_shot(checkpoint: Path, image: Path, labels: list[str], prompt: str | None = None

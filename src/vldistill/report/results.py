@@ -191,8 +191,20 @@ def per_type_table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def write_run_files(run_dir: Path, results: dict[str, Any], report: str) -> Path:
+    """A finished run's ``results.json`` and ``report.md`` (returned), each written atomically
+    so a kill never leaves half a file for ``--resume`` or a reader to trip over. Every job
+    (VQA distillation, KB-VQA, open-vocabulary) writes its results here."""
+    from vldistill.fileio import atomic_write
+
+    atomic_write(run_dir / "results.json",
+                 lambda temporary: temporary.write_text(json.dumps(results, indent=2) + "\n"))
+    path = run_dir / "report.md"
+    atomic_write(path, lambda temporary: temporary.write_text(report + "\n", encoding="utf-8"))
+    return path
+
+
 def write_report(results: dict[str, Any], run_dir: Path) -> Path:
-    (run_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     image = plot(results, run_dir / "accuracy_vs_cost.png")
     text = "\n\n".join([
         f"# vldistill run: {results['recipe']}",
@@ -207,6 +219,4 @@ def write_report(results: dict[str, Any], run_dir: Path) -> Path:
         "Files: `recipe.yaml` (resolved recipe), `versions.json`, `results.json`, "
         "`checkpoints/`, `logs/` (TensorBoard and CSV).",
     ])
-    path = run_dir / "report.md"
-    path.write_text(text + "\n", encoding="utf-8")
-    return path
+    return write_run_files(run_dir, results, text)
