@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +64,17 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         key = next(k for k, _ in pairs if k in seen or seen.add(k))
         raise _DuplicateKey(key, show(record))
     return record
+
+
+def jsonl_records(path: Path, what: str, layout: str) -> Iterator[tuple[int, str, Any]]:
+    """(line number, where, value) for each non-blank line of a JSONL file, ``where`` being
+    "FILE, line N"; undecodable bytes, bad JSON and a key given twice raise naming the line and
+    ``layout`` (e.g. 'one {"id": ..., "text": ...} object per line'). The reader checks that
+    each value is the object it expects."""
+    for number, line in enumerate(read_utf8_lines(path, what), start=1):
+        if line.strip():
+            where = f"{path}, line {number}"
+            yield number, where, parse_line(line, where, layout)
 
 
 def read_utf8_lines(path: Path, what: str) -> list[str]:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vldistill.data.jsonio import MAX_LISTED, first, parse_line, read_utf8_lines, show
+from vldistill.data.jsonio import MAX_LISTED, first, jsonl_records, show
 from vldistill.data.sample import Sample
 from vldistill.data.shapesworld_questions import Fact
 from vldistill.errors import DataError, MissingFileError
@@ -79,19 +79,16 @@ def read_facts(path: Path) -> KnowledgeBase:
                                "of {\"id\": ..., \"text\": ...} lines (vldistill data shapesworld "
                                "writes facts.jsonl).")
     facts, fields, lines_of = [], {}, {}
-    for number, line in enumerate(read_utf8_lines(path, "knowledge base"), start=1):
-        if not line.strip():
-            continue
-        record = parse_line(line, f"{path}, line {number}",
-                            'one {"id": ..., "text": ...} object per line')
+    for number, where, record in jsonl_records(path, "knowledge base",
+                                               'one {"id": ..., "text": ...} object per line'):
         if not isinstance(record, dict):
-            raise DataError(f"{path}, line {number}: {show(record)} is not a JSON object. "
+            raise DataError(f"{where}: {show(record)} is not a JSON object. "
                             "Fix: one {\"id\": ..., \"text\": ...} object per line.")
         for key in ("id", "text"):
             if not isinstance(record.get(key), str) or not record[key].strip():
                 got = "missing" if key not in record else f"{show(record[key])}"
-                raise DataError(f"{path}, line {number}: field {key!r} is {got}; expected a "
-                                f"non-empty string. Fix: give every fact an id and a text.")
+                raise DataError(f"{where}: field {key!r} is {got}; expected a non-empty string. "
+                                "Fix: give every fact an id and a text.")
         fact_id = record["id"]
         if fact_id in lines_of:
             lines_of[fact_id].append(number)

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vldistill.data.jsonio import parse_line, read_utf8_lines
+from vldistill.data.jsonio import jsonl_records
 from vldistill.errors import DataError, MissingFileError
 
 
@@ -83,11 +83,7 @@ def read_jsonl(path: Path, root: Path, size: int) -> ImageTextSet:
         raise MissingFileError(f"caption file {path} does not exist. Fix: pass a JSONL file of "
                                '{"image": ..., "caption": ...} lines.')
     images, captions, labels = [], [], []
-    for number, line in enumerate(read_utf8_lines(path, "caption file"), start=1):
-        if not line.strip():
-            continue
-        where = f"{path}, line {number}"
-        record = parse_line(line, where, LINE_LAYOUT)
+    for _, where, record in jsonl_records(path, "caption file", LINE_LAYOUT):
         if not isinstance(record, dict):
             raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}. "
                             f"Fix: {LINE_LAYOUT}.")
