@@ -134,12 +134,13 @@ def main() -> None:
     print("| kill at s | killed | resumes | final metrics equal the reference |")
     print("|---|---|---|---|")
     for point in points:
-        print(f"| {point.delay_s:.1f} | {'yes' if point.killed else 'no (had finished)'} | "
-              f"{point.resumes} | {'yes' if point.matches else 'NO: ' + '; '.join(point.differences)} |")
-    killed = [p for p in points if p.killed]
-    print(f"{sum(p.matches for p in killed)} of {len(points)} kill points were killed while "
-          "running and then reached the uninterrupted run's final metrics"
-          f"{'' if len(killed) == len(points) else f' ({len(points) - len(killed)} had finished before the kill)'}.")
+        killed = "yes" if point.killed else "no (had finished)"
+        equal = "yes" if point.matches else "NO: " + "; ".join(point.differences)
+        print(f"| {point.delay_s:.1f} | {killed} | {point.resumes} | {equal} |")
+    late = sum(not p.killed for p in points)
+    print(f"{sum(p.matches and p.killed for p in points)} of {len(points)} kill points were "
+          "killed while running and then reached the uninterrupted run's final metrics"
+          + (f" ({late} had finished before the kill)." if late else "."))
 
 
 if __name__ == "__main__":

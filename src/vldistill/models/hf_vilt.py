@@ -100,8 +100,8 @@ class ViltVQA(nn.Module):
         config = ViltConfig.from_pretrained(path)       # the labels, before loading weights once
         labels = [config.id2label[i] for i in range(config.num_labels)]
         if answers is None or labels == list(answers):
-            return cls(ViltForQuestionAnswering.from_pretrained(path, use_safetensors=True), processor,
-                       max_text_length)
+            return cls(ViltForQuestionAnswering.from_pretrained(path, use_safetensors=True),
+                       processor, max_text_length)
         warnings.warn(f"{path}: its {len(labels)} answer labels differ from the "
                       f"{len(answers)} answers of this data; the answer head is new "
                       "(randomly initialised) and must be trained.", stacklevel=2)
