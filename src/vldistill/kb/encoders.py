@@ -48,12 +48,9 @@ class SentenceEncoder(nn.Module):
 
         hf_logging.disable_progress_bar()          # no "Loading weights" bar per encoder
 
-        path = Path(path)
-        if not (path / "config.json").is_file():
-            raise MissingFileError(f"text encoder folder {path} has no config.json. Fix: pass "
-                                   "a folder written by save_pretrained, or 'minilm'.")
-        require_safetensors(path, "text encoder")
-        return cls(AutoModel.from_pretrained(path, use_safetensors=True), AutoTokenizer.from_pretrained(path),
+        path = require_safetensors(path, "text encoder", ", or 'minilm'")
+        return cls(AutoModel.from_pretrained(path, use_safetensors=True),
+                   AutoTokenizer.from_pretrained(path),
                    max_length, name=str(path))
 
     @property

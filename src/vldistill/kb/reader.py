@@ -23,7 +23,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vldistill.errors import MissingFileError
 from vldistill.models.checkpoint import require_safetensors
 
 NO_FACT = "none"
@@ -91,11 +90,7 @@ class FiDReader(nn.Module):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         from transformers import AutoTokenizer, T5ForConditionalGeneration
 
-        path = Path(path)
-        if not (path / "config.json").is_file():
-            raise MissingFileError(f"T5 reader folder {path} has no config.json. Fix: pass a "
-                                   "folder written by save_pretrained.")
-        require_safetensors(path, "T5 reader")
+        path = require_safetensors(path, "T5 reader")
         return cls(T5ForConditionalGeneration.from_pretrained(path, use_safetensors=True),
                    AutoTokenizer.from_pretrained(path), **kwargs)
 

@@ -40,13 +40,20 @@ def pickled_weights_note(path: Path) -> str:
             if pickled else "")
 
 
-def require_safetensors(path: Path, what: str) -> None:
-    """Refuse a Hugging Face folder whose weights are not safetensors; every from_pretrained of
-    a user's folder also passes use_safetensors=True, so a pickle there is never unpickled."""
-    if Path(path).is_dir() and not any((Path(path) / name).is_file() for name in HF_WEIGHTS):
+def require_safetensors(path: Path, what: str, alternative: str = "") -> Path:
+    """``path`` as a Path, once it holds a config.json and safetensors weights: a Hugging Face
+    folder whose weights are pickles is refused (every from_pretrained of a user's folder also
+    passes use_safetensors=True, so a pickle there is never unpickled). ``alternative`` names
+    what else the caller accepts, e.g. ", or 'minilm'"."""
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise MissingFileError(f"{what} folder {path} has no config.json. Fix: pass a folder "
+                               f"written by save_pretrained{alternative}.")
+    if not any((path / name).is_file() for name in HF_WEIGHTS):
         raise MissingFileError(f"{what} folder {path} has no model.safetensors"
                                f"{pickled_weights_note(path)}. Fix: save the model there with "
                                "save_pretrained(folder).")
+    return path
 
 
 @dataclass(frozen=True)

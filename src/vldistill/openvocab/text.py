@@ -60,23 +60,15 @@ def minilm_text_encoder() -> FrozenTextEncoder:
     return FrozenTextEncoder("minilm", None, encoder.forward, encoder.dim, encoder)
 
 
-def _check_folder(path: Path, kind: str) -> Path:
-    path = Path(path)
-    if not (path / "config.json").is_file():
-        raise MissingFileError(f"{kind} folder {path} has no config.json; pass a folder written "
-                               f"by save_pretrained ({kind} model and tokenizer)")
-    return path
-
-
 def dual_encoder(kind: str, path: Path):
     """(model, tokenizer) of a local CLIPModel / SiglipModel folder, offline."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoTokenizer, CLIPModel, SiglipModel
 
-    path = _check_folder(path, kind)
+    path = require_safetensors(path, kind, f" ({kind} model and tokenizer)")
     model_class = {"clip": CLIPModel, "siglip": SiglipModel}[kind]
-    require_safetensors(path, kind)
-    return model_class.from_pretrained(path, use_safetensors=True).eval(), AutoTokenizer.from_pretrained(path)
+    return (model_class.from_pretrained(path, use_safetensors=True).eval(),
+            AutoTokenizer.from_pretrained(path))
 
 
 def tower_text_encoder(kind: str, path: Path) -> FrozenTextEncoder:
