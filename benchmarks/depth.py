@@ -34,8 +34,9 @@ from vldistill.data.batches import common_answer, group_by_image
 from vldistill.data.sample import Sample
 from vldistill.data.shapesworld_render import COLOURS, PATTERNS
 from vldistill.eval.vqa_accuracy import vqa_accuracy
-from vldistill.pipeline import run_recipe
-from vldistill.report.results import results_dict, write_report
+from vldistill.jobs.base import finish_run
+from vldistill.jobs.vqa_kd.job import job_run
+from vldistill.jobs.vqa_kd.run import run_recipe
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "depth_substitution.yaml"
 DEPTH_TYPES = ("shape", "count", "nearest", "spatial", "exists")
@@ -117,7 +118,7 @@ def main() -> None:
     start = time.perf_counter()
     recipe = load_recipe(args.recipe, [f"output_dir={args.out.parent}", f"name={args.out.name}",
                                        f"seeds={args.seeds}", *args.overrides])
-    from vldistill.pipeline_data import prepare_data
+    from vldistill.jobs.vqa_kd.data import prepare_data
 
     data = prepare_data(recipe.data, recipe.seeds[0], needs=("rgb", "depth"))
     samples = [s for group in group_by_image(data.val) for s in group]
@@ -129,7 +130,7 @@ def main() -> None:
         run_dir = args.out
     else:
         result = run_recipe(recipe)
-        write_report(results_dict(result), result.run_dir)   # the usual table, report.md
+        finish_run(job_run(result))   # the usual table, report.md
         runs = {"teacher": [result.teacher.predictions],
                 **{k: [r.predictions for r in v] for k, v in result.students.items()}}
         run_dir = result.run_dir

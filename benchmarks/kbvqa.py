@@ -28,13 +28,18 @@ from pathlib import Path
 
 import torch
 
+from vldistill.data.facts import KnowledgeBase
 from vldistill.data.shapesworld import ShapesWorldSettings, load_shapesworld
-from vldistill.kb.encoders import minilm
-from vldistill.kb.facts import KnowledgeBase
-from vldistill.kb.index import BM25Retriever, DenseRetriever
-from vldistill.kb.metrics import mean_reciprocal_rank, recall_at_k
-from vldistill.kb.train import (RetrieverDistillSettings, RetrieverTrainSettings,
-                                distil_retriever, small_encoder, train_retriever)
+from vldistill.eval.retrieval import mean_reciprocal_rank, recall_at_k
+from vldistill.jobs.kbvqa.retriever import (
+    RetrieverDistillSettings,
+    RetrieverTrainSettings,
+    distil_retriever,
+    small_encoder,
+    train_retriever,
+)
+from vldistill.models.fact_index import BM25Retriever, DenseRetriever
+from vldistill.models.sentence_encoders import minilm
 
 
 def knowledge_queries(split, with_image: bool) -> tuple[list[str], list[tuple[str, ...]]]:
@@ -71,8 +76,8 @@ def contexts(retriever, kb: KnowledgeBase, queries: list[str], n: int) -> list[l
 
 
 def reader_table(args, world, kb: KnowledgeBase) -> str:
-    from vldistill.kb.reader import (FiDReader, ReaderTrainSettings, evaluate_reader,
-                                     train_reader)
+    from vldistill.jobs.kbvqa.reader import ReaderTrainSettings, evaluate_reader, train_reader
+    from vldistill.models.fid_reader import FiDReader
 
     train = [s for s in world.splits["train"].samples if s.fact_ids]
     val = [s for s in world.splits["val"].samples if s.fact_ids]

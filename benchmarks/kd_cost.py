@@ -30,16 +30,17 @@ import torch
 from torch.utils.data import ConcatDataset
 
 from vldistill.config import load_recipe
+from vldistill.core.runpaths import RunPaths
 from vldistill.data.batches import MixedBatchSampler
-from vldistill.distill import DistillationStep, KDLoss, VQABCELoss, WeightedTerm
-from vldistill.distill.cache import CachedTeacher, build_cache
+from vldistill.jobs.vqa_kd.cache import cache_spec
+from vldistill.jobs.vqa_kd.data import prepare_data
+from vldistill.jobs.vqa_kd.workspace import VQAWorkspace
+from vldistill.kd import DistillationStep, KDLoss, VQABCELoss, WeightedTerm
+from vldistill.kd.cache import CachedTeacher, build_cache
 from vldistill.models import build_model, count_parameters
-from vldistill.pipeline import VQAJob
-from vldistill.pipeline_cache import cache_spec
-from vldistill.pipeline_data import prepare_data
 
 
-def make_step(job: VQAJob, teacher, seed: int = 0) -> tuple[DistillationStep, torch.optim.Optimizer]:
+def make_step(job: VQAWorkspace, teacher, seed: int = 0) -> tuple[DistillationStep, torch.optim.Optimizer]:
     torch.manual_seed(seed)
     settings = job.recipe.student.model
     student = build_model(settings.name, settings.params, **job.sizes)
@@ -86,7 +87,7 @@ def main() -> None:
     recipe = load_recipe(None, [f"output_dir={args.out.parent}", f"name={args.out.name}",
                                 "data.transfer_images=4000", "trainer.progress_bar=false",
                                 *args.overrides])
-    job = VQAJob(recipe, prepare_data(recipe.data, 0), args.out)
+    job = VQAWorkspace(recipe, prepare_data(recipe.data, 0), RunPaths(args.out))
     datasets = job.base_student_datasets()
     full = ConcatDataset(datasets)
     sampler = MixedBatchSampler(len(datasets[0]), len(datasets[1]),
@@ -149,8 +150,8 @@ def main() -> None:
 
 def topk_table() -> str:
     """Gradient error of kd / dkd / loca from top-k logits against the full logits."""
-    from vldistill.distill import dkd_loss, kd_loss, loca_loss
-    from vldistill.distill.topk import compress_logits, expand_logits
+    from vldistill.kd import dkd_loss, kd_loss, loca_loss
+    from vldistill.kd.topk import compress_logits, expand_logits
 
     generator = torch.Generator().manual_seed(0)
     count, classes = 512, 100

@@ -29,9 +29,10 @@ from collections import Counter
 from pathlib import Path
 
 from vldistill.config import load_recipe
-from vldistill.pipeline import run_recipe
-from vldistill.pipeline_data import load_val
-from vldistill.report.results import results_dict, write_report
+from vldistill.jobs.base import finish_run
+from vldistill.jobs.kv_prefix.job import run_kv_prefix
+from vldistill.jobs.vqa_kd.data import load_val
+from vldistill.jobs.vqa_kd.job import job_run
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "kv_prefix.yaml"
 STYLE_TYPES = ("style", "pattern")
@@ -83,9 +84,10 @@ def main() -> None:
     start = time.perf_counter()
     recipe = load_recipe(RECIPE, [f"seeds={args.seeds}", f"output_dir={args.out}",
                                   *args.overrides])
-    result = run_recipe(recipe)
-    results = results_dict(result)
-    write_report(results, result.run_dir)
+    result = run_kv_prefix(recipe)
+    run = job_run(result)
+    finish_run(run)
+    results = run.results
     val, _ = load_val(recipe.data)
     counts = Counter(sample.question_type for sample in val)
     text, scores = table(result, results, counts)

@@ -17,8 +17,11 @@ import time
 from pathlib import Path
 
 from vldistill.config import LossTermSettings, load_recipe
-from vldistill.pipeline import VQAJob, make_run_dir, train_student, train_teacher
-from vldistill.pipeline_data import prepare_data
+from vldistill.core.runpaths import RunPaths
+from vldistill.jobs.base import open_run_folder
+from vldistill.jobs.vqa_kd.data import prepare_data
+from vldistill.jobs.vqa_kd.run import train_student, train_teacher
+from vldistill.jobs.vqa_kd.workspace import VQAWorkspace
 
 TASK = {"loss": "vqa_bce", "weight": 0.5}
 KD = {"loss": "kd", "weight": 0.5, "temperature": 1.0}
@@ -76,8 +79,8 @@ def main() -> None:
     start = time.perf_counter()
     recipe = load_recipe(None, [f"output_dir={args.out.parent}", f"name={args.out.name}",
                                 "trainer.progress_bar=false", *args.overrides])
-    run_dir = make_run_dir(recipe)
-    job = VQAJob(recipe, prepare_data(recipe.data, recipe.seeds[0]), run_dir)
+    paths = open_run_folder(RunPaths.of(recipe.output_dir, recipe.name), recipe)
+    job = VQAWorkspace(recipe, prepare_data(recipe.data, recipe.seeds[0]), paths)
     teacher_run, teacher = train_teacher(job)
     teacher_accuracy = teacher_run.predictions.metrics["vqa_accuracy"]
     rows: dict[str, list[float]] = {"no KD": []}
@@ -90,15 +93,15 @@ def main() -> None:
         slug = "".join(c if c.isalnum() else "_" for c in name.lower())
         job.recipe = recipe.model_copy(update={"distill": recipe.distill.model_copy(
             update={"terms": [LossTermSettings(**t) for t in terms]})})
-        job.run_dir = run_dir / slug
-        (job.run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        job.paths = RunPaths(paths.root / slug)
+        job.paths.checkpoints.mkdir(parents=True, exist_ok=True)
         rows[name] = []
         for seed in args.seeds:
             run, _ = train_student(job, teacher, seed)
             rows[name].append(run.predictions.metrics["vqa_accuracy"])
             print(f"{name} seed {seed}: {rows[name][-1]:.2f}", flush=True)
     text = table(teacher_accuracy, rows)
-    (run_dir / "methods.md").write_text(text + "\n")
+    (paths.root / "methods.md").write_text(text + "\n")
     print(text)
     print(f"benchmark wall time: {time.perf_counter() - start:.0f} s (seeds {args.seeds})")
 

@@ -19,8 +19,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from vldistill.openvocab.job import (goal_line, load_open_vocab_recipe, markdown_table,
-                                     run_open_vocab)
+from vldistill.jobs.open_vocab.job import goal_line, markdown_table, run_open_vocab
+from vldistill.jobs.open_vocab.recipe import load_open_vocab_recipe
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "open_vocab.yaml"
 

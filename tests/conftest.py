@@ -29,8 +29,12 @@ def save_tiny_vilt(folder, *, hidden=32, image_size=32, mean=0.5, answers=TINY_V
     """A tiny random ViLT with a word-level tokenizer, saved as a user would."""
     import torch
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import (PreTrainedTokenizerFast, ViltConfig, ViltForQuestionAnswering,
-                              ViltProcessor)
+    from transformers import (
+        PreTrainedTokenizerFast,
+        ViltConfig,
+        ViltForQuestionAnswering,
+        ViltProcessor,
+    )
     from transformers.models.vilt.image_processing_pil_vilt import ViltImageProcessorPil
 
     vocabulary = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]"] + WORDS)}

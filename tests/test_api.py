@@ -85,8 +85,8 @@ def test_distill_rejects_unknown_data_type():
 
 
 def test_image_folder_errors_name_the_problem(tmp_path):
+    from vldistill.core.errors import DataError, MissingFileError
     from vldistill.data.classification import image_folder
-    from vldistill.errors import DataError, MissingFileError
 
     with pytest.raises(MissingFileError, match="does not exist"):
         image_folder(tmp_path / "nope")
@@ -97,7 +97,7 @@ def test_image_folder_errors_name_the_problem(tmp_path):
 
 
 def test_api_bad_inputs_get_clear_errors():
-    from vldistill.errors import DataError, RecipeError
+    from vldistill.core.errors import DataError, RecipeError
 
     images, labels = halves(8, 0)
     with pytest.raises(RecipeError, match="trainer.device: unknown key.*devices"):

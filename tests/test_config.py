@@ -4,24 +4,56 @@ from pathlib import Path
 
 import pytest
 
-from vldistill.config import Recipe, dump_recipe, load_recipe, recipe_from_dict, recipe_task
-from vldistill.errors import RecipeError
+from vldistill.config import Recipe, dump_recipe, load_recipe, recipe_from_dict, recipe_job
+from vldistill.core.errors import RecipeError
+from vldistill.jobs.table import JOBS, job_for_recipe
 
 ALL_RECIPES = sorted((Path(__file__).parents[1] / "recipes").glob("*.yaml"))
-# distillation recipes; task recipes (kbvqa, open_vocab) have their own schemas
-RECIPES = [p for p in ALL_RECIPES if recipe_task(p) is None]
-TASK_RECIPES = [p for p in ALL_RECIPES if recipe_task(p) is not None]
+# VQA recipes (vqa_kd, kv_prefix); the other jobs' recipes have schemas of their own
+RECIPES = [p for p in ALL_RECIPES if recipe_job(p) in ("vqa_kd", "kv_prefix")]
+TASK_RECIPES = [p for p in ALL_RECIPES if p not in RECIPES]
 
 
 @pytest.mark.parametrize("path", TASK_RECIPES, ids=lambda p: p.name)
 def test_every_shipped_task_recipe_validates_with_its_schema(path):
-    from vldistill.kb.job import load_kb_recipe
-    from vldistill.openvocab.job import load_open_vocab_recipe
-
-    loader = {"kbvqa": load_kb_recipe, "open_vocab": load_open_vocab_recipe}[recipe_task(path)]
-    assert loader(path).task == recipe_task(path)
-    with pytest.raises(RecipeError, match=f"task: {recipe_task(path)}"):
+    job = job_for_recipe(path)
+    assert job.load(path).job == recipe_job(path) == job.name
+    with pytest.raises(RecipeError, match=f"job: {recipe_job(path)}"):
         load_recipe(path)
+
+
+@pytest.mark.parametrize("path", ALL_RECIPES, ids=lambda p: p.name)
+def test_every_shipped_recipe_names_its_job(path):
+    assert "job" in __import__("yaml").safe_load(path.read_text())
+    assert job_for_recipe(path) is JOBS[recipe_job(path)]
+
+
+def test_every_job_ships_an_example_recipe():
+    shipped = {p.name for p in ALL_RECIPES}
+    for job in JOBS.values():
+        assert Path(job.example).name in shipped, job.name
+        assert job.load(Path(__file__).parents[1] / job.example).job == job.name
+
+
+def test_the_old_task_key_names_the_new_key(tmp_path):
+    path = tmp_path / "old.yaml"
+    path.write_text("task: kbvqa\nname: old\n")
+    with pytest.raises(RecipeError, match=r"`task:` was renamed `job:`.*job: kbvqa"):
+        job_for_recipe(path)
+
+
+def test_an_unknown_job_lists_the_jobs(tmp_path):
+    path = tmp_path / "other.yaml"
+    path.write_text("job: segmentation\n")
+    with pytest.raises(RecipeError, match=r"job 'segmentation' is not a job.*vqa_kd.*kbvqa"):
+        job_for_recipe(path)
+    with pytest.raises(RecipeError, match="job 'nope'"):
+        job_for_recipe(None, ["job=nope"])
+
+
+def test_job_and_the_kv_prefix_section_go_together():
+    with pytest.raises(RecipeError, match="job: kv_prefix and the kv_prefix section go together"):
+        recipe_from_dict({"job": "kv_prefix"})
 
 
 def test_recipes_are_shipped():
@@ -70,7 +102,7 @@ def test_every_error_reported_at_once():
 
 
 def test_unknown_loss_and_loss_parameter():
-    from vldistill.distill.losses import LOSSES
+    from vldistill.kd.losses import LOSSES
 
     with pytest.raises(RecipeError, match="unknown loss 'hinton'; valid: "
                                           + ", ".join(LOSSES.names())):

@@ -1,16 +1,19 @@
 """vldistill: distil large vision-language models into small, fast students.
 
-``import vldistill`` stays light (no Lightning, no matplotlib). ``vldistill.distill(...)`` is the
-one-call Python API (see :mod:`vldistill.api`); ``vldistill.distill`` is also the package of
-losses and the distillation step.
+``import vldistill`` stays light (no Lightning, no matplotlib): ``vldistill.distill(...)``, the
+one-call Python API (:func:`vldistill.api.distill`), is loaded on first use. The losses, the
+distillation step and the teacher sources are the package :mod:`vldistill.kd`.
 """
 
-__version__ = "0.1.0"
+from vldistill.core.versions import __version__
+
+__all__ = ["__version__", "distill"]
 
 
 def __getattr__(name: str):
     if name == "distill":
-        import importlib
+        # the API needs Lightning: loaded when it is first used, not at `import vldistill`
+        from vldistill.api import distill
 
-        return importlib.import_module("vldistill.distill")
+        return distill
     raise AttributeError(f"module 'vldistill' has no attribute {name!r}")

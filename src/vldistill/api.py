@@ -25,13 +25,16 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from vldistill.config import OptimSettings, TrainerSettings, TrainSettings, recipe_from_dict
-from vldistill.errors import DataError
+from vldistill.core.errors import DataError
 from vldistill.data.batches import VQACollator, VQAImageDataset
-from vldistill.data.classification import ClassificationDataset, collate_classification, \
-    image_folder
-from vldistill.distill.losses import CrossEntropyLoss, KDLoss, VQABCELoss
-from vldistill.distill.step import DistillationStep, WeightedTerm
+from vldistill.data.classification import (
+    ClassificationDataset,
+    collate_classification,
+    image_folder,
+)
 from vldistill.eval.evaluators import ClassificationEvaluator, VQAEvaluator, predict
+from vldistill.kd.losses import CrossEntropyLoss, KDLoss, VQABCELoss
+from vldistill.kd.step import DistillationStep, WeightedTerm
 from vldistill.train.fit import fit, mixed_loaders
 
 

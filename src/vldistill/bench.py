@@ -22,8 +22,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
-from vldistill.errors import DataError
+from vldistill.config import DataSettings
+from vldistill.core.errors import DataError
+from vldistill.data.answers import AnswerVocab
+from vldistill.data.batches import VQACollator, VQAImageDataset
+from vldistill.data.tokenizer import QuestionTokenizer
+from vldistill.eval.vizwiz import VizWizAccuracy
+from vldistill.eval.vqa_accuracy import VQAAccuracy
+from vldistill.export.runtime import MANIFEST, OnnxVQA, answer_from_logits
+from vldistill.jobs.vqa_kd.data import load_val
+from vldistill.models import build_from_checkpoint
+from vldistill.models.checkpoint import load_checkpoint
 
 
 @dataclass
@@ -55,8 +66,6 @@ def _percentile(values: list[float], q: float) -> float:
 
 def _val_data(data: dict[str, Any], questions: int, needs=("rgb",)):
     """The first ``questions`` val questions, read with the modalities the run's data needed."""
-    from vldistill.config import DataSettings
-    from vldistill.pipeline_data import load_val
 
     val, val_images = load_val(DataSettings.model_validate(data), needs=needs)
     return val[:questions], val_images
@@ -64,8 +73,6 @@ def _val_data(data: dict[str, Any], questions: int, needs=("rgb",)):
 
 def _accuracy(metric_name: str):
     """The accumulator of the metric a checkpoint or export records ("vqa" when absent)."""
-    from vldistill.eval.vizwiz import VizWizAccuracy
-    from vldistill.eval.vqa_accuracy import VQAAccuracy
 
     return VizWizAccuracy() if metric_name == "vizwiz" else VQAAccuracy()
 
@@ -73,10 +80,8 @@ def _accuracy(metric_name: str):
 def measure_one(name: str, path: Path, int8: bool, threads: int, repeats: int,
                 questions: int) -> dict[str, Any]:
     """Runs in a child process: load one model, score it, time it, report its peak memory."""
-    import torch
 
     torch.set_num_threads(threads)
-    from vldistill.export.runtime import MANIFEST, OnnxVQA, answer_from_logits
 
     times: list[float] = []
     if path.is_dir() and (path / MANIFEST).is_file():
@@ -100,11 +105,6 @@ def measure_one(name: str, path: Path, int8: bool, threads: int, repeats: int,
             times.append(time.perf_counter() - start)
         kind = "ONNX int8" if int8 else "ONNX fp32"
     else:
-        from vldistill.config import DataSettings
-        from vldistill.data.answers import AnswerVocab
-        from vldistill.data.batches import VQACollator, VQAImageDataset
-        from vldistill.data.tokenizer import QuestionTokenizer
-        from vldistill.models.checkpoint import build_from_checkpoint, load_checkpoint
 
         checkpoint = load_checkpoint(path)
         metric_name = checkpoint.extra.get("metric", "vqa")

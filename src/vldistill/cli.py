@@ -6,17 +6,19 @@ Heavy libraries (Lightning, matplotlib) load inside the commands that need them,
 
 from __future__ import annotations
 
+import json
+import shlex
 import sys
 import time
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from vldistill.console import console
 from rich.markup import escape
 from rich.table import Table
 
-from vldistill.errors import DataError, RecipeError, VldistillError
+from vldistill.core.console import console
+from vldistill.core.errors import DataError, RecipeError, VldistillError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Distil large vision-language models into small, fast students.")
@@ -43,37 +45,18 @@ def _fail(error: Exception) -> None:
 @app.command()
 def validate(recipe: RecipeArg = None, set_: SetOption = None) -> None:
     """Check a recipe without running it; prints the resolved recipe."""
-    import yaml
 
-    from vldistill.config import dump_recipe, load_recipe, recipe_task
-    from vldistill.kb.job import load_kb_recipe
-    from vldistill.openvocab.job import load_open_vocab_recipe
+    from vldistill.jobs.base import dump
+    from vldistill.jobs.table import job_for_recipe
 
-    loaders = {"kbvqa": load_kb_recipe, "open_vocab": load_open_vocab_recipe}
     try:
-        task = recipe_task(recipe)
-        if task is not None:
-            text = yaml.safe_dump(loaders[task](recipe, set_ or []).model_dump(mode="json"),
-                                  sort_keys=False)
-        else:
-            text = dump_recipe(load_recipe(recipe, set_ or []))
+        job = job_for_recipe(recipe, set_ or [])
+        text = dump(job.load(recipe, set_ or []))
     except VldistillError as error:
         _fail(error)
     console.print(text, markup=False)
-    console.print(f"[green]recipe {recipe or '(built-in default)'} is valid[/]")
-
-
-def print_results(results: dict) -> None:
-    from vldistill.report.results import gain_line, header, table_rows
-
-    table = Table(title=f"vldistill run {results['recipe']} (seeds {results['seeds']})")
-    for column in header(results):
-        table.add_column(escape(column), justify="left" if column == "model" else "right")
-    for cells in table_rows(results):
-        table.add_row(*cells)
-    console.print(table)
-    if line := gain_line(results):
-        console.print(line)
+    console.print(f"[green]recipe {recipe or '(built-in default)'} is valid[/] (job {job.name}: "
+                  f"{job.title})")
 
 
 @app.command()
@@ -89,41 +72,38 @@ def run(recipe: RecipeArg = None, set_: SetOption = None,
             "--teacher", help="online: run the teacher at every step; cache: distil from the "
                               "teacher-output cache (built when missing); same as --set "
                               "teacher.mode=...")] = None) -> None:
-    """Run a recipe: data, teacher, students with and without KD, evaluation, report. A
-    knowledge-based VQA recipe (task: kbvqa) runs as `vldistill kb run` does; an
-    open-vocabulary recipe (task: open_vocab) trains image encoders into a text space."""
+    """Run a recipe: the job its `job:` names (vqa_kd by default; kv_prefix, kbvqa,
+    open_vocab), then its evaluation and report in runs/<name>/."""
+
+    from vldistill.core.ranks import is_global_zero
+    from vldistill.jobs.base import RunOptions, execute
+    from vldistill.jobs.table import job_for_recipe
+
     start = time.perf_counter()
-    from vldistill.config import TASKS, load_recipe, recipe_task
-
-    task = recipe_task(recipe)
-    if task is not None:
-        if phase or resume or teacher:
-            _fail(RecipeError("--phase, --resume and --teacher apply to distillation "
-                              f"recipes; {recipe} is a {TASKS[task][0]} recipe"))
-        return kb_run(recipe, set_) if task == "kbvqa" else open_vocab_run(recipe, set_)
-
     try:
+        job = job_for_recipe(recipe, set_ or [])
+        given = {"phase": phase is not None, "resume": resume, "teacher": teacher is not None}
+        refused = sorted(flag for flag, used in given.items() if used and flag not in job.options)
+        if refused:
+            raise RecipeError(f"--{', --'.join(refused)} do(es) not apply to job {job.name} "
+                              f"({job.title}); it takes "
+                              f"{', '.join('--' + o for o in sorted(job.options)) or 'none of them'}.")
         extra = [f"teacher.mode={teacher}"] if teacher is not None else []
-        resolved = load_recipe(recipe, [*(set_ or []), *extra])
-        from vldistill.pipeline import run_recipe
-        from vldistill.report.results import results_dict, write_report
-
-        result = run_recipe(resolved, phase, resume, _recipe_hint(recipe, set_ or []))
+        resolved = job.load(recipe, [*(set_ or []), *extra])
+        outcome = execute(job, resolved, RunOptions(phase, resume,
+                                                    _recipe_hint(recipe, set_ or [])))
     except VldistillError as error:
         _fail(error)
-    if not _is_global_zero():
+    if not is_global_zero():
         return
-    results = results_dict(result)
-    report = write_report(results, result.run_dir)
-    print_results(results)
-    console.print(f"report: {report}  results: {result.run_dir / 'results.json'}")
+    for item in outcome.summary:
+        console.print(item, markup=False) if isinstance(item, str) else console.print(item)
+    console.print(f"report: {outcome.paths.report}  results: {outcome.paths.results}")
     console.print(f"main job wall time: {time.perf_counter() - start:.1f} s")
 
 
 def _recipe_hint(recipe: Path | None, overrides: list[str]) -> str:
     """How to name this recipe in a command an error message suggests."""
-    import shlex
-
     return " ".join([shlex.quote(str(recipe)) if recipe else "",
                      *(f"--set {shlex.quote(o)}" for o in overrides)]).strip()
 
@@ -141,8 +121,11 @@ def export(checkpoint: Annotated[Path, typer.Argument(help="a .safetensors check
                "--int8-tolerance", help="the same for the int8 model")] = 0.25
            ) -> None:
     """Export a trained student to ONNX (optionally int8), checked against PyTorch."""
+
     from vldistill.export.onnx import export_onnx
-    from vldistill.models.checkpoint import build_from_checkpoint, load_checkpoint
+    from vldistill.models import build_from_checkpoint
+    from vldistill.models.checkpoint import load_checkpoint
+
 
     if format != "onnx":
         _fail(ValueError(f"--format {format!r}: only onnx is supported"))
@@ -178,10 +161,15 @@ def predict_command(
         int8: Annotated[bool, typer.Option("--int8", help="use the export's int8 model")] = False
         ) -> None:
     """Answer one question about one image; says whether it is judged unanswerable."""
-    from vldistill.predict import predict
+    from vldistill.export.runtime import model_kind, predict_export
 
     try:
-        result = predict(model, image, question, int8)
+        if model_kind(model, int8) == "export":
+            result = predict_export(model, image, question, int8)
+        else:     # PyTorch model code loads only for a checkpoint
+            from vldistill.predict import predict_checkpoint
+
+            result = predict_checkpoint(model, image, question)
     except VldistillError as error:
         _fail(error)
     console.print(f"answer: {result.answer}  (confidence {result.confidence:.3f})")
@@ -202,7 +190,9 @@ def bench_latency_command(
         ) -> None:
     """p50 / p95 latency at batch 1, peak memory and VQA accuracy, each model in its own
     process."""
+
     from vldistill.bench import bench_latency, latency_table
+
 
     try:
         rows = bench_latency(model, threads, repeats, questions)
@@ -216,30 +206,25 @@ def cache_build(recipe: RecipeArg = None, set_: SetOption = None) -> None:
     """Run the recipe's teacher once over the student's training data and store its outputs
     (top-k logits and the features the losses need). Resumes an interrupted build; rebuilds a
     cache made for other settings."""
+
     from vldistill.config import load_recipe
-    from vldistill.pipeline_cache import build_for_recipe
+    from vldistill.jobs.vqa_kd.run import build_cache_for_recipe
 
     start = time.perf_counter()
     try:
-        manifest = build_for_recipe(load_recipe(recipe, set_ or []),
-                                    _recipe_hint(recipe, set_ or []))
+        manifest = build_cache_for_recipe(load_recipe(recipe, set_ or []))
     except VldistillError as error:
         _fail(error)
     console.print(f"cache build wall time: {time.perf_counter() - start:.1f} s "
                   f"(teacher inference {manifest['build_time_s']:.1f} s)")
 
 
-def _is_global_zero() -> bool:
-    """Only the global rank 0 writes reports (Lightning DDP, torchrun and SLURM alike)."""
-    from vldistill.ranks import is_global_zero
-
-    return is_global_zero()
-
-
 @app.command("eval")
 def evaluate(checkpoint: Annotated[Path, typer.Argument(help="a .safetensors checkpoint")]) -> None:
     """Evaluate a saved model on the validation split of the data it was trained with."""
+
     from vldistill.evaluate_checkpoint import evaluate_checkpoint
+
 
     try:
         metrics = evaluate_checkpoint(checkpoint)
@@ -270,9 +255,11 @@ def data_shapesworld(
     """Export ShapesWorld in the VQAv2 layout (questions/annotations JSON, images/, depth/,
     plus facts.jsonl and captions.jsonl), in the VizWiz layout (--format vizwiz), in the RGB-D
     layout (--format rgbd) or as ArtQuest CSVs with style questions (--format artquest)."""
+
     from vldistill.config import load_recipe
     from vldistill.data.export import FORMATS, export_shapesworld
     from vldistill.data.shapesworld import load_shapesworld
+
 
     if format not in FORMATS:
         _fail(ValueError(f"--format {format!r}: expected one of {', '.join(FORMATS)}"))
@@ -299,9 +286,11 @@ def kb_index(
                                              "pretrained MiniLM-L6) or a local folder")
                            ] = "minilm") -> None:
     """Build a fact index (BM25, or a sentence encoder plus faiss) with its manifest."""
-    from vldistill.kb.encoders import load_encoder
-    from vldistill.kb.facts import read_facts
-    from vldistill.kb.index import KINDS, build_index
+
+    from vldistill.data.facts import read_facts
+    from vldistill.models.fact_index import KINDS, build_index
+    from vldistill.models.sentence_encoders import load_encoder
+
 
     if kind not in KINDS:
         _fail(ValueError(f"--kind {kind!r}: expected one of {', '.join(KINDS)}"))
@@ -326,10 +315,11 @@ def kb_search(
                          ] = None,
         k: Annotated[int, typer.Option("-k", help="facts to print")] = 5) -> None:
     """Print the top facts for a question, with their scores."""
-    import json
 
-    from vldistill.kb.facts import read_facts
-    from vldistill.kb.index import MANIFEST, load_index
+    from vldistill.data.facts import read_facts
+    from vldistill.models.fact_index import MANIFEST, load_index
+
+
 
     try:
         manifest = index / MANIFEST
@@ -357,27 +347,21 @@ def kb_run(recipe: Annotated[Optional[Path], typer.Argument(
                help="a KB-VQA recipe (recipes/kbvqa.yaml); none: the built-in default")] = None,
            set_: SetOption = None) -> None:
     """Knowledge-based VQA: retriever, Fusion-in-Decoder readers (base, large, distilled
-    base), retrieval and reader tables."""
-    from vldistill.kb.job import load_kb_recipe, report, run_kbvqa
+    base), retrieval and reader tables (the same as `vldistill run` of a `job: kbvqa`
+    recipe)."""
 
+    from vldistill.jobs.base import execute
+    from vldistill.jobs.kbvqa.job import KBVQAJob
+
+    start = time.perf_counter()
     try:
-        results = run_kbvqa(load_kb_recipe(recipe, set_ or []))
+        outcome = execute(KBVQAJob(), KBVQAJob().load(recipe, set_ or []))
     except VldistillError as error:
         _fail(error)
-    console.print(report(results))
-
-
-def open_vocab_run(recipe: Path | None, set_: list[str] | None) -> None:
-    from vldistill.openvocab.job import (goal_line, load_open_vocab_recipe, markdown_table,
-                                         run_open_vocab)
-
-    try:
-        results = run_open_vocab(load_open_vocab_recipe(recipe, set_ or []))
-    except VldistillError as error:
-        _fail(error)
-    console.print(markdown_table(results), markup=False)
-    if line := goal_line(results):
-        console.print(line)
+    for item in outcome.summary:
+        console.print(item, markup=False)
+    console.print(f"report: {outcome.paths.report}  results: {outcome.paths.results}")
+    console.print(f"main job wall time: {time.perf_counter() - start:.1f} s")
 
 
 @app.command("zero-shot")
@@ -392,7 +376,9 @@ def zero_shot_command(
             "and evaluated with")] = None) -> None:
     """Rank labels for one image by the model's image-text scores (zero-shot), with
     probabilities."""
-    from vldistill.openvocab.job import zero_shot
+
+    from vldistill.jobs.open_vocab.zero_shot import zero_shot
+
 
     try:
         ranked = zero_shot(model, image, labels.split(","), prompt)

@@ -8,18 +8,20 @@ Command-line overrides use dotted paths: ``--set distill.terms.1.temperature=4``
 from __future__ import annotations
 
 import copy
+import typing
 from collections.abc import Hashable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator,
-                      model_validator)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from vldistill.core.errors import RecipeError
 from vldistill.data.augment import AugmentSettings
 from vldistill.data.rgbd import DepthSettings, Modality
 from vldistill.data.shapesworld import ShapesWorldSettings
-from vldistill.errors import RecipeError
+from vldistill.kd.losses import LOSSES, build_loss
+from vldistill.models import MODELS, model_config
 from vldistill.models.kv_prefix import ExpertSettings, LoraSettings, PrefixSettings
 
 
@@ -46,13 +48,13 @@ class _RecipeLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
-def read_yaml(path: str | Path) -> Any:
+def read_yaml(path: str | Path, example: str = "recipes/default.yaml") -> Any:
     """A recipe file's data, loaded safely; bad YAML, a duplicate key, a Python tag or bytes
     that are not UTF-8 raise :class:`RecipeError` naming the file and the line."""
     path = Path(path)
     if not path.is_file():
         raise RecipeError(f"recipe file {path} does not exist. Fix: pass a YAML file such as "
-                          "recipes/default.yaml.")
+                          f"{example}.")
     try:
         data = yaml.load(path.read_text(encoding="utf-8"), Loader=_RecipeLoader)
     except yaml.YAMLError as error:
@@ -87,7 +89,6 @@ class ModelSettings(Strict):
 
     @model_validator(mode="after")
     def _check_params(self) -> ModelSettings:
-        from vldistill.models import MODELS, model_config
 
         if self.name not in MODELS:
             raise ValueError(f"unknown model {self.name!r}; valid: {', '.join(MODELS.names())}")
@@ -125,7 +126,7 @@ class TrainSettings(Strict):
 
 
 class TeacherCacheSettings(Strict):
-    """Where and how the teacher-output cache is stored (vldistill.distill.cache)."""
+    """Where and how the teacher-output cache is stored (vldistill.kd.cache)."""
 
     dir: Path | None = Field(None, description="cache folder; None: <run folder>/teacher-cache")
     top_k: int = Field(32, ge=1, description="logits kept per question (plus the full "
@@ -172,7 +173,6 @@ class LossTermSettings(BaseModel):
 
     @model_validator(mode="after")
     def _check_loss(self) -> LossTermSettings:
-        from vldistill.distill.losses import LOSSES, build_loss
 
         if self.loss not in LOSSES:
             raise ValueError(f"unknown loss {self.loss!r}; valid: {', '.join(LOSSES.names())}")
@@ -442,6 +442,10 @@ class KVPrefixSettings(Strict):
 
 
 class Recipe(Strict):
+    job: Literal["vqa_kd", "kv_prefix"] = Field(
+        "vqa_kd", description="vqa_kd: distil a teacher into students with and without KD; "
+        "kv_prefix: teach a frozen base model a new task through expert key/value prefixes "
+        "(needs the kv_prefix section)")
     name: str = "default"
     seeds: list[int] = Field(default_factory=lambda: [0, 1], min_length=1)
     output_dir: Path = Path("runs")
@@ -469,6 +473,11 @@ class Recipe(Strict):
                              f"modalities than the student's ({self.student.modality!r}, whose "
                              "no-KD baseline is distill.baseline), each once")
         uses_depth = any(modality == "depth" for _, modality, _ in roles)
+        if (self.job == "kv_prefix") != (self.kv_prefix is not None):
+            raise ValueError("job: kv_prefix and the kv_prefix section go together: a KV-prefix "
+                             "run sets job: kv_prefix and describes its expert and variants in "
+                             "kv_prefix (see recipes/kv_prefix.yaml); a distillation run has "
+                             "neither")
         if self.kv_prefix is not None and self.teacher.modality != "rgb":
             raise ValueError("kv_prefix: the expert reads RGB images, so the base model "
                              "(teacher) must see rgb too")
@@ -489,7 +498,6 @@ def check_input_channels(role: str, modality: str, model: ModelSettings,
                          depth: DepthSettings) -> None:
     """A model must read as many image channels as its modality gives it. A model with an
     ``in_channels`` parameter left at None gets it from the modality (VQAJob.build)."""
-    from vldistill.models import model_config
 
     config = model_config(model.name, model.params)
     gives = input_channels(modality, depth)
@@ -530,21 +538,24 @@ def _valid_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     return []
 
 
-def _format_errors(error: ValidationError, source: str) -> str:
+def _format_errors(error: ValidationError, source: str, schema: type[BaseModel] | None = None,
+                   example: str = "") -> str:
+    schema = schema or Recipe
     lines = [f"recipe {source} has {error.error_count()} problem(s):"]
     for item in error.errors():
         loc = tuple(item["loc"])
         where = ".".join(str(p) for p in loc) or "(top level)"
         if item["type"] == "extra_forbidden":
-            valid = _valid_keys(Recipe, loc[:-1])
+            valid = _valid_keys(schema, loc[:-1])
             lines.append(f"  - {where}: unknown key. Valid keys here: {', '.join(valid)}")
             continue
         message = item["msg"].removeprefix("Value error, ")
         given = item.get("input")
         shown = "" if isinstance(given, dict) else f" (got {given!r})"
         lines.append(f"  - {where}: {message}{shown}")
-    lines.append("Fix these fields in the file or with --set path.to.field=value; "
-                 "`vldistill validate RECIPE` checks a recipe without running it.")
+    lines.append("Fix these fields in the file or with --set path.to.field=value"
+                 + (f" ({example} shows every section)" if example else "")
+                 + "; `vldistill validate RECIPE` checks a recipe without running it.")
     return "\n".join(lines)
 
 
@@ -591,15 +602,19 @@ def apply_override(data: dict[str, Any], path: list[str], value: Any,
 
 
 def recipe_from_dict(data: dict[str, Any], source: str = "<dict>",
-                     overrides: list[str] = ()) -> Recipe:
+                     overrides: Sequence[str] = (), schema: type[BaseModel] | None = None,
+                     example: str = "") -> Any:
+    """A recipe of ``schema`` (default: the VQA :class:`Recipe`) from plain data, with --set
+    overrides; every problem reported at once, unknown keys with the valid ones listed."""
+    schema = schema or Recipe
     data = _as_plain(data, source)
-    defaults = Recipe().model_dump(mode="json") if overrides else None
+    defaults = schema().model_dump(mode="json") if overrides else None
     for text in overrides:
         apply_override(data, *parse_override(text), defaults)
     try:
-        return Recipe.model_validate(data)
+        return schema.model_validate(data)
     except ValidationError as error:
-        raise RecipeError(_format_errors(error, source)) from None
+        raise RecipeError(_format_errors(error, source, schema, example)) from None
 
 
 def _as_plain(data: Any, source: str = "<dict>") -> dict[str, Any]:
@@ -622,72 +637,49 @@ def _copy(value: Any) -> Any:
     return value
 
 
-def load_recipe(path: str | Path | None = None, overrides: list[str] = ()) -> Recipe:
-    """Load and validate a recipe file (None: the built-in default recipe)."""
+def load_recipe(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Recipe:
+    """Load and validate a VQA recipe file (None: the built-in default recipe)."""
+    job = recipe_job(path, overrides)
+    if job not in typing.get_args(Recipe.model_fields["job"].annotation):
+        raise RecipeError(f"recipe {path} says job: {job}, a job with a recipe schema of its "
+                          f"own; run it with `vldistill run {path}` (this loader reads VQA "
+                          "recipes: job vqa_kd or kv_prefix)")
+    return load_recipe_as(Recipe, path, overrides, "recipes/default.yaml")
+
+
+def read_recipe_data(path: str | Path | None, example: str = "recipes/default.yaml"
+                     ) -> dict[str, Any]:
+    """A recipe file's contents as plain data ({} for None, the built-in default)."""
     if path is None:
-        return recipe_from_dict({}, "(built-in default)", overrides)
-    path = Path(path)
-    data = read_yaml(path)
-    if isinstance(data, dict) and data.get("task") in TASKS:
-        task = data["task"]
-        what, loader, command = TASKS[task]
-        other = f" or `vldistill {command} {path}`" if command else ""
-        raise RecipeError(f"recipe {path} is a {what} recipe (task: {task}); run it with "
-                          f"`vldistill run {path}`{other}, load it with {loader}")
-    return recipe_from_dict(_as_plain(data, str(path)) if data is not None else {}, str(path),
-                            overrides)
+        return {}
+    return _as_plain(read_yaml(path, example), str(path))
 
 
-# recipes for jobs other than VQA distillation say so in a `task` field
-TASKS = {"kbvqa": ("knowledge-based VQA", "vldistill.kb.job.load_kb_recipe", "kb run"),
-         "open_vocab": ("open-vocabulary distillation",
-                        "vldistill.openvocab.job.load_open_vocab_recipe", None)}
-
-
-def recipe_task(path: str | Path | None) -> str | None:
-    """The ``task`` a recipe file names (kbvqa, open_vocab), or None (VQA distillation, or a
-    file that does not parse: load_recipe reports that)."""
-    if path is None or not Path(path).is_file():
-        return None
-    try:
-        data = read_yaml(path)
-    except RecipeError:
-        return None
-    task = data.get("task") if isinstance(data, dict) else None
-    return task if task in TASKS else None
-
-
-def load_task_recipe(schema: type[BaseModel], path: str | Path | None,
-                     overrides: Sequence[str] = (), example: str = "") -> Any:
-    """A task recipe (``schema``) from YAML (None: the schema's defaults), with --set
-    overrides; every problem reported at once."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise RecipeError(f"recipe file {path} does not exist; pass e.g. {example}")
-        data = _as_plain(read_yaml(path), str(path))
+def recipe_job(path: str | Path | None, overrides: Sequence[str] = (),
+               default: str = "vqa_kd") -> str:
+    """The ``job:`` a recipe names (``--set job=...`` included); ``default`` when it names
+    none. A recipe that still says ``task:`` gets the new key's name."""
+    data = read_recipe_data(path)
+    if "task" in data:
+        raise RecipeError(f"recipe {path}: the key `task:` was renamed `job:`. Fix: write "
+                          f"`job: {data['task']}` instead of `task: {data['task']}`.")
     for text in overrides:
-        apply_override(data, *parse_override(text), schema().model_dump(mode="json"))
-    try:
-        return schema.model_validate(data)
-    except ValidationError as error:
-        problems = "\n".join(f"  - {'.'.join(map(str, e['loc']))}: {e['msg']}"
-                             for e in error.errors())
-        raise RecipeError(f"recipe {path or '(built-in)'} has {error.error_count()} "
-                          f"problem(s):\n{problems}\nFix: correct these fields; {example} "
-                          "shows every section.") from None
+        keys, value = parse_override(text)
+        if keys == ["job"]:
+            data["job"] = value
+    job = data.get("job", default)
+    if not isinstance(job, str):
+        raise RecipeError(f"recipe {path or '(built-in default)'}: job is {job!r}; expected "
+                          "the name of a job, e.g. job: vqa_kd")
+    return job
 
 
-def nested_differences(saved: Any, current: Any, prefix: str = "") -> list[str]:
-    """Dotted names of the fields that differ between two nested dicts (sorted; a field
-    present on one side only differs). Used to name what changed in a recipe or a cache
-    fingerprint."""
-    if isinstance(saved, dict) and isinstance(current, dict):
-        return [d for key in sorted(set(saved) | set(current))
-                for d in nested_differences(saved.get(key), current.get(key),
-                                            f"{prefix}{key}.")]
-    return [] if saved == current else [prefix.rstrip(".")]
+def load_recipe_as(schema: type[BaseModel], path: str | Path | None,
+                   overrides: Sequence[str] = (), example: str = "") -> Any:
+    """A recipe of ``schema`` from YAML (None: the schema's defaults), with --set overrides;
+    every problem reported at once, unknown keys with the valid ones listed."""
+    source = str(path) if path is not None else "(built-in default)"
+    return recipe_from_dict(read_recipe_data(path, example), source, overrides, schema, example)
 
 
 def dump_recipe(recipe: Recipe) -> str:

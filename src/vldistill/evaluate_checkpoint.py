@@ -7,15 +7,15 @@ from pathlib import Path
 from typing import Any
 
 from vldistill.config import DataSettings
-from vldistill.data.rgbd import DepthSettings
+from vldistill.core.errors import DataError
 from vldistill.data.answers import AnswerVocab
 from vldistill.data.batches import VQACollator, VQAImageDataset
+from vldistill.data.rgbd import DepthSettings
 from vldistill.data.tokenizer import QuestionTokenizer
-from vldistill.errors import DataError
-from vldistill.models import count_parameters
 from vldistill.eval.evaluators import build_evaluator, predict
-from vldistill.models.checkpoint import build_from_checkpoint, load_checkpoint
-from vldistill.pipeline_data import load_val
+from vldistill.jobs.vqa_kd.data import load_val
+from vldistill.models import build_from_checkpoint, count_parameters
+from vldistill.models.checkpoint import load_checkpoint
 
 
 def checkpoint_predictions(checkpoint, samples, images, depth: DepthSettings,

@@ -1,8 +1,9 @@
-"""`vldistill predict`: answer one question about one image with an export or a checkpoint.
+"""`vldistill predict` on a checkpoint: answer one question about one image with a
+``.safetensors`` checkpoint from ``vldistill run``, rebuilt in PyTorch.
 
 An export folder (``vldistill export``) runs in onnxruntime with the model's own processor and
-no PyTorch model code (:mod:`vldistill.export.runtime`). A ``.safetensors`` checkpoint from
-``vldistill run`` is rebuilt in PyTorch.
+no PyTorch model code instead (:func:`vldistill.export.runtime.predict_export`);
+:func:`vldistill.export.runtime.model_kind` tells the two apart.
 """
 
 from __future__ import annotations
@@ -10,45 +11,23 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
+from PIL import Image
 
-from vldistill.errors import DataError, MissingFileError
-from vldistill.export.runtime import (MANIFEST, OnnxVQA, Prediction, answer_from_logits,
-                                      data_image_size)
-
-
-def read_rgb(path: Path) -> np.ndarray:
-    """An image file as uint8 (H, W, 3); a missing or undecodable file gets a clear error."""
-    from vldistill.data.images import read_rgb
-
-    return read_rgb(Path(path))
-
-
-def predict(model_path: Path, image_path: Path, question: str, int8: bool = False
-            ) -> Prediction:
-    model_path = Path(model_path)
-    if model_path.is_dir() and (model_path / MANIFEST).is_file():
-        return OnnxVQA(model_path, int8=int8).predict(read_rgb(image_path), question)
-    if model_path.suffix == ".safetensors":
-        if int8:
-            raise DataError("--int8 needs an ONNX export folder (vldistill export --int8); "
-                            f"{model_path} is a PyTorch checkpoint")
-        return _predict_checkpoint(model_path, Path(image_path), question)
-    raise MissingFileError(f"{model_path} is neither an export folder (with {MANIFEST}) nor a "
-                           ".safetensors checkpoint. Fix: pass what `vldistill export` or "
-                           "`vldistill run` wrote.")
+from vldistill.config import DataSettings
+from vldistill.core.errors import DataError
+from vldistill.data.images import data_image_size, read_rgb
+from vldistill.data.rgbd import preprocess_depth, read_depth_png
+from vldistill.data.tokenizer import QuestionTokenizer
+from vldistill.export.runtime import Prediction, answer_from_logits
+from vldistill.models import build_from_checkpoint
+from vldistill.models.checkpoint import load_checkpoint
 
 
-def _predict_checkpoint(path: Path, image_path: Path, question: str) -> Prediction:
+def predict_checkpoint(path: Path, image_path: Path, question: str) -> Prediction:
     """A checkpoint's answer; a model that sees depth reads ``image_path`` as a 16-bit depth PNG
     in millimetres, preprocessed as its recipe's ``data.depth`` says."""
-    import torch
-    from PIL import Image
-
-    from vldistill.config import DataSettings
-    from vldistill.data.rgbd import preprocess_depth, read_depth_png
-
-    from vldistill.data.tokenizer import QuestionTokenizer
-    from vldistill.models.checkpoint import build_from_checkpoint, load_checkpoint
+    path, image_path = Path(path), Path(image_path)
     checkpoint = load_checkpoint(path)
     if "answer_vocab" not in checkpoint.extra:
         raise DataError(f"checkpoint {path} has no answer vocabulary in its metadata; it was "
@@ -61,7 +40,7 @@ def _predict_checkpoint(path: Path, image_path: Path, question: str) -> Predicti
         metres = read_depth_png(image_path, (size, size) if size else None)
         images = torch.from_numpy(preprocess_depth(metres, settings))[None]
     else:
-        image = read_rgb(image_path)
+        image = read_rgb(Path(image_path))
         if size:
             image = np.asarray(Image.fromarray(image).resize((size, size),
                                                              Image.Resampling.BILINEAR))

@@ -6,11 +6,11 @@ import re
 
 import pytest
 
+from vldistill.core.errors import DataError
 from vldistill.data.artquest import read_artquest, write_artquest
 from vldistill.data.shapesworld import ShapesWorldSettings, generate_shapesworld
 from vldistill.data.shapesworld_questions import main_pattern, style_questions
 from vldistill.data.shapesworld_render import ObjectSpec, Scene
-from vldistill.errors import DataError
 
 
 def scene(*objects: tuple[str, str]) -> Scene:
@@ -74,7 +74,7 @@ def test_an_empty_answer_names_the_line(tmp_path) -> None:
 
 def test_a_missing_image_is_reported(tmp_path) -> None:
     path = write(tmp_path, "image,question,answer,question_id\nsub/a.png,what?,yes,4\n")
-    from vldistill.errors import MissingFileError
+    from vldistill.core.errors import MissingFileError
 
     with pytest.raises(MissingFileError, match=re.escape("sub/a.png")):
         read_artquest(path, tmp_path / "img")

@@ -11,12 +11,12 @@ import torch
 from PIL import Image
 from pydantic import ValidationError
 
+from vldistill.core.errors import DataError, MissingFileError
 from vldistill.data.answers import AnswerVocab
 from vldistill.data.batches import VQACollator, VQAImageDataset
 from vldistill.data.rgbd import DepthSettings, preprocess_depth, read_rgbd, write_rgbd
 from vldistill.data.sample import ArrayImageStore, Sample
 from vldistill.data.tokenizer import QuestionTokenizer
-from vldistill.errors import DataError, MissingFileError
 
 
 def make_samples() -> list[Sample]:

@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pytest
 
+from vldistill.core.errors import DataError, MissingFileError
 from vldistill.data.sample import Sample
 from vldistill.data.vizwiz import read_vizwiz, write_vizwiz
-from vldistill.errors import DataError, MissingFileError
 
 
 class Store:

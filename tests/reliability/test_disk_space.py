@@ -10,8 +10,8 @@ from collections import namedtuple
 import pytest
 import torch
 
-from vldistill.errors import DiskSpaceError
-from vldistill.fileio import atomic_write
+from vldistill.core.errors import DiskSpaceError
+from vldistill.core.fileio import atomic_write
 from vldistill.models.checkpoint import load_checkpoint, save_model
 
 Usage = namedtuple("Usage", "total used free")
@@ -43,7 +43,7 @@ def test_a_disk_that_fills_up_mid_write_keeps_the_previous_file(tmp_path) -> Non
 def test_the_run_stops_with_the_message_when_checkpoints_do_not_fit(tmp_path, monkeypatch,
                                                                      tiny_recipe_path) -> None:
     from vldistill.config import load_recipe
-    from vldistill.pipeline import run_recipe
+    from vldistill.jobs.vqa_kd.run import run_recipe
 
     recipe = load_recipe(tiny_recipe_path, [f"output_dir={tmp_path}", "name=r"])
     monkeypatch.setattr(shutil, "disk_usage", lambda path: Usage(10**9, 10**9, 1_000_000))

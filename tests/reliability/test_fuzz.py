@@ -11,7 +11,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from vldistill.errors import VldistillError
+from vldistill.core.errors import VldistillError
 
 SETTINGS = settings(max_examples=60, deadline=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -88,8 +88,8 @@ def test_the_vizwiz_and_rgbd_readers(content) -> None:
 @SETTINGS
 @given(st.lists(st.one_of(json_values, st.binary(max_size=24)), max_size=4))
 def test_the_jsonl_readers(lines) -> None:
-    from vldistill.kb.facts import read_facts
-    from vldistill.openvocab.data import read_jsonl
+    from vldistill.data.facts import read_facts
+    from vldistill.data.image_text import read_jsonl
 
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "lines.jsonl"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vldistill.errors import DataError, VldistillError
+from vldistill.core.errors import DataError, VldistillError
 from vldistill.models.checkpoint import load_checkpoint, save_model
 
 

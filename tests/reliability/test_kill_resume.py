@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from vldistill.crashtest import kill_and_resume
+from vldistill.tools.crashtest import kill_and_resume
 
 
 @pytest.mark.parametrize("overrides", [[], ["teacher.mode=cache"]], ids=["online", "cache"])

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from vldistill.errors import MissingFileError, RecipeError
+from vldistill.core.errors import MissingFileError, RecipeError
 
 
 class _Payload:
@@ -25,8 +25,8 @@ class _Payload:
 
 
 def test_a_pickle_in_a_hugging_face_folder_is_refused_and_never_run(tmp_path: Path) -> None:
-    from vldistill.kb.encoders import SentenceEncoder
-    from vldistill.kb.reader import FiDReader
+    from vldistill.models.fid_reader import FiDReader
+    from vldistill.models.sentence_encoders import SentenceEncoder
 
     marker = tmp_path / "payload-ran"
     folder = tmp_path / "model"
@@ -75,8 +75,8 @@ def test_a_key_given_twice_in_a_recipe_is_refused_with_both_lines(tmp_path: Path
 
 
 def test_image_ids_cannot_leave_the_image_root(tmp_path: Path) -> None:
+    from vldistill.core.errors import DataError
     from vldistill.data.vqa import FolderImageStore
-    from vldistill.errors import DataError
 
     (tmp_path / "images").mkdir()
     store = FolderImageStore(tmp_path / "images")

@@ -4,8 +4,8 @@ import torch
 
 from vldistill.config import OptimSettings, TrainerSettings, TrainSettings
 from vldistill.data.classification import ClassificationDataset, collate_classification
-from vldistill.distill import DistillationStep, WeightedTerm, build_loss
 from vldistill.eval.evaluators import ClassificationEvaluator
+from vldistill.kd import DistillationStep, WeightedTerm, build_loss
 from vldistill.models import ModelOutput
 from vldistill.train.fit import fit, mixed_loaders
 

@@ -10,9 +10,9 @@ from safetensors.torch import load_file
 
 import vldistill.train.fit as fit_module
 from vldistill.config import load_recipe
+from vldistill.core.errors import RecipeError
 from vldistill.data.batches import MixedBatchSampler
-from vldistill.errors import RecipeError
-from vldistill.pipeline import run_recipe
+from vldistill.jobs.vqa_kd.run import run_recipe
 from vldistill.train.resume import ResumeError, load_training_state
 
 PHASES = ("distill.phases=[{name: vision, terms: [{loss: contrastive}, {loss: vqa_bce}]},"

@@ -22,12 +22,13 @@ from pathlib import Path
 
 from PIL import Image
 
+from vldistill.core.errors import DataError, MissingFileError
+from vldistill.core.fileio import atomic_write
+from vldistill.data.batches import common_answer
 from vldistill.data.images import check_inside
 from vldistill.data.jsonio import check_unique
 from vldistill.data.sample import ImageStore, Sample
 from vldistill.data.vqa import FolderImageStore
-from vldistill.errors import DataError, MissingFileError
-from vldistill.fileio import atomic_write
 
 REQUIRED = ("image", "question", "answer")
 ANNOTATORS = 10
@@ -93,7 +94,6 @@ def write_artquest(samples: Sequence[Sample], images: ImageStore, out_dir: Path,
                    ) -> dict[str, Path]:
     """``<out_dir>/<split>.csv`` and one PNG per image under ``<out_dir>/images/<split>/``.
     Labelled samples only (the CSV holds one answer: the most common)."""
-    from vldistill.data.batches import common_answer
 
     out_dir = Path(out_dir)
     image_dir = out_dir / "images" / split

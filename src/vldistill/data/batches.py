@@ -3,7 +3,7 @@
 Questions are grouped by image: one dataset item is one image with all its questions, so the
 image encoder runs once per image however many questions it has (DESIGN.md: most of the cost is
 in the image stem). A batch is the dict the distillation step expects (see
-vldistill.distill.step): ``inputs``, ``targets``, ``labelled``, plus ``meta`` for evaluation.
+vldistill.kd.step): ``inputs``, ``targets``, ``labelled``, plus ``meta`` for evaluation.
 """
 
 from __future__ import annotations
@@ -16,12 +16,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from vldistill.core.errors import DataError
 from vldistill.data.answers import AnswerVocab
 from vldistill.data.rgbd import DepthSettings, preprocess_depth
 from vldistill.data.sample import ImageStore, Sample
 from vldistill.data.tokenizer import QuestionTokenizer
-from vldistill.errors import DataError
-
 
 MODALITY_KEYS = {"rgb": "image", "depth": "depth"}     # modality -> key of a dataset item
 

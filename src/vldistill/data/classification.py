@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from vldistill.core.errors import DataError, MissingFileError
 from vldistill.data.images import read_rgb
-from vldistill.errors import DataError, MissingFileError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
 

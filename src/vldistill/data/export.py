@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from vldistill.data.artquest import write_artquest
+from vldistill.data.batches import group_by_image
 from vldistill.data.rgbd import write_rgbd
+from vldistill.data.shapesworld import write_captions_jsonl, write_facts_jsonl
+from vldistill.data.shapesworld_questions import style_questions as style
 from vldistill.data.vizwiz import write_vizwiz
 from vldistill.data.vqa import write_vqa
 
@@ -21,7 +25,6 @@ def export_shapesworld(world, out_dir: Path, format: str = "vqa", style_question
     millimetres; vldistill.data.rgbd), or (``format="artquest"``) as ArtQuest CSVs
     (``{split}.csv``, ``images/{split}/``) with ``style_questions`` image-level style questions
     per image after its own. Returns the written paths by name."""
-    from vldistill.data.shapesworld import write_captions_jsonl, write_facts_jsonl
 
     if format not in FORMATS:
         raise ValueError(f"export format {format!r} is not one of {', '.join(FORMATS)}")
@@ -29,9 +32,6 @@ def export_shapesworld(world, out_dir: Path, format: str = "vqa", style_question
     out_dir.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path] = {}
     if format == "artquest":
-        from vldistill.data.artquest import write_artquest
-        from vldistill.data.batches import group_by_image
-        from vldistill.data.shapesworld_questions import style_questions as style
 
         for name, split in world.splits.items():
             scenes = {scene.image_id: scene for scene in split.scenes}

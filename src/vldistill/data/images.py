@@ -23,7 +23,7 @@ from typing import Literal
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from vldistill.errors import DataError, MissingFileError, VldistillError
+from vldistill.core.errors import DataError, MissingFileError, VldistillError
 
 MAX_PIXELS = 8192 * 8192
 DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I")     # how Pillow opens a 16-bit grey PNG
@@ -140,3 +140,11 @@ def check_inside(root: Path, relative: str, where: str) -> None:
         raise DataError(f"{where}: image path {relative!r} is not inside the image root {root}; "
                         "paths must be relative to the root, without '..'. Fix the row or move "
                         "the image under the root.")
+
+
+def data_image_size(data: dict) -> int | None:
+    """The image size the training data was read at (ShapesWorld or a resized folder), from a
+    recipe's ``data`` section as saved in a checkpoint or manifest (a plain dict)."""
+    if data.get("source") == "shapesworld":
+        return data.get("shapesworld", {}).get("image_size", 64)
+    return data.get("image_size")

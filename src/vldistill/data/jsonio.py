@@ -11,8 +11,8 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from vldistill.core.errors import DataError, MissingFileError
 from vldistill.data.sample import QuestionId
-from vldistill.errors import DataError, MissingFileError
 
 MAX_LISTED = 5
 

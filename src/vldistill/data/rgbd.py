@@ -31,11 +31,12 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from vldistill.console import console
+from vldistill.core.console import console
+from vldistill.core.errors import DataError, MissingFileError
 from vldistill.data.images import check_inside, image_header, read_image, read_rgb
 from vldistill.data.jsonio import MAX_LISTED, check_unique, get, load_json, show
 from vldistill.data.sample import ImageId, ImageStore, Sample
-from vldistill.errors import DataError, MissingFileError
+from vldistill.data.writers import check_samples, check_split, write_images, write_json
 
 MODALITIES = ("rgb", "depth")
 Modality = Literal["rgb", "depth"]
@@ -297,12 +298,10 @@ def write_rgbd(samples: Sequence[Sample], images: ImageStore, out_dir: Path,
                split: str) -> dict[str, Path]:
     """Write samples in the RGB-D layout: ``{split}.json``, ``images/{id}.png`` and
     ``depth/{id}.png`` (uint16 millimetres). Keys of the result: samples, images, depth."""
-    from vldistill.data.vqa import _check_samples, _check_split, _write_images, _write_json
-
     out_dir = Path(out_dir)
-    _check_split(split)
-    _check_samples(samples)
-    if not _write_images(samples, images, out_dir):
+    check_split(split)
+    check_samples(samples)
+    if not write_images(samples, images, out_dir):
         raise DataError(f"the {split!r} image store has no depth maps; the RGB-D layout needs "
                         f"one per image. Fix: use a store with depth (ShapesWorld has it).")
     records = [{"question_id": s.question_id, "image_id": s.image_id,
@@ -312,6 +311,6 @@ def write_rgbd(samples: Sequence[Sample], images: ImageStore, out_dir: Path,
                for s in samples]
     paths = {"samples": out_dir / f"{split}.json", "images": out_dir / "images",
              "depth": out_dir / "depth"}
-    _write_json(paths["samples"], {"info": {"description": "written by vldistill", "split": split},
+    write_json(paths["samples"], {"info": {"description": "written by vldistill", "split": split},
                                    "samples": records})
     return paths

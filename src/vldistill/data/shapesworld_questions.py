@@ -471,7 +471,7 @@ def _deviant(question: Question, code: int, pick: float) -> str:
 # Image-level "style" questions (seed 002's ArtQuest asks about a painting's style): the pattern
 # that covers most of the picture. Not among a world's eight questions per image (the built-in
 # data stays as it is); data.style_questions adds them to the student's labelled set and val
-# (vldistill.pipeline_data), and the ArtQuest export writes them.
+# (vldistill.jobs.vqa_kd.data), and the ArtQuest export writes them.
 STYLE_TEMPLATES = ("What is the main pattern in this picture?",
                    "Which pattern covers most of this picture?")
 STYLE_ID_OFFSET = 90          # question_id = image_id * 100 + 90 + k

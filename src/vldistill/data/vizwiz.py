@@ -26,11 +26,12 @@ from typing import Any
 
 from PIL import Image
 
+from vldistill.core.errors import DataError
+from vldistill.core.fileio import atomic_write
 from vldistill.data.jsonio import check_unique, get, load_json, show
 from vldistill.data.sample import ImageStore, Sample
-from vldistill.data.vqa import FolderImageStore, _checked_rgb, _write_png
-from vldistill.errors import DataError
-from vldistill.fileio import atomic_write
+from vldistill.data.vqa import FolderImageStore
+from vldistill.data.writers import checked_rgb, write_png
 
 ANSWER_TYPES = ("other", "yes/no", "number", "unanswerable")
 _ABSENT = object()
@@ -129,8 +130,8 @@ def write_vizwiz(samples: Sequence[Sample], images: ImageStore, out_dir: Path,
         if sample.image_id in scene_files:
             _link(scene_files[sample.image_id], target)
         else:
-            rgb = _checked_rgb(images.rgb(sample.image_id), sample.image_id)
-            _write_png(target, Image.fromarray(rgb))
+            rgb = checked_rgb(images.rgb(sample.image_id), sample.image_id)
+            write_png(target, Image.fromarray(rgb))
             scene_files[sample.image_id] = target
         records.append(_record(sample, name))
     annotations = out_dir / "annotations" / f"{split}.json"

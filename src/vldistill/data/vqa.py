@@ -24,27 +24,28 @@ with a ``.png`` suffix, in a separate folder.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import string
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
-from PIL import Image
 
+from vldistill.core.errors import DataError, MissingFileError
 from vldistill.data.images import check_inside, image_header, read_rgb
+from vldistill.data.jsonio import MAX_LISTED as _MAX_LISTED
+from vldistill.data.jsonio import check_unique as _check_unique
+from vldistill.data.jsonio import first as _first
+from vldistill.data.jsonio import get as _get
+from vldistill.data.jsonio import load_json as _load_json
+from vldistill.data.jsonio import show as _show
 from vldistill.data.rgbd import read_depth_png
 from vldistill.data.sample import ImageId, ImageStore, QuestionId, Sample
-from vldistill.data.jsonio import (MAX_LISTED as _MAX_LISTED, check_unique as _check_unique,
-                                   first as _first, get as _get, load_json as _load_json,
-                                   show as _show)
-from vldistill.errors import DataError, MissingFileError
-from vldistill.fileio import atomic_write
+from vldistill.data.writers import check_samples, check_split, write_images, write_json
 
 _COCO_NAME = re.compile(r"^.+_(\d{12})\.jpg$")
 _PLAIN_NAME = re.compile(r"^(.+)\.(?:png|jpg)$")
@@ -390,80 +391,19 @@ def write_vqa(samples: Sequence[Sample], images: ImageStore, out_dir: Path,
     points at images that are not there yet. Keys: questions, annotations, images, [depth].
     """
     out_dir = Path(out_dir)
-    _check_split(split)
-    _check_samples(samples)
+    check_split(split)
+    check_samples(samples)
     paths = {"questions": out_dir / f"{split}_questions.json",
              "annotations": out_dir / f"{split}_annotations.json",
              "images": out_dir / "images"}
-    if _write_images(samples, images, out_dir):
+    if write_images(samples, images, out_dir):
         paths["depth"] = out_dir / "depth"
     questions = [_question_record(s) for s in samples]
     annotations = [_annotation_record(s) for s in samples if s.labelled]
-    _write_json(paths["questions"], {**_header(split), "task_type": "Open-Ended",
+    write_json(paths["questions"], {**_header(split), "task_type": "Open-Ended",
                                      "data_type": "vldistill", "questions": questions})
-    _write_json(paths["annotations"], {**_header(split), "annotations": annotations})
+    write_json(paths["annotations"], {**_header(split), "annotations": annotations})
     return paths
-
-
-def _check_split(split: str) -> None:
-    if not isinstance(split, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", split):
-        raise ValueError(f"split must be a plain name like 'train' or 'val2014', got {split!r}; "
-                         f"it becomes part of the file names.")
-
-
-def _check_samples(samples: Sequence[Sample]) -> None:
-    for sample in samples:
-        for name in ("question_id", "image_id"):
-            value = getattr(sample, name)
-            if type(value) not in (int, str):
-                raise DataError(f"sample {sample.question_id!r} has {name} {value!r} "
-                                f"({type(value).__name__}); expected an int or str. Fix: "
-                                f"convert it, e.g. int(value).")
-        image_id = sample.image_id
-        if isinstance(image_id, str) and (not re.fullmatch(r"[\w.-]+", image_id)
-                                          or image_id in (".", "..")):
-            raise DataError(f"sample {sample.question_id!r} has image_id {sample.image_id!r}, "
-                            f"which cannot be a file name; expected letters, digits, '_', '-' "
-                            f"or '.'. Fix: map image ids to plain names before writing.")
-    duplicates = [q for q, n in Counter(s.question_id for s in samples).items() if n > 1]
-    if duplicates:
-        raise DataError(f"{len(duplicates)} question ids appear more than once in the samples: "
-                        f"{_first(duplicates)}. Fix: keep one sample per question id.")
-
-
-def _write_images(samples: Sequence[Sample], images: ImageStore, out_dir: Path) -> bool:
-    """Write each distinct image once; True when any depth map was written."""
-    wrote_depth = False
-    (out_dir / "images").mkdir(parents=True, exist_ok=True)
-    for image_id in dict.fromkeys(s.image_id for s in samples):
-        name = f"{image_id}.png"
-        rgb = _checked_rgb(images.rgb(image_id), image_id)
-        _write_png(out_dir / "images" / name, Image.fromarray(rgb))
-        depth = images.depth(image_id)
-        if depth is not None:
-            (out_dir / "depth").mkdir(exist_ok=True)
-            _write_png(out_dir / "depth" / name, Image.fromarray(_depth_to_mm(depth, image_id)))
-            wrote_depth = True
-    return wrote_depth
-
-
-def _checked_rgb(rgb: np.ndarray, image_id: ImageId) -> np.ndarray:
-    rgb = np.asarray(rgb)
-    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
-        raise DataError(f"the image store returned shape {rgb.shape} {rgb.dtype} for image id "
-                        f"{image_id!r}; expected (H, W, 3) uint8. Fix: convert the images to "
-                        f"uint8 RGB in the store.")
-    return np.ascontiguousarray(rgb)
-
-
-def _depth_to_mm(depth: np.ndarray, image_id: ImageId) -> np.ndarray:
-    """Metres (H, W) -> uint16 millimetres (H, W); NaN/inf become 0 (invalid)."""
-    depth = np.asarray(depth, dtype=np.float64)
-    if depth.ndim != 2:
-        raise DataError(f"the image store returned depth of shape {depth.shape} for image id "
-                        f"{image_id!r}; expected (H, W) metres. Fix: drop the channel axis.")
-    millimetres = np.nan_to_num(np.round(depth * 1000.0), nan=0.0, posinf=0.0, neginf=0.0)
-    return np.clip(millimetres, 0, 65535).astype(np.uint16)
 
 
 def _question_record(sample: Sample) -> dict[str, Any]:
@@ -497,20 +437,3 @@ def _extras(sample: Sample) -> dict[str, Any]:
 
 def _header(split: str) -> dict[str, Any]:
     return {"info": {"description": "written by vldistill"}, "data_subtype": split}
-
-
-def _write_json(path: Path, document: dict[str, Any]) -> None:
-    data = json.dumps(document, ensure_ascii=False).encode("utf-8")
-    _write_atomic(path, lambda file: file.write(data))
-
-
-def _write_png(path: Path, image: Image.Image) -> None:
-    _write_atomic(path, lambda file: image.save(file, format="PNG"))
-
-
-def _write_atomic(path: Path, write: Callable[[IO[bytes]], object]) -> None:
-    """``write(file)`` into ``path`` atomically (see :func:`vldistill.fileio.atomic_write`)."""
-    def write_path(temporary: Path) -> None:
-        with open(temporary, "wb") as file:
-            write(file)
-    atomic_write(path, write_path)

@@ -15,8 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from vldistill.distill.step import call_model
 from vldistill.models import count_parameters
+from vldistill.models.outputs import call_model
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,9 @@ from torch.utils.data import Dataset
 
 from vldistill.data.answers import AnswerVocab
 from vldistill.data.batches import sequential_batches
-from vldistill.distill.step import call_model
+from vldistill.eval.vizwiz import VizWizAccuracy
 from vldistill.eval.vqa_accuracy import VQAAccuracy
+from vldistill.models.outputs import call_model
 
 
 class VQAEvaluator:
@@ -53,7 +54,6 @@ class VizWizEvaluator:
     name = "vizwiz_accuracy"
 
     def __init__(self, answer_vocab: AnswerVocab) -> None:
-        from vldistill.eval.vizwiz import VizWizAccuracy
 
         self.answer_vocab = answer_vocab
         answers = answer_vocab.to_json()

@@ -25,8 +25,13 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
-from vldistill.data.answers import (VIZWIZ_CONTRACTIONS, leave_one_out_accuracy,
-                                    process_digit_article, process_punctuation, strip_answer)
+from vldistill.data.answers import (
+    VIZWIZ_CONTRACTIONS,
+    leave_one_out_accuracy,
+    process_digit_article,
+    process_punctuation,
+    strip_answer,
+)
 
 
 def normalize_prediction(prediction: str) -> str:

@@ -26,11 +26,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from vldistill.errors import VldistillError
-from vldistill.export.runtime import INPUTS, MANIFEST, data_image_size, encode_fixed
-from vldistill.fileio import atomic_write, file_record
-from vldistill.models.hf_vilt import (full_mask_image_embeds, image_positions,
-                                      vilt_on_image_embeds)
+from vldistill.core.errors import VldistillError
+from vldistill.core.fileio import atomic_write, file_record
+from vldistill.data.images import data_image_size
+from vldistill.export.runtime import INPUTS, MANIFEST, encode_fixed
+from vldistill.models.hf_vilt import (
+    ViltVQA,
+    full_mask_image_embeds,
+    image_positions,
+    vilt_on_image_embeds,
+)
 
 _CHECK_QUESTIONS = ("what is this", "what colour is the object on the left",
                     "how many objects are there", "is there a red circle")
@@ -99,7 +104,6 @@ def export_onnx(model, out_dir: Path, *, int8: bool = False, tolerance: float = 
     """
     import onnxruntime
 
-    from vldistill.models.hf_vilt import ViltVQA
 
     if not isinstance(model, ViltVQA):
         raise ExportError(f"ONNX export is implemented for ViLT students (model 'vilt'); got "

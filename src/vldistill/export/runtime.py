@@ -12,9 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
-from vldistill.errors import DataError, MissingFileError
-from vldistill.fileio import verify_file
+from vldistill.core.errors import DataError, MissingFileError
+from vldistill.core.fileio import verify_file
+from vldistill.data.images import data_image_size, read_rgb
 
 MANIFEST = "vldistill-export.json"
 INPUTS = ("input_ids", "attention_mask", "pixel_values")
@@ -27,7 +29,6 @@ def encode_fixed(processor, images: list[np.ndarray], questions: list[str], imag
     """The export's preprocessing, the same as in training: each image squared to the training
     data's size (PIL bilinear, as the data readers do; S when unknown), then the model's own
     processor, which resizes it to S x S; numpy arrays for onnxruntime."""
-    from PIL import Image
 
     square = data_image_size or image_size
     resized = []
@@ -46,13 +47,6 @@ def encode_fixed(processor, images: list[np.ndarray], questions: list[str], imag
     return {"input_ids": encoded["input_ids"].astype(np.int64),
             "attention_mask": encoded["attention_mask"].astype(np.int64),
             "pixel_values": pixel_values.astype(np.float32)}
-
-
-def data_image_size(data: dict) -> int | None:
-    """The image size the training data was read at (ShapesWorld or a resized folder)."""
-    if data.get("source") == "shapesworld":
-        return data.get("shapesworld", {}).get("image_size", 64)
-    return data.get("image_size")
 
 
 @dataclass
@@ -120,3 +114,25 @@ class OnnxVQA:
 
     def predict(self, image: np.ndarray, question: str) -> Prediction:
         return answer_from_logits(self.logits([image], [question])[0], self.answers)
+
+
+def model_kind(path: Path, int8: bool = False) -> str:
+    """"export" for a folder `vldistill export` wrote, "checkpoint" for a ``.safetensors``
+    checkpoint (which has no int8 model); anything else is refused with the fix."""
+    path = Path(path)
+    if path.is_dir() and (path / MANIFEST).is_file():
+        return "export"
+    if path.suffix == ".safetensors":
+        if int8:
+            raise DataError("--int8 needs an ONNX export folder (vldistill export --int8); "
+                            f"{path} is a PyTorch checkpoint")
+        return "checkpoint"
+    raise MissingFileError(f"{path} is neither an export folder (with {MANIFEST}) nor a "
+                           ".safetensors checkpoint. Fix: pass what `vldistill export` or "
+                           "`vldistill run` wrote.")
+
+
+def predict_export(folder: Path, image_path: Path, question: str, int8: bool = False
+                   ) -> Prediction:
+    """An export's answer, in onnxruntime with no PyTorch model code."""
+    return OnnxVQA(Path(folder), int8=int8).predict(read_rgb(Path(image_path)), question)

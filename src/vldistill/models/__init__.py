@@ -6,6 +6,7 @@ Every model returns a :class:`ModelOutput`. Models named in recipes are register
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -13,9 +14,15 @@ from typing import Any, Callable
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
+from vldistill.core.registry import Registry
+from vldistill.models.checkpoint import ModelCheckpoint
+from vldistill.models.hf_blip2 import Blip2VQA
+from vldistill.models.hf_generative import GenerativeVQA
+from vldistill.models.hf_llava import LlavaOnevisionVQA
+from vldistill.models.hf_vilt import ViltVQA
+from vldistill.models.kv_prefix import KVPrefixModelSettings, KVPrefixVQA, build_expert
 from vldistill.models.outputs import ModelOutput, as_model_output
 from vldistill.models.vqa_net import VQANet, VQANetConfig
-from vldistill.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -61,8 +68,6 @@ class ViltSettings(BaseModel):
 def _build_vilt(config: ViltSettings, num_answers: int, vocab_size: int,
                 answers: list[str] | None = None, question_vocab: list[str] | None = None
                 ) -> nn.Module:
-    from vldistill.models.hf_vilt import ViltVQA
-
     if answers is None:                # rebuilt from a checkpoint without its vocabulary
         answers = [str(i) for i in range(num_answers)]
     if config.config is not None:
@@ -110,13 +115,12 @@ class Blip2Settings(GenerativeSettings):
     prompt: str = Field("Question: {question} Answer:", description="BLIP-2's VQA prompt")
 
 
-def _generative_builder(module: str, class_name: str) -> Callable[..., nn.Module]:
+def _generative_builder(adapter: type[GenerativeVQA]) -> Callable[..., nn.Module]:
+    class_name = adapter.__name__
+
     def build(config: GenerativeSettings, num_answers: int, vocab_size: int,
               answers: list[str] | None = None, question_vocab: list[str] | None = None
               ) -> nn.Module:
-        import importlib
-
-        adapter = getattr(importlib.import_module(module), class_name)
         if answers is None:
             raise ValueError(f"a {class_name} model needs the answer vocabulary (its strings)")
         if config.config is not None:
@@ -135,30 +139,22 @@ def _build_kv_prefix(config, num_answers: int, vocab_size: int,
                      ) -> nn.Module:
     """A base model (random weights; a checkpoint's replace them) modulated by expert
     prefixes (vldistill.models.kv_prefix)."""
-    from vldistill.models.kv_prefix import KVPrefixVQA, build_expert
-
     base = build_model(config.base["name"], config.base.get("params", {}), answers=answers,
                        question_vocab=question_vocab, num_answers=num_answers,
                        vocab_size=vocab_size)
     return KVPrefixVQA(base, build_expert(config.expert), config)
 
 
-def _kv_prefix_settings():
-    from vldistill.models.kv_prefix import KVPrefixModelSettings
-
-    return KVPrefixModelSettings
-
-
 MODELS: Registry[ModelEntry] = Registry("model")
 MODELS.register("vqa_attention")(ModelEntry(VQANetConfig, VQANet))
 MODELS.register("vilt")(ModelEntry(ViltSettings, _build_vilt, needs_vocabularies=True))
 MODELS.register("llava_onevision")(ModelEntry(
-    LlavaOnevisionSettings, _generative_builder("vldistill.models.hf_llava", "LlavaOnevisionVQA"),
+    LlavaOnevisionSettings, _generative_builder(LlavaOnevisionVQA),
     needs_vocabularies=True))
 MODELS.register("blip2")(ModelEntry(
-    Blip2Settings, _generative_builder("vldistill.models.hf_blip2", "Blip2VQA"),
+    Blip2Settings, _generative_builder(Blip2VQA),
     needs_vocabularies=True))
-MODELS.register("kv_prefix")(ModelEntry(_kv_prefix_settings(), _build_kv_prefix,
+MODELS.register("kv_prefix")(ModelEntry(KVPrefixModelSettings, _build_kv_prefix,
                                         needs_vocabularies=True))
 
 
@@ -183,9 +179,22 @@ def build_model(name: str, params: dict[str, Any], answers: list[str] | None = N
     return entry.build(model_config(name, params), **sizes, **extra)
 
 
+def build_from_checkpoint(checkpoint: ModelCheckpoint) -> nn.Module:
+    with warnings.catch_warnings():
+        # a Hugging Face model's answer head is rebuilt for the saved vocabulary; the saved
+        # weights replace it just below, so "the head is new" is not news here
+        warnings.filterwarnings("ignore", message=".*answer head is new")
+        model = build_model(checkpoint.model_name, checkpoint.model_params,
+                            answers=checkpoint.extra.get("answer_vocab"),
+                            question_vocab=checkpoint.extra.get("question_vocab"),
+                            **checkpoint.sizes)
+    model.load_state_dict(checkpoint.state_dict)
+    return model.eval()
+
+
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
 __all__ = ["MODELS", "ModelEntry", "ModelOutput", "VQANet", "VQANetConfig", "as_model_output",
-           "build_model", "model_config", "count_parameters"]
+           "build_from_checkpoint", "build_model", "model_config", "count_parameters"]

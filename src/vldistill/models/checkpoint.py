@@ -19,8 +19,9 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from vldistill.errors import DataError, MissingFileError
-from vldistill.fileio import atomic_write
+from vldistill.core.errors import DataError, MissingFileError
+from vldistill.core.fileio import atomic_write
+from vldistill.core.hashing import hash_tensors
 
 FORMAT = "vldistill.model.v2"       # v2: metadata and weights carry a SHA-256
 OLDER_FORMATS = ("vldistill.model.v1",)   # readable; written before checksums
@@ -122,17 +123,6 @@ def read_weights(path: str | Path, missing_hint: str, checked_formats: tuple[str
     return state, metadata
 
 
-def hash_tensors(digest, state: dict[str, torch.Tensor]):
-    """Feed every tensor's name, dtype, shape and bytes, in name order, to ``digest`` (a
-    hashlib object); returns it. The checkpoint checksum and the teacher fingerprint of the
-    cache (vldistill.distill.cache) both hash a state this way."""
-    for key in sorted(state):
-        tensor = state[key].detach().cpu().contiguous()
-        digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest
-
-
 def tensors_digest(state: dict[str, torch.Tensor], metadata: dict[str, str]) -> str:
     """SHA-256 over the metadata (but its own entry) and the tensors: stored in the checkpoint,
     so a flipped bit anywhere that still parses is detected when it is read."""
@@ -168,20 +158,3 @@ def read_model_spec(path: str | Path) -> tuple[str, dict[str, Any]]:
     except (SafetensorError, OSError, KeyError, json.JSONDecodeError) as error:
         raise DataError(f"checkpoint {path} has no readable model metadata ({error}); it was "
                         "not written by vldistill's save_model, or is damaged.") from None
-
-
-def build_from_checkpoint(checkpoint: ModelCheckpoint) -> nn.Module:
-    from vldistill.models import build_model
-
-    import warnings
-
-    with warnings.catch_warnings():
-        # a Hugging Face model's answer head is rebuilt for the saved vocabulary; the saved
-        # weights replace it just below, so "the head is new" is not news here
-        warnings.filterwarnings("ignore", message=".*answer head is new")
-        model = build_model(checkpoint.model_name, checkpoint.model_params,
-                            answers=checkpoint.extra.get("answer_vocab"),
-                            question_vocab=checkpoint.extra.get("question_vocab"),
-                            **checkpoint.sizes)
-    model.load_state_dict(checkpoint.state_dict)
-    return model.eval()

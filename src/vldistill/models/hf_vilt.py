@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from vldistill.errors import MissingFileError
+from vldistill.core.errors import MissingFileError
 from vldistill.models.checkpoint import HF_WEIGHTS, pickled_weights_note
 from vldistill.models.outputs import ModelOutput
 
@@ -120,8 +120,12 @@ class ViltVQA(nn.Module):
         words, as vldistill's own tokenizer splits them); the image processor resizes to
         ``image_size`` (default: the config's) and normalises to [-1, 1]."""
         from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, processors
-        from transformers import PreTrainedTokenizerFast, ViltConfig, ViltForQuestionAnswering
-        from transformers import ViltProcessor
+        from transformers import (
+            PreTrainedTokenizerFast,
+            ViltConfig,
+            ViltForQuestionAnswering,
+            ViltProcessor,
+        )
         from transformers.models.vilt.image_processing_pil_vilt import ViltImageProcessorPil
 
         special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]

@@ -35,6 +35,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 
+from vldistill.models.efficientnet_lite import load_efficientnet_lite
+from vldistill.models.outputs import call_model
 from vldistill.models.vqa_net import AttentionHop
 
 PREFIX_ATTRIBUTE = "_vldistill_kv_prefix"      # (K, V) on a site module while injecting
@@ -357,7 +359,6 @@ class KVPrefixModelSettings(_Settings):
 
 
 def build_expert(settings: ExpertSettings) -> nn.Module:
-    from vldistill.models.efficientnet_lite import load_efficientnet_lite
 
     variant = settings.name.removeprefix("efficientnet_")
     return load_efficientnet_lite(variant, settings.path, settings.image_size)
@@ -428,7 +429,6 @@ class KVPrefixVQA(nn.Module):
             return self.memo(images, lambda x: self.expert.features(self.expert.preprocess(x)))
 
     def forward(self, images: torch.Tensor, image_index: torch.Tensor, **inputs: Any):
-        from vldistill.distill.step import call_model
 
         inputs = {"images": images, "image_index": image_index, **inputs}
         if not self.generator.enabled:

@@ -5,9 +5,14 @@ Losses read the fields they need by name, so a new loss never needs a new model 
 
 from __future__ import annotations
 
+import functools
+import inspect
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
+from torch import nn
 
 
 @dataclass
@@ -48,3 +53,32 @@ def as_model_output(output: object) -> ModelOutput:
         f"a model returned {type(output).__name__}; vldistill expects a ModelOutput "
         "(vldistill.models.ModelOutput) or a logits tensor (N, num_classes). Wrap your "
         "model's forward to return one of those.")
+
+
+# inputs the data pipeline adds for models that want them (raw question text for models with
+# their own tokenizer, the answer a generative model is teacher-forced on); a model whose
+# forward names neither them nor **kwargs is called without them
+OPTIONAL_INPUTS = ("questions", "answers")
+
+
+def call_model(model: nn.Module, inputs: Mapping[str, Any] | Sequence[Any]) -> ModelOutput:
+    """Run a model on batch inputs (dict -> keywords, tuple/list -> positional)."""
+    if isinstance(inputs, Mapping):
+        accepted = _accepted_keywords(type(model))
+        if accepted is not None:
+            inputs = {k: v for k, v in inputs.items()
+                      if k not in OPTIONAL_INPUTS or k in accepted}
+        return as_model_output(model(**inputs))
+    return as_model_output(model(*inputs))
+
+
+@functools.cache
+def _accepted_keywords(model_class: type) -> frozenset[str] | None:
+    """The keyword names ``forward`` takes; None when it takes ``**kwargs`` (anything)."""
+    try:
+        parameters = inspect.signature(model_class.forward).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return None
+    return frozenset(p.name for p in parameters)

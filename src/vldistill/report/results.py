@@ -10,6 +10,9 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from vldistill.core.fileio import atomic_write
+from vldistill.core.runpaths import RunPaths
+
 
 def summarise(values: list[float]) -> dict[str, Any]:
     return {"mean": statistics.fmean(values), "min": min(values), "max": max(values),
@@ -30,7 +33,7 @@ def metric_label(results: dict[str, Any]) -> str:
 
 
 def results_dict(result: Any) -> dict[str, Any]:
-    """The JSON-serialisable summary of a pipeline RunResult (see vldistill.pipeline)."""
+    """The JSON-serialisable summary of a pipeline RunResult (see vldistill.jobs.vqa_kd.job)."""
     key = METRICS[result.recipe.eval.metric][0]
     teacher_accuracy = result.teacher.predictions.metrics[key]
     label = getattr(result, "teacher_label", "teacher")
@@ -156,6 +159,7 @@ def plot(results: dict[str, Any], path: Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
     figure, axes = plt.subplots(1, 2, figsize=(10, 4))
     for row in results["rows"]:
@@ -164,8 +168,6 @@ def plot(results: dict[str, Any], path: Path) -> Path:
         for axis, x in zip(axes, (row["parameters"], row["latency_ms"])):
             axis.errorbar([x], [accuracy["mean"]], yerr=error, fmt="o", capsize=4,
                           label=row["model"])
-    from matplotlib.ticker import NullFormatter
-
     for axis, label in zip(axes, ("parameters", "latency at batch 1, CPU (ms)")):
         axis.set_xscale("log")
         axis.xaxis.set_minor_formatter(NullFormatter())
@@ -191,22 +193,21 @@ def per_type_table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_run_files(run_dir: Path, results: dict[str, Any], report: str) -> Path:
+def write_run_files(paths: RunPaths, results: dict[str, Any], report: str) -> Path:
     """A finished run's ``results.json`` and ``report.md`` (returned), each written atomically
     so a kill never leaves half a file for ``--resume`` or a reader to trip over. Every job
-    (VQA distillation, KB-VQA, open-vocabulary) writes its results here."""
-    from vldistill.fileio import atomic_write
-
-    atomic_write(run_dir / "results.json",
+    writes its results here."""
+    atomic_write(paths.results,
                  lambda temporary: temporary.write_text(json.dumps(results, indent=2) + "\n"))
-    path = run_dir / "report.md"
-    atomic_write(path, lambda temporary: temporary.write_text(report + "\n", encoding="utf-8"))
-    return path
+    atomic_write(paths.report,
+                 lambda temporary: temporary.write_text(report + "\n", encoding="utf-8"))
+    return paths.report
 
 
-def write_report(results: dict[str, Any], run_dir: Path) -> Path:
-    image = plot(results, run_dir / "accuracy_vs_cost.png")
-    text = "\n\n".join([
+def vqa_report(results: dict[str, Any], paths: RunPaths) -> str:
+    """The VQA jobs' report.md text; draws accuracy_vs_cost.png beside it."""
+    image = plot(results, paths.accuracy_vs_cost)
+    return "\n\n".join([
         f"# vldistill run: {results['recipe']}",
         markdown_table(results), gain_line(results),
         f"Accuracy is mean ± std (min–max) over seeds {results['seeds']}; latency is the median "
@@ -219,4 +220,3 @@ def write_report(results: dict[str, Any], run_dir: Path) -> Path:
         "Files: `recipe.yaml` (resolved recipe), `versions.json`, `results.json`, "
         "`checkpoints/`, `logs/` (TensorBoard and CSV).",
     ])
-    return write_run_files(run_dir, results, text)

@@ -18,16 +18,26 @@ from lightning.pytorch.callbacks import Callback, Checkpoint, EarlyStopping
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch import nn
 from torch.nn.parameter import is_lazy
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler
 
 from vldistill.config import TrainerSettings, TrainSettings
-from vldistill.distill.step import DistillationStep
+from vldistill.core.console import console
+from vldistill.core.runpaths import RunPaths
+from vldistill.data.batches import MixedBatchSampler, sequential_batches
+from vldistill.kd.step import DistillationStep
 from vldistill.train.module import DistillModule, Evaluator
 from vldistill.train.progress import StepProgressBar
-from vldistill.console import console
-from vldistill.train.resume import (AtomicCheckpointIO, ResumableLoader, ResumePoints, forget,
-                                    read_done, resume_path, resume_stamp, usable_resume_point,
-                                    write_done)
+from vldistill.train.resume import (
+    AtomicCheckpointIO,
+    ResumableLoader,
+    ResumePoints,
+    forget,
+    read_done,
+    resume_path,
+    resume_stamp,
+    usable_resume_point,
+    write_done,
+)
 
 SaveFn = Callable[[Path, nn.Module], None]
 
@@ -77,9 +87,7 @@ def mixed_loaders(labelled: Dataset, transfer: Dataset | None, collate: Callable
                   seed: int, val_batch: int = 64) -> LoaderModule:
     """Training batches mixing a labelled set with an optional unlabelled transfer set
     (see :class:`MixedBatchSampler`), and ordered validation batches."""
-    from torch.utils.data import ConcatDataset
 
-    from vldistill.data.batches import MixedBatchSampler, sequential_batches
 
     datasets = [labelled] + ([transfer] if transfer is not None else [])
     fraction = transfer_fraction if transfer is not None else 0.0
@@ -96,8 +104,8 @@ class SafetensorsCheckpoint(Checkpoint):
     """Saves ``<role>-last.safetensors`` after each validation and at the end, and
     ``<role>-best.safetensors`` when the monitored metric improves (rank 0 only)."""
 
-    def __init__(self, directory: Path, role: str, monitor: str, save: SaveFn) -> None:
-        self.directory, self.role, self.monitor, self.save = directory, role, monitor, save
+    def __init__(self, paths: RunPaths, role: str, monitor: str, save: SaveFn) -> None:
+        self.paths, self.role, self.monitor, self.save = paths, role, monitor, save
         self.best: float | None = None
 
     def state_dict(self) -> dict[str, Any]:
@@ -108,7 +116,7 @@ class SafetensorsCheckpoint(Checkpoint):
 
     def _save(self, trainer: L.Trainer, module: DistillModule, which: str) -> None:
         if trainer.is_global_zero:
-            self.save(self.directory / f"{self.role}-{which}.safetensors", module.step.student)
+            self.save(self.paths.weights(self.role, which), module.step.student)
 
     def on_validation_end(self, trainer: L.Trainer, module: DistillModule) -> None:
         if trainer.sanity_checking:
@@ -210,12 +218,12 @@ def fit(step: DistillationStep, data: LoaderModule, evaluator: Evaluator, train:
     if settings.progress_bar:
         callbacks.append(StepProgressBar(role, monitor))
     if save is not None:
-        callbacks.append(SafetensorsCheckpoint(run_dir / "checkpoints", role, monitor, save))
+        callbacks.append(SafetensorsCheckpoint(RunPaths(run_dir), role, monitor, save))
     if train.early_stopping_patience is not None and data.val_dataset is not None:
         callbacks.append(EarlyStopping(monitor=monitor, mode="max",
                                        patience=train.early_stopping_patience))
     callbacks.append(points)          # last: a resume point holds every other callback's state
-    trainer = build_trainer(settings, train, run_dir / "logs", role, callbacks, has_val)
+    trainer = build_trainer(settings, train, RunPaths(run_dir).logs, role, callbacks, has_val)
     # Lightning keeps each module's train/eval flag as it finds it: a student handed over from
     # an earlier fit (a previous phase) was left in eval mode, so put the step in train mode
     # (the step keeps its teacher in eval mode).

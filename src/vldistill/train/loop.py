@@ -11,8 +11,9 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-from vldistill.console import console
+from vldistill.core.console import console
 
 
 def run_steps(parameters, *, steps: int, batch_size: int, population: int, lr: float,
@@ -27,7 +28,6 @@ def run_steps(parameters, *, steps: int, batch_size: int, population: int, lr: f
     linear warm-up ramp over the first ``warmup_steps`` times, with ``schedule: cosine``, a
     cosine decay from 1 to 0 over all ``steps`` (the two factors multiply from step 0).
     Returns the loss per step."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     generator = np.random.default_rng(seed)
     torch.manual_seed(seed)

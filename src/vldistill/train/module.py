@@ -1,6 +1,6 @@
 """The thin Lightning layer: a LightningModule that calls the distillation step and logs.
 
-Everything that decides *what* is learned lives in vldistill.distill; this file only wires the
+Everything that decides *what* is learned lives in vldistill.kd; this file only wires the
 step into Lightning's loop (optimiser, schedule, logging, in-loop evaluation).
 """
 
@@ -13,7 +13,8 @@ import lightning as L
 import torch
 
 from vldistill.config import OptimSettings
-from vldistill.distill.step import DistillationStep, call_model
+from vldistill.kd.step import DistillationStep
+from vldistill.models.outputs import call_model
 
 
 class Evaluator(Protocol):

@@ -37,9 +37,10 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Checkpoint
 from torch.utils.data import DataLoader
 
-from vldistill.console import console
-from vldistill.errors import VldistillError
-from vldistill.fileio import atomic_write
+from vldistill.core.console import console
+from vldistill.core.errors import VldistillError
+from vldistill.core.fileio import atomic_write
+from vldistill.core.runpaths import RunPaths, previous_path
 
 
 class ResumeError(VldistillError, ValueError):
@@ -47,16 +48,11 @@ class ResumeError(VldistillError, ValueError):
 
 
 def resume_path(run_dir: Path, role: str) -> Path:
-    return run_dir / "checkpoints" / f"{role}-resume.ckpt"
+    return RunPaths(run_dir).resume_point(role)
 
 
 def done_path(run_dir: Path, role: str) -> Path:
-    return run_dir / "checkpoints" / f"{role}-done.json"
-
-
-def previous_path(path: Path) -> Path:
-    """Where the resume point before the current one is kept."""
-    return path.with_name(path.name.replace("-resume.ckpt", "-resume.previous.ckpt"))
+    return RunPaths(run_dir).done(role)
 
 
 def usable_resume_point(path: Path) -> tuple[Path, dict[str, Any]] | None:

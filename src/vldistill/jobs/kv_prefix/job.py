@@ -1,0 +1,165 @@
+"""The KV-prefix job (``job: kv_prefix``, recipes/kv_prefix.yaml, seed 002).
+
+    data -> base model (the recipe's teacher: trained in the run, or teacher.checkpoint)
+         -> for each seed, each variant: base (frozen) + expert prefixes / LoRA / cross-attention
+            trained on the labelled data with student.train's budget
+         -> evaluate every variant (per question type: pattern questions are the style ones)
+
+The frozen variant is the base itself. Each trained variant starts from the same base weights
+and prints its trainable and total parameter counts. Training, checkpoints and resume are the
+distillation pipeline's (vldistill.jobs.vqa_kd.workspace.VQAWorkspace.train): ``vldistill run RECIPE --resume``
+continues an interrupted variant.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import ClassVar
+
+import lightning as L
+from pydantic import BaseModel
+from torch import nn
+
+from vldistill.config import KVPrefixVariant, Recipe, load_recipe
+from vldistill.core.console import console
+from vldistill.core.hashing import json_hash
+from vldistill.eval.evaluators import agreement
+from vldistill.jobs.base import JobRun, RunOptions, world_size
+from vldistill.jobs.vqa_kd.job import job_run
+from vldistill.jobs.vqa_kd.run import open_workspace, train_teacher
+from vldistill.jobs.vqa_kd.workspace import (
+    ModelRun,
+    RunResult,
+    VQAWorkspace,
+    measure_models,
+    task_terms,
+)
+from vldistill.kd.step import DistillationStep
+from vldistill.models.checkpoint import read_model_spec
+from vldistill.models.kv_prefix import (
+    FeatureMemo,
+    KVPrefixModelSettings,
+    KVPrefixVQA,
+    build_expert,
+    count_parameters,
+    describe_parameters,
+)
+
+
+def variant_settings(recipe: Recipe, base: dict, variant: KVPrefixVariant
+                     ) -> KVPrefixModelSettings:
+    """The registered ``kv_prefix`` model's settings for one variant of the recipe; ``base``:
+    the base model's {name, params}."""
+    kv = recipe.kv_prefix
+    prefix = kv.prefix.model_copy(update={"enabled": variant.prefix,
+                                          "use_expert": variant.use_expert})
+    return KVPrefixModelSettings(
+        base=base, expert=kv.expert, prefix=prefix, lora=kv.lora if variant.lora else None,
+        train_cross_attention=variant.cross_attention)
+
+
+def base_spec(job: VQAWorkspace) -> dict:
+    """{name, params} of the base model: the loaded checkpoint's, or the recipe's teacher."""
+    checkpoint = job.recipe.teacher.checkpoint
+    if checkpoint is not None:
+        name, params = read_model_spec(checkpoint)
+        return {"name": name, "params": params}
+    return {"name": job.recipe.teacher.model.name, "params": job.resolved_params("teacher")}
+
+
+class PrefixModels:
+    """Builds each variant on its own copy of the trained base, sharing one frozen expert and
+    one feature memo (the expert sees the same images in every variant and seed)."""
+
+    def __init__(self, job: VQAWorkspace, base: nn.Module) -> None:
+        self.job, self.base = job, base
+        self.spec = base_spec(job)
+        self.expert = build_expert(job.recipe.kv_prefix.expert)
+        self.memo = FeatureMemo(job.recipe.kv_prefix.expert.memo_images)
+
+    def build(self, variant: KVPrefixVariant) -> tuple[KVPrefixVQA, KVPrefixModelSettings]:
+        settings = variant_settings(self.job.recipe, self.spec, variant)
+        model = KVPrefixVQA(copy.deepcopy(self.base), self.expert, settings)
+        model.memo = self.memo
+        return model, settings
+
+
+def train_variant(job: VQAWorkspace, factory: PrefixModels, variant: KVPrefixVariant,
+                  seed: int, stamp: str) -> tuple[ModelRun, nn.Module, int]:
+    """(ModelRun, trained model, trainable parameters) of one variant and seed."""
+    L.seed_everything(seed, verbose=False)
+    model, settings = factory.build(variant)
+    trainable, _ = count_parameters(model)
+    console.print(f"[bold]{variant.name}[/]: {describe_parameters(model)}")
+    role = f"kvprefix-{variant.name.replace('+', '-')}-seed{seed}"
+    save = job.saver(role, "kv_prefix", settings.model_dump(mode="json"), "rgb")
+    step = DistillationStep(model, task_terms(job.recipe))
+    result = job.train(role, step, job.recipe.student.train, job.labelled, seed=seed,
+                       save=save, collate=job.collate_for("rgb"),
+                       stamp=f"{stamp}-{json_hash(variant.model_dump())[:8]}")
+    run = ModelRun(role, seed, job.evaluate(result.student), result.wall_time_s,
+                   job.paths.weights(role))
+    return run, result.student, trainable
+
+
+def run_kv_prefix(recipe: Recipe, resume: bool = False) -> RunResult:
+    """Train (or load) the base model, then train and evaluate the recipe's variants; a
+    RunResult whose "teacher" row is the base (named after the variants that train nothing,
+    e.g. "frozen")."""
+    start = time.perf_counter()
+    job = open_workspace(recipe, resume)
+    base_run, base_model = train_teacher(job)
+    console.print(f"base model: val {job.metric_name} "
+                  f"{base_run.predictions.metrics[job.metric_name]:.2f}")
+    factory = PrefixModels(job, base_model)
+    metric = job.metric_name
+    students: dict[str, list] = {}
+    agreements: dict[str, list[float]] = {}
+    trainable: dict[str, int] = {}
+    last: dict[str, tuple[nn.Module, str]] = {}
+    # resume files belong to this recipe and these base weights
+    stamp = job.stamp_for("student", base_model)
+    base_label = " / ".join(v.name for v in recipe.kv_prefix.variants if not v.trains) or \
+        "base (frozen)"
+    for variant in (v for v in recipe.kv_prefix.variants if v.trains):
+        for seed in recipe.seeds:
+            run, model, trainable[variant.name] = train_variant(job, factory, variant, seed,
+                                                                stamp)
+            students.setdefault(variant.name, []).append(run)
+            agreements.setdefault(variant.name, []).append(
+                agreement(run.predictions, base_run.predictions))
+            last[variant.name] = (model, "rgb")
+            by_type = {k.split("/", 1)[1]: v for k, v in run.predictions.metrics.items()
+                       if k.startswith(f"{metric}/")}
+            shown = ", ".join(f"{kind} {by_type[kind]:.2f}" for kind in ("style", "pattern")
+                              if kind in by_type)
+            console.print(f"{variant.name} (seed {seed}): val {metric} "
+                          f"{run.predictions.metrics[metric]:.2f}"
+                          f"{', ' + shown if shown else ''} ({run.train_time_s:.0f} s)")
+    for model, _ in last.values():
+        if isinstance(model, KVPrefixVQA):          # latency includes the expert's pass
+            model.memo = FeatureMemo(0)
+    efficiency = measure_models(job, {"teacher": (base_model, "rgb"), **last})
+    return RunResult(recipe, job.paths.root, base_run, students, efficiency, agreements,
+                     time.perf_counter() - start, world_size(), teacher_label=base_label,
+                     trainable={base_label: 0, **trainable})
+
+
+class KVPrefixJob:
+    """A frozen base model taught a new task through an expert's key/value prefixes (and
+    optionally LoRA), beside the frozen base and a no-expert control."""
+
+    name: ClassVar[str] = "kv_prefix"
+    title: ClassVar[str] = "KV-prefix modulation"
+    schema: ClassVar[type[BaseModel]] = Recipe
+    example: ClassVar[str] = "recipes/kv_prefix.yaml"
+    options: ClassVar[frozenset[str]] = frozenset({"resume"})
+
+    def load(self, path: Path | None, overrides: Sequence[str] = ()) -> Recipe:
+        return load_recipe(path, overrides)
+
+    def run(self, recipe: Recipe, options: RunOptions) -> JobRun:
+        return job_run(run_kv_prefix(recipe, options.resume))

@@ -1,0 +1,1 @@
+"""Checks run against the whole package: the bad-input corpus and kill-and-resume."""
