@@ -11,12 +11,21 @@ import copy
 import typing
 from collections.abc import Hashable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from vldistill.core.errors import RecipeError
+from vldistill.core.runpaths import check_run_name
 from vldistill.data.augment import AugmentSettings
 from vldistill.data.rgbd import DepthSettings, Modality
 from vldistill.data.shapesworld import ShapesWorldSettings
@@ -75,6 +84,11 @@ def read_yaml(path: str | Path, example: str = "recipes/default.yaml") -> Any:
         raise RecipeError(f"recipe {path} is empty. Fix: write its sections (see "
                           "recipes/default.yaml), or give no recipe to run the built-in default.")
     return data
+
+
+# a recipe's name becomes output_dir/<name>: one plain folder name, checked when the recipe is
+# validated (so `vldistill validate` refuses `name: ../elsewhere` too)
+RunName = Annotated[str, AfterValidator(check_run_name)]
 
 
 class Strict(BaseModel):
@@ -446,7 +460,7 @@ class Recipe(Strict):
         "vqa_kd", description="vqa_kd: distil a teacher into students with and without KD; "
         "kv_prefix: teach a frozen base model a new task through expert key/value prefixes "
         "(needs the kv_prefix section)")
-    name: str = "default"
+    name: RunName = "default"
     seeds: list[int] = Field(default_factory=lambda: [0, 1], min_length=1)
     output_dir: Path = Path("runs")
     data: DataSettings = Field(default_factory=DataSettings)

@@ -41,9 +41,17 @@ def collect(logs: Path) -> dict[str, dict[str, Curve]]:
     return found
 
 
+def is_headline(column: str) -> bool:
+    """A validation column that is a metric of its own, not a breakdown (``val/vqa_accuracy``,
+    not ``val/vqa_accuracy/colour``)."""
+    return column.startswith("val/") and "/" not in column.removeprefix("val/")
+
+
 def plot_learning_curves(logs: Path, out: Path, title: str = "learning curves") -> Path | None:
-    """One row per trained model: its train loss per term (log scale) and its validation
-    metrics over steps. None when the run trained nothing through the logger."""
+    """The top row overlays every trained model: total train loss, and the validation metric
+    (so learning speeds compare at a glance). Then one row per model: its train loss per term
+    (log scale) and its validation metrics. None when nothing was trained through the logger.
+    Per-type breakdowns stay in the report's tables."""
     roles = collect(logs)
     if not roles:
         return None
@@ -52,21 +60,33 @@ def plot_learning_curves(logs: Path, out: Path, title: str = "learning curves") 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(len(roles), 2, figsize=(11, 2.6 * len(roles)), squeeze=False)
-    for (role, curves), (loss_axis, val_axis) in zip(roles.items(), axes):
+    figure, axes = plt.subplots(len(roles) + 1, 2, figsize=(11, 2.8 * (len(roles) + 1)),
+                                squeeze=False)
+    loss_all, val_all = axes[0]
+    for role, curves in roles.items():
+        if "train/loss" in curves:
+            loss_all.plot(*curves["train/loss"], linewidth=1, label=role)
+        for column in filter(is_headline, curves):
+            val_all.plot(*curves[column], marker="o", markersize=3,
+                         label=f"{role} {column.removeprefix('val/')}")
+    loss_all.set_title("train loss, every model", fontsize=9)
+    val_all.set_title("validation, every model", fontsize=9)
+    for (role, curves), (loss_axis, val_axis) in zip(roles.items(), axes[1:]):
         for column, (steps, values) in sorted(curves.items()):
             if column.startswith("train/"):
                 loss_axis.plot(steps, values, label=column.removeprefix("train/"),
-                               linewidth=1.2 if column == "train/loss" else 0.8)
-            else:
+                               linewidth=1.4 if column == "train/loss" else 0.9)
+            elif is_headline(column):
                 val_axis.plot(steps, values, marker="o", markersize=3,
                               label=column.removeprefix("val/"))
-        loss_axis.set_title(f"{role}: train loss", fontsize=9)
+        loss_axis.set_title(f"{role}: train loss per term", fontsize=9)
         val_axis.set_title(f"{role}: validation", fontsize=9)
-        if any(v > 0 for c, (_, vs) in curves.items() if c.startswith("train/") for v in vs):
+    for loss_axis, val_axis in axes:
+        if any(v > 0 for line in loss_axis.get_lines() for v in line.get_ydata()):
             loss_axis.set_yscale("log")
         for axis in (loss_axis, val_axis):
             axis.set_xlabel("optimiser step", fontsize=8)
+            axis.tick_params(labelsize=7)
             axis.grid(alpha=0.3)
             if axis.has_data():
                 axis.legend(fontsize=7, loc="best")

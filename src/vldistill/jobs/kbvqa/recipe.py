@@ -9,7 +9,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from vldistill.config import Strict, load_recipe_as
+from vldistill.config import RunName, Strict, load_recipe_as
 from vldistill.data.shapesworld import ShapesWorldSettings
 
 EXAMPLE = "recipes/kbvqa.yaml"
@@ -85,7 +85,7 @@ class ReaderSettings(Strict):
 class KBVQARecipe(Strict):
     job: Literal["kbvqa"] = Field("kbvqa", description="marks a knowledge-based VQA recipe "
                                   "(`vldistill run` dispatches on it)")
-    name: str = "kbvqa"
+    name: RunName = "kbvqa"
     seed: int = 0
     output_dir: Path = Path("runs")
     data: KBDataSettings = Field(default_factory=KBDataSettings)

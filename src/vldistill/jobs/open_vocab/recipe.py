@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from vldistill.config import Strict, load_recipe_as
+from vldistill.config import RunName, Strict, load_recipe_as
 from vldistill.data.shapesworld import ShapesWorldSettings
 
 EXAMPLE = "recipes/open_vocab.yaml"
@@ -91,7 +91,7 @@ class OVEvalSettings(Strict):
 class OpenVocabRecipe(Strict):
     job: Literal["open_vocab"] = Field("open_vocab", description="marks an open-vocabulary "
                                         "recipe (`vldistill run` dispatches on it)")
-    name: str = "open_vocab"
+    name: RunName = "open_vocab"
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     output_dir: Path = Path("runs")
     data: OVDataSettings = Field(default_factory=OVDataSettings)
