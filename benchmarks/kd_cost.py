@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/kd_cost.py [--steps 60] [--large-width 192] [--out DIR]
 
-With the default recipe's data and student, the same batches (images_per_batch, transfer
+With the default recipe's data and student, the same batches (batch_size, transfer
 fraction) and the same number of steps, it times one optimiser step of
   (a) the student alone (task loss only),
   (b) KD with the teacher run online,
@@ -91,7 +91,7 @@ def main() -> None:
     datasets = job.base_student_datasets()
     full = ConcatDataset(datasets)
     sampler = MixedBatchSampler(len(datasets[0]), len(datasets[1]),
-                                recipe.student.train.images_per_batch,
+                                recipe.student.train.batch_size,
                                 recipe.distill.transfer_fraction, seed=0)
     plan = [b for epoch in range(100) for b in sampler.plan(epoch)]
     # batches are collated up front: data loading is the same for every mode and not timed
@@ -140,7 +140,7 @@ def main() -> None:
             f"| {read_rate:,.0f} | {read_rate / consume_rate:.0f}x |")
         print(lines[-1], flush=True)
     print(f"\nstudent: {student_params:,} parameters; {args.steps} timed steps per mode, "
-          f"{recipe.student.train.images_per_batch} images (~{rows_per_batch:.0f} questions) "
+          f"{recipe.student.train.batch_size} images (~{rows_per_batch:.0f} questions) "
           f"per batch, transfer fraction {recipe.distill.transfer_fraction}; "
           f"{len(full)} training images; torch threads {torch.get_num_threads()}")
     print("\n".join(lines))

@@ -102,7 +102,7 @@ def distill(teacher: nn.Module, student: nn.Module, train: Any, val: Any = None,
     terms = [WeightedTerm("task", task_weight, task),
              WeightedTerm("kd", kd_weight, KDLoss(temperature))]
     train_settings = TrainSettings(
-        max_steps=max_steps, images_per_batch=batch_size,
+        max_steps=max_steps, batch_size=batch_size,
         val_every_n_steps=val_every_n_steps or max_steps,
         optim=OptimSettings(optimizer=optimizer, lr=lr, schedule=schedule,
                             warmup_steps=warmup_steps))
@@ -113,7 +113,7 @@ def distill(teacher: nn.Module, student: nn.Module, train: Any, val: Any = None,
     L.seed_everything(seed, verbose=False)
     step = DistillationStep(student, terms, teacher=teacher)
     loaders = mixed_loaders(train_set, transfer_set, collate, val_set,
-                            images_per_batch=batch_size, transfer_fraction=transfer_fraction,
+                            batch_size=batch_size, transfer_fraction=transfer_fraction,
                             seed=seed)
     run_dir = Path(output_dir) if output_dir else Path(tempfile.mkdtemp(prefix="vldistill-"))
     result = fit(step, loaders, evaluator, train_settings, settings, run_dir=run_dir,

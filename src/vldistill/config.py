@@ -11,7 +11,7 @@ import copy
 import typing
 from collections.abc import Hashable, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import (
@@ -92,7 +92,21 @@ RunName = Annotated[str, AfterValidator(check_run_name)]
 
 
 class Strict(BaseModel):
+    """A recipe section: unknown keys are refused; a key listed in ``renamed`` (old -> new) is
+    refused with its new name, so an old recipe gets the fix rather than "unknown key"."""
+
     model_config = ConfigDict(extra="forbid")
+    renamed: ClassVar[dict[str, str]] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_keys(cls, data: Any) -> Any:
+        old = [key for key in data if key in cls.renamed] if isinstance(data, dict) else []
+        if old:
+            raise ValueError("; ".join(f"{key} was renamed {cls.renamed[key]}" for key in old)
+                             + ". Fix: " + ", ".join(f"write {cls.renamed[key]}: "
+                                                     f"{data[key]!r}" for key in old))
+        return data
 
 
 class ModelSettings(Strict):
@@ -125,11 +139,17 @@ class OptimSettings(Strict):
 
 
 class TrainSettings(Strict):
+    """How one model trains; every job names these settings the same way."""
+
+    renamed: ClassVar[dict[str, str]] = {
+        "images_per_batch": "batch_size", "steps": "max_steps", "lr": "optim.lr",
+        "schedule": "optim.schedule", "warmup_steps": "optim.warmup_steps"}
     max_steps: int = Field(1500, ge=1, description="optimiser steps (the budget)")
     max_epochs: int | None = Field(
         None, ge=1, description="stop after this many passes over the labelled set, if that "
         "comes before max_steps; None: steps only")
-    images_per_batch: int = Field(32, ge=1)
+    batch_size: int = Field(32, ge=1, description="examples per optimiser step (VQA jobs: "
+                            "images, each with all its questions)")
     val_every_n_steps: int = Field(500, ge=1)
     checkpoint_every_n_steps: int | None = Field(
         100, ge=1, description="write a resume point this often (and after every validation); "

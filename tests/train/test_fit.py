@@ -30,9 +30,9 @@ def test_feature_projector_is_materialised_and_trained(tmp_path):
         WeightedTerm("ce", 1.0, build_loss("ce")),
         WeightedTerm("feature", 1.0, build_loss("feature", feature="image_embeds"))],
         teacher=Embedder(8, 1))
-    loaders = mixed_loaders(data, None, collate_classification, None, images_per_batch=8,
+    loaders = mixed_loaders(data, None, collate_classification, None, batch_size=8,
                             transfer_fraction=0.0, seed=0)
-    train = TrainSettings(max_steps=5, images_per_batch=8, val_every_n_steps=5,
+    train = TrainSettings(max_steps=5, batch_size=8, val_every_n_steps=5,
                           optim=OptimSettings(lr=0.1, warmup_steps=0))
     fit(step, loaders, ClassificationEvaluator(), train, TrainerSettings(progress_bar=False),
         run_dir=tmp_path, role="student")

@@ -108,6 +108,14 @@ class DistillationStep(nn.Module):
             for module in self.modules():   # modules created by the pass follow the step
                 module.training = modes.get(module, modes[self])
 
+    def batch_size(self, batch: Mapping[str, Any]) -> int:
+        """Examples in a batch (questions, or images for a plain classifier)."""
+        return int(batch["labelled"].shape[0])
+
+    def predict(self, batch: Mapping[str, Any]) -> torch.Tensor:
+        """The student's logits for a batch (what the validation metrics score)."""
+        return call_model(self.student, batch["inputs"]).logits
+
     def teacher_output(self, batch: Mapping[str, Any]) -> ModelOutput | None:
         if self.teacher is None or not self._uses_teacher:
             return None

@@ -24,8 +24,7 @@ from vldistill.config import TrainerSettings, TrainSettings
 from vldistill.core.console import console
 from vldistill.core.runpaths import RunPaths
 from vldistill.data.batches import MixedBatchSampler, sequential_batches
-from vldistill.kd.step import DistillationStep
-from vldistill.train.module import DistillModule, Evaluator
+from vldistill.train.module import DistillModule, Evaluator, TrainingStep
 from vldistill.train.progress import StepProgressBar
 from vldistill.train.resume import (
     AtomicCheckpointIO,
@@ -83,7 +82,7 @@ class LoaderModule(L.LightningDataModule):
 
 
 def mixed_loaders(labelled: Dataset, transfer: Dataset | None, collate: Callable,
-                  val: Dataset | None, *, images_per_batch: int, transfer_fraction: float,
+                  val: Dataset | None, *, batch_size: int, transfer_fraction: float,
                   seed: int, val_batch: int = 64) -> LoaderModule:
     """Training batches mixing a labelled set with an optional unlabelled transfer set
     (see :class:`MixedBatchSampler`), and ordered validation batches."""
@@ -94,7 +93,7 @@ def mixed_loaders(labelled: Dataset, transfer: Dataset | None, collate: Callable
 
     def sampler(rank: int, world_size: int) -> MixedBatchSampler:
         return MixedBatchSampler(len(labelled), len(transfer) if transfer is not None else 0,
-                                 images_per_batch, fraction, seed=seed, rank=rank,
+                                 batch_size, fraction, seed=seed, rank=rank,
                                  world_size=world_size)
     val_batches = sequential_batches(len(val), val_batch) if val is not None else []
     return LoaderModule(ConcatDataset(datasets), sampler, collate, val, val_batches)
@@ -178,7 +177,7 @@ def _resumable(run_dir: Path, role: str, stamp: str, checkpoint: Path | None,
     return True, done, state
 
 
-def fit(step: DistillationStep, data: LoaderModule, evaluator: Evaluator, train: TrainSettings,
+def fit(step: TrainingStep, data: LoaderModule, evaluator: Evaluator | None, train: TrainSettings,
         settings: TrainerSettings, *, run_dir: Path, role: str, save: SaveFn | None = None,
         resume: bool = False, stamp: str = "", callbacks: Sequence[Callback] = ()
         ) -> FitResult:
@@ -201,7 +200,8 @@ def fit(step: DistillationStep, data: LoaderModule, evaluator: Evaluator, train:
                           "teacher; training it from the start")
     if not resume:
         forget(run_dir, role)
-    monitor = f"val/{evaluator.name}"
+    # without validation data there is nothing to monitor (evaluator may then be None)
+    monitor = f"val/{evaluator.name}" if evaluator is not None else "val/none"
     if any(is_lazy(p) for p in step.parameters()):
         # projectors of feature terms take their shapes from a first batch, before the
         # optimiser is built (otherwise they would never train)
@@ -211,7 +211,7 @@ def fit(step: DistillationStep, data: LoaderModule, evaluator: Evaluator, train:
         module.restore_weights(state)
         step.student.eval()
         return FitResult(step.student, done["wall_time_s"], done["steps"], done["metrics"])
-    has_val = data.val_dataset is not None
+    has_val = data.val_dataset is not None and evaluator is not None
     points = ResumePoints(checkpoint, train.checkpoint_every_n_steps,
                           train.val_every_n_steps if has_val else None, stamp)
     callbacks = list(callbacks)
@@ -219,7 +219,7 @@ def fit(step: DistillationStep, data: LoaderModule, evaluator: Evaluator, train:
         callbacks.append(StepProgressBar(role, monitor))
     if save is not None:
         callbacks.append(SafetensorsCheckpoint(RunPaths(run_dir), role, monitor, save))
-    if train.early_stopping_patience is not None and data.val_dataset is not None:
+    if train.early_stopping_patience is not None and has_val:
         callbacks.append(EarlyStopping(monitor=monitor, mode="max",
                                        patience=train.early_stopping_patience))
     callbacks.append(points)          # last: a resume point holds every other callback's state

@@ -1,7 +1,12 @@
-"""The thin Lightning layer: a LightningModule that calls the distillation step and logs.
+"""The thin Lightning layer: a LightningModule that calls a training step and logs.
 
-Everything that decides *what* is learned lives in vldistill.kd; this file only wires the
-step into Lightning's loop (optimiser, schedule, logging, in-loop evaluation).
+Every model vldistill trains (teacher, student, baseline, retriever, reader, open-vocabulary
+encoder, prefix generator) is trained as a *step*: a plain ``nn.Module`` that holds the model
+being trained as ``student`` (and a frozen ``teacher``, when it has one), returns its losses
+for a batch as ``{"loss": ..., "<term>": ...}``, says how many examples a batch holds, and
+gives what the validation metric scores. What is learned lives in the step
+(:class:`vldistill.kd.step.DistillationStep`, or a job's own); this file only wires it into
+Lightning's loop (optimiser, schedule, logging, in-loop evaluation).
 """
 
 from __future__ import annotations
@@ -11,22 +16,34 @@ from typing import Any, Protocol
 
 import lightning as L
 import torch
+from torch import nn
 
 from vldistill.config import OptimSettings
-from vldistill.kd.step import DistillationStep
-from vldistill.models.outputs import call_model
 
 
 class Evaluator(Protocol):
-    """Accumulates a metric over validation batches (see vldistill.eval.evaluators)."""
+    """Accumulates a metric over validation batches (see vldistill.eval.evaluators):
+    ``update`` receives the batch and what the step's ``predict`` gave for it."""
 
     name: str
 
     def reset(self) -> None: ...
 
-    def update(self, batch: dict[str, Any], logits: torch.Tensor) -> None: ...
+    def update(self, batch: Any, predicted: Any) -> None: ...
 
     def compute(self) -> dict[str, float]: ...
+
+
+class TrainingStep(Protocol):
+    """What the engine trains (an ``nn.Module``; see the module docstring)."""
+
+    student: nn.Module
+
+    def __call__(self, batch: Any) -> dict[str, torch.Tensor]: ...
+
+    def batch_size(self, batch: Any) -> int: ...
+
+    def predict(self, batch: Any) -> Any: ...
 
 
 def lr_lambda(schedule: str, warmup_steps: int, max_steps: int):
@@ -55,7 +72,7 @@ _TEACHER = "step.teacher."
 
 
 class DistillModule(L.LightningModule):
-    def __init__(self, step: DistillationStep, evaluator: Evaluator, optim: OptimSettings,
+    def __init__(self, step: TrainingStep, evaluator: Evaluator | None, optim: OptimSettings,
                  max_steps: int) -> None:
         super().__init__()
         self.step = step
@@ -63,9 +80,9 @@ class DistillModule(L.LightningModule):
         self.optim = optim
         self.max_steps = max_steps
 
-    def training_step(self, batch: dict[str, Any], batch_index: int) -> torch.Tensor:
+    def training_step(self, batch: Any, batch_index: int) -> torch.Tensor:
         losses = self.step(batch)
-        size = int(batch["labelled"].shape[0])
+        size = self.step.batch_size(batch)
         self.log_dict({f"train/{name}": value for name, value in losses.items()},
                       batch_size=size, prog_bar=False)
         self.log("loss", losses["loss"], batch_size=size, prog_bar=True, logger=False)
@@ -74,9 +91,8 @@ class DistillModule(L.LightningModule):
     def on_validation_epoch_start(self) -> None:
         self.evaluator.reset()
 
-    def validation_step(self, batch: dict[str, Any], batch_index: int) -> None:
-        output = call_model(self.step.student, batch["inputs"])
-        self.evaluator.update(batch, output.logits)
+    def validation_step(self, batch: Any, batch_index: int) -> None:
+        self.evaluator.update(batch, self.step.predict(batch))
 
     def on_validation_epoch_end(self) -> None:
         # Every rank evaluates the whole validation set (no distributed sampler), so the

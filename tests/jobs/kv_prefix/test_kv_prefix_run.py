@@ -23,8 +23,8 @@ ROOT = Path(__file__).parents[3]
 TINY = ["seeds=[0]", "data.shapesworld.train_images=60", "data.shapesworld.val_images=12",
         "data.shapesworld.questions_per_image=4", "data.labelled_images=20",
         "teacher.model.params.width=8", "teacher.train.max_steps=20",
-        "teacher.train.images_per_batch=8", "teacher.train.val_every_n_steps=3",
-        "student.train.max_steps=6", "student.train.images_per_batch=8",
+        "teacher.train.batch_size=8", "teacher.train.val_every_n_steps=3",
+        "student.train.max_steps=6", "student.train.batch_size=8",
         "student.train.optim.lr=0.01",
         "student.train.val_every_n_steps=2", "kv_prefix.expert.image_size=32",
         "trainer.progress_bar=false", "eval.latency_repeats=2", "eval.throughput_images=4"]

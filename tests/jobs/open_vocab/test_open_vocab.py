@@ -291,9 +291,9 @@ def test_labels_must_be_distinct_and_non_empty() -> None:
 
 
 TINY = ["data.shapesworld.train_images=300", "data.shapesworld.val_images=80",
-        "data.labelled_images=60", "teacher.widths=[8, 16]", "teacher.train.steps=6",
-        "teacher.train.batch_size=32", "student.widths=[4, 8]", "student.train.steps=6",
-        "student.train.batch_size=32", "eval.latency_repeats=2"]
+        "data.labelled_images=60", "teacher.widths=[8, 16]", "teacher.train.max_steps=6",
+        "teacher.train.batch_size=32", "student.widths=[4, 8]", "student.train.max_steps=6",
+        "student.train.batch_size=32", "eval.latency_repeats=2", "trainer.log_every_n_steps=2"]
 
 
 @pytest.fixture(scope="module")
@@ -313,7 +313,23 @@ def test_the_run_folder_has_every_file(ov_run) -> None:
     from tests.jobs.run_folder import check_run_folder
 
     recipe, _ = ov_run
-    check_run_folder(recipe.output_dir / recipe.name, "open_vocab", curves=False)
+    paths = check_run_folder(recipe.output_dir / recipe.name, "open_vocab", curves=True)
+    assert {"teacher", "student-kd-seed0", "student-nokd-seed0"} <= {
+        p.parent.name for p in paths.logs.glob("*/metrics.csv")}
+
+
+def test_resume_loads_the_finished_models_and_reports_the_same_scores(ov_run) -> None:
+    """Every model of the job trains through the engine, so --resume of a finished run trains
+    nothing again and scores the saved weights: the same numbers."""
+    from vldistill.jobs.base import RunOptions
+    from vldistill.jobs.open_vocab.job import run_open_vocab
+
+    recipe, results = ov_run
+    again = run_open_vocab(recipe, RunOptions(resume=True))
+    for first, second in zip(results["rows"], again["rows"]):
+        scores = [k for k in first if k.startswith(("zero_shot", "i2t", "t2i"))]
+        assert scores and {k: first[k] for k in scores} == {k: second[k] for k in scores}
+        assert first["train_time_s"] == second["train_time_s"]      # read back, not retrained
 
 
 def test_the_run_reports_teacher_and_both_students_on_seen_and_held_out_classes(ov_run) -> None:
@@ -353,7 +369,7 @@ def test_zero_shot_ranks_labels_with_probabilities_from_a_checkpoint(ov_run, tmp
     from vldistill.jobs.open_vocab.zero_shot import zero_shot
 
     recipe, _ = ov_run
-    checkpoint = recipe.output_dir / recipe.name / "checkpoints" / "student-kd-seed0.safetensors"
+    checkpoint = recipe.output_dir / recipe.name / "checkpoints" / "student-kd-seed0-last.safetensors"
     Image.new("RGB", (64, 64), "purple").save(tmp_path / "x.png")
     ranked = zero_shot(checkpoint, tmp_path / "x.png", ["purple star", "red circle", "blue sky"])
     probabilities = [p for _, p, _ in ranked]
@@ -426,16 +442,14 @@ def test_a_saved_encoder_rebuilds_with_the_same_scores(tmp_path) -> None:
         load_encoder(tmp_path / "m.safetensors")
 
 
-def test_the_kd_student_never_reads_transfer_captions() -> None:
+def test_the_kd_student_never_reads_transfer_captions(tmp_path) -> None:
     """Garbling the transfer set's captions (and labels) changes nothing in KD training: only
     its images and the teacher's embeddings of them are used."""
     from vldistill.data.image_text import ImageTextSet
     from vldistill.jobs.open_vocab.encoders import build_image_encoder
-    from vldistill.jobs.open_vocab.recipe import (
-        ImageEncoderSettings,
-        OVDistillSettings,
-        OVTrainSettings,
-    )
+    from vldistill.config import TrainerSettings, TrainSettings
+    from vldistill.core.runpaths import RunPaths
+    from vldistill.jobs.open_vocab.recipe import ImageEncoderSettings, OVDistillSettings
     from vldistill.jobs.open_vocab.training import train_encoder
     from vldistill.models.text_towers import load_text_encoder
 
@@ -445,13 +459,17 @@ def test_the_kd_student_never_reads_transfer_captions() -> None:
     labelled = ImageTextSet(images[:8], [f"a shape {i % 3}" for i in range(8)], [None] * 8)
     teacher = torch.nn.functional.normalize(torch.randn(24, text.dim, generator=generator), -1)
 
-    def run(captions):
+    def run(captions, folder):
         transfer = ImageTextSet(images[8:], captions, ["x"] * 16)
         torch.manual_seed(0)
         model = build_image_encoder(ImageEncoderSettings(widths=[4]), text.dim)
-        return train_encoder(model, text, labelled, OVTrainSettings(steps=3, batch_size=4),
-                             OVDistillSettings(), 0, "kd", transfer, teacher)
-    assert run(["a red star"] * 16) == run([f"garbled {i}" for i in range(16)])
+        trained = train_encoder(model, text, labelled, TrainSettings(max_steps=3, batch_size=4),
+                                OVDistillSettings(), 0, "kd", RunPaths(tmp_path / folder),
+                                TrainerSettings(progress_bar=False), transfer, teacher).student
+        return trained.state_dict()
+    first, second = run(["a red star"] * 16, "a"), run([f"garbled {i}" for i in range(16)], "b")
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[key], second[key]) for key in first)
 
 
 def test_a_teacher_checkpoint_from_another_setting_is_refused(ov_run, tmp_path) -> None:
@@ -461,7 +479,7 @@ def test_a_teacher_checkpoint_from_another_setting_is_refused(ov_run, tmp_path) 
     from vldistill.jobs.open_vocab.recipe import load_open_vocab_recipe
 
     recipe, _ = ov_run
-    saved = recipe.output_dir / recipe.name / "checkpoints" / "teacher.safetensors"
+    saved = recipe.output_dir / recipe.name / "checkpoints" / "teacher-last.safetensors"
     other = load_open_vocab_recipe(Path(__file__).parents[3] / "recipes" / "open_vocab.yaml", [
         f"output_dir={tmp_path}", *TINY, f"teacher_checkpoint={saved}",
         "data.holdout=[purple star]"])

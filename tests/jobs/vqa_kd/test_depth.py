@@ -21,12 +21,12 @@ RECIPE = ROOT / "recipes" / "depth_substitution.yaml"
 TINY = ["seeds=[0]", "data.shapesworld={train_images: 60, val_images: 16, "
         "questions_per_image: 3}", "data.labelled_images=12",
         "teacher.model.params={width: 8}",
-        "teacher.train={max_steps: 4, images_per_batch: 8, val_every_n_steps: 2}",
+        "teacher.train={max_steps: 4, batch_size: 8, val_every_n_steps: 2}",
         "student.model.params={width: 4, word_dim: 4, mlp_dim: 8}",
-        "student.train={max_steps: 3, images_per_batch: 8, val_every_n_steps: 3}",
-        "distill.phases.0.train={max_steps: 2, images_per_batch: 8, val_every_n_steps: 2}",
-        "distill.phases.1.train={max_steps: 2, images_per_batch: 8, val_every_n_steps: 2}",
-        "distill.phases.2.train={max_steps: 2, images_per_batch: 8, val_every_n_steps: 2}",
+        "student.train={max_steps: 3, batch_size: 8, val_every_n_steps: 3}",
+        "distill.phases.0.train={max_steps: 2, batch_size: 8, val_every_n_steps: 2}",
+        "distill.phases.1.train={max_steps: 2, batch_size: 8, val_every_n_steps: 2}",
+        "distill.phases.2.train={max_steps: 2, batch_size: 8, val_every_n_steps: 2}",
         "trainer.progress_bar=false", "trainer.log_every_n_steps=1",
         "eval={latency_repeats: 2, throughput_images: 4}"]
 
@@ -113,15 +113,15 @@ def test_llava_onevision_teacher_and_student_run_all_three_phases(tmp_path) -> N
             {"loss": "answer_token_kd", "weight": 0.5, "top_k": 8},
             {"loss": "contrastive", "weight": 0.1, "feature": "image_embeds"}]}]
     for phase in phases:
-        phase["train"] = {"max_steps": 2, "images_per_batch": 4, "val_every_n_steps": 2}
+        phase["train"] = {"max_steps": 2, "batch_size": 4, "val_every_n_steps": 2}
     recipe = load_recipe(RECIPE, [
         *TINY, f"output_dir={tmp_path}", "data.depth.channels=3",
         "data.shapesworld={train_images: 24, val_images: 8, questions_per_image: 2}",
         "data.labelled_images=8", "distill.modality_baselines=[]",
         f"teacher.model={json.dumps({'name': 'llava_onevision', 'params': {'path': str(folders[0])}})}",
         f"student.model={json.dumps({'name': 'llava_onevision', 'params': {'path': str(folders[1])}})}",
-        "teacher.train={max_steps: 2, images_per_batch: 4, val_every_n_steps: 2}",
-        "student.train={max_steps: 2, images_per_batch: 4, val_every_n_steps: 2}",
+        "teacher.train={max_steps: 2, batch_size: 4, val_every_n_steps: 2}",
+        "student.train={max_steps: 2, batch_size: 4, val_every_n_steps: 2}",
         f"distill.terms={json.dumps([{'loss': 'answer_token_ce'}, {'loss': 'answer_token_kd'}])}",
         f"distill.phases={json.dumps(phases)}"])
 

@@ -214,8 +214,8 @@ VIZWIZ_TINY = ["data.shapesworld={train_images: 120, val_images: 40, questions_p
                "num_attention_heads: 2, intermediate_size: 32, image_size: 32, patch_size: 16}",
                "student.model.params.config={hidden_size: 8, num_hidden_layers: 1, "
                "num_attention_heads: 2, intermediate_size: 16, image_size: 32, patch_size: 16}",
-               "teacher.train={max_steps: 4, images_per_batch: 4, val_every_n_steps: 2}",
-               "student.train={max_steps: 4, images_per_batch: 4, val_every_n_steps: 2}",
+               "teacher.train={max_steps: 4, batch_size: 4, val_every_n_steps: 2}",
+               "student.train={max_steps: 4, batch_size: 4, val_every_n_steps: 2}",
                "trainer.progress_bar=false", "eval={metric: vizwiz, latency_repeats: 2, "
                "throughput_images: 4}"]
 

@@ -22,13 +22,15 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
+import yaml
 from pydantic import BaseModel
 from torch import nn
 
 from vldistill.core.console import console
+from vldistill.core.hashing import json_hash, module_fingerprint
 from vldistill.core.runpaths import RunPaths
 from vldistill.data.image_text import ImageTextSet
-from vldistill.jobs.base import JobRun, RunOptions, execute, open_run_folder
+from vldistill.jobs.base import JobRun, RunOptions, dump, execute, open_run_folder
 from vldistill.jobs.open_vocab.encoders import (
     build_image_encoder,
     check_teacher_checkpoint,
@@ -37,6 +39,7 @@ from vldistill.jobs.open_vocab.encoders import (
 )
 from vldistill.jobs.open_vocab.recipe import (
     EXAMPLE,
+    ImageEncoderSettings,
     OpenVocabRecipe,
     OVDistillSettings,
     load_open_vocab_recipe,
@@ -51,6 +54,7 @@ from vldistill.jobs.open_vocab.training import (
 )
 from vldistill.models.open_vocab import image_encoder_parameters
 from vldistill.models.text_towers import load_text_encoder
+from vldistill.train.fit import SaveFn
 
 # -- the job
 
@@ -69,7 +73,7 @@ class OpenVocabJob:
     title: ClassVar[str] = "open-vocabulary distillation"
     schema: ClassVar[type[BaseModel]] = OpenVocabRecipe
     example: ClassVar[str] = EXAMPLE
-    options: ClassVar[frozenset[str]] = frozenset()
+    options: ClassVar[frozenset[str]] = frozenset({"resume"})
 
     def load(self, path: Path | None, overrides: Sequence[str] = ()) -> OpenVocabRecipe:
         return load_open_vocab_recipe(path, overrides)
@@ -80,15 +84,24 @@ class OpenVocabJob:
                                 options.resume)
         console.print(f"[bold]vldistill run[/] {recipe.name} (job open_vocab): seeds "
                       f"{recipe.seeds}, output {paths.root}")
-        results = train_and_score(recipe, paths)
+        results = train_and_score(recipe, paths, options.resume)
         results["wall_time_s"] = time.perf_counter() - start
         text = report(results)
         summary = [markdown_table(results)] + ([line] if (line := goal_line(results)) else [])
         return JobRun(paths, results, text, summary, results["wall_time_s"])
 
 
-def train_and_score(recipe: OpenVocabRecipe, paths: RunPaths) -> dict[str, Any]:
-    """Teacher, then students with and without KD per seed; every number of the run."""
+def train_and_score(recipe: OpenVocabRecipe, paths: RunPaths, resume: bool = False
+                    ) -> dict[str, Any]:
+    """Teacher, then students with and without KD per seed; every number of the run. With
+    ``resume``, finished models are loaded and an interrupted one continues (see
+    vldistill.train.resume); resume files of another recipe or teacher are not used."""
+    stamp = json_hash(yaml.safe_load(dump(recipe)))[:16]
+
+    def saver(settings: ImageEncoderSettings, role: str) -> SaveFn:
+        return lambda path, model: save_encoder(path, model, settings, text_encoder,
+                                                recipe.data, role)
+
     text_encoder = load_text_encoder(recipe.text_encoder.name, recipe.text_encoder.path)
     train, val, classes = load_data(recipe.data)
     holdout = recipe.data.holdout if recipe.data.source == "shapesworld" else []
@@ -103,14 +116,15 @@ def train_and_score(recipe: OpenVocabRecipe, paths: RunPaths) -> dict[str, Any]:
         teacher_time = 0.0
     else:
         teacher = build_image_encoder(recipe.teacher, text_encoder.dim)
-        teacher_time = time.perf_counter()
+        teacher_time = 0.0
         if recipe.teacher.kind not in ("clip", "siglip"):
             # the teacher learns from captions alone, whatever the students' weights
-            train_encoder(teacher, text_encoder, train, recipe.teacher.train,
-                          OVDistillSettings(contrastive=1.0), recipe.seeds[0], "teacher")
-            save_encoder(paths.weights("teacher", ""), teacher,
-                         recipe.teacher, text_encoder, recipe.data, "teacher")
-        teacher_time = time.perf_counter() - teacher_time
+            fitted = train_encoder(teacher, text_encoder, train, recipe.teacher.train,
+                                   OVDistillSettings(contrastive=1.0), recipe.seeds[0],
+                                   "teacher", paths, recipe.trainer,
+                                   save=saver(recipe.teacher, "teacher"), resume=resume,
+                                   stamp=f"{stamp}-teacher")
+            teacher, teacher_time = fitted.student, fitted.wall_time_s
     teacher.requires_grad_(False).eval()
     rows: dict[str, list[dict[str, Any]]] = {"teacher": [
         {**evaluate_model(teacher), "train_time_s": teacher_time, "seed": recipe.seeds[0]}]}
@@ -122,18 +136,19 @@ def train_and_score(recipe: OpenVocabRecipe, paths: RunPaths) -> dict[str, Any]:
             torch.cat([labelled.images, transfer.images]), labelled.captions + transfer.captions,
             labelled.labels + transfer.labels)
         teacher_embeds = embed_all(teacher, everything.images)
+        teacher_stamp = module_fingerprint(teacher)[:16]
         for name, kd in (("student (no KD)", False), ("student (KD)", True)):
             torch.manual_seed(seed)
             student = build_image_encoder(recipe.student, text_encoder.dim)
-            began = time.perf_counter()
             weights = recipe.distill if kd else OVDistillSettings(contrastive=1.0)
-            train_encoder(student, text_encoder, labelled, recipe.student.train, weights, seed,
-                          f"{name} seed {seed}", transfer if kd else None,
-                          teacher_embeds if kd else None)
             role = f"student-{'kd' if kd else 'nokd'}-seed{seed}"
-            save_encoder(paths.weights(role, ""), student,
-                         recipe.student, text_encoder, recipe.data, role)
-            row = {**evaluate_model(student), "train_time_s": time.perf_counter() - began,
+            fitted = train_encoder(student, text_encoder, labelled, recipe.student.train,
+                                   weights, seed, role, paths, recipe.trainer,
+                                   transfer if kd else None, teacher_embeds if kd else None,
+                                   save=saver(recipe.student, role), resume=resume,
+                                   stamp=f"{stamp}-{teacher_stamp}")
+            student = fitted.student
+            row = {**evaluate_model(student), "train_time_s": fitted.wall_time_s,
                    "seed": seed}
             rows.setdefault(name, []).append(row)
             students[name] = student

@@ -1,5 +1,6 @@
-"""Open-vocabulary data splits, training of an image encoder into a frozen text space, and
-its evaluation (zero-shot classification, retrieval, latency)."""
+"""Open-vocabulary data splits, training of an image encoder into a frozen text space through
+the engine (:func:`vldistill.train.fit.fit`), and its evaluation (zero-shot classification,
+retrieval, latency)."""
 
 from __future__ import annotations
 
@@ -8,15 +9,18 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import Dataset
 
+from vldistill.config import TrainerSettings, TrainSettings
 from vldistill.core.errors import DataError
+from vldistill.core.runpaths import RunPaths
 from vldistill.data.image_text import ImageTextSet, read_folder, read_jsonl, shapesworld_sets
 from vldistill.eval.efficiency import median_seconds
 from vldistill.eval.zero_shot import retrieval, topk_accuracy
-from vldistill.jobs.open_vocab.recipe import OVDataSettings, OVDistillSettings, OVTrainSettings
+from vldistill.jobs.open_vocab.recipe import OVDataSettings, OVDistillSettings
 from vldistill.kd import image_text_losses as losses
 from vldistill.models.text_towers import FrozenTextEncoder
-from vldistill.train.loop import run_steps
+from vldistill.train.fit import FitResult, SaveFn, fit, mixed_loaders
 
 
 def load_data(settings: OVDataSettings) -> tuple[ImageTextSet, ImageTextSet, list[str]]:
@@ -52,49 +56,108 @@ def student_split(train: ImageTextSet, settings: OVDataSettings, seed: int
 # -- training
 
 
+class ImageTextStep(nn.Module):
+    """One open-vocabulary training step over a batch of row indices.
+
+    ``batch["labelled"]`` rows (of the labelled images): symmetric InfoNCE between the
+    student's image embeddings and their captions' text embeddings (images sharing a caption
+    are all positives). ``batch["pool"]`` rows (of every student image, labelled then
+    transfer; only with a teacher): cosine and squared L2 to the teacher's image embeddings, and
+    the affinity KL between the student's and the teacher's score distributions over the
+    labelled captions. The teacher's embeddings are computed once (it is frozen): they are held
+    here, not the teacher. Image and embedding tables stay on the CPU; a batch's rows move to
+    the student's device."""
+
+    def __init__(self, model: nn.Module, bank: torch.Tensor, caption_ids: torch.Tensor,
+                 labelled_images: torch.Tensor, weights: OVDistillSettings,
+                 pool_images: torch.Tensor | None = None,
+                 teacher_embeds: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.student, self.weights = model, weights
+        self.bank, self.caption_ids, self.labelled_images = bank, caption_ids, labelled_images
+        self.pool_images, self.teacher_embeds = pool_images, teacher_embeds
+        self.teacher_bank = teacher_embeds @ bank.T if teacher_embeds is not None else None
+
+    def _device(self) -> torch.device:
+        return next(self.student.parameters()).device
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        weights, device = self.weights, self._device()
+        ids = self.caption_ids[batch["labelled"]]
+        scores = self.student.scores(self.labelled_images[batch["labelled"]].to(device),
+                                     self.bank[ids].to(device))                 # (B, B)
+        terms = {"contrastive": losses.contrastive(scores, ids.to(device), self.student.scale())}
+        loss = weights.contrastive * terms["contrastive"]
+        picks = batch["pool"]
+        if self.teacher_embeds is not None and len(picks):
+            images = self.pool_images[picks].to(device)
+            target = self.teacher_embeds[picks].to(device)
+            if weights.cosine or weights.l2:
+                embedded = self.student.embed(images)
+                terms["cosine"] = losses.cosine_distill(embedded, target)
+                terms["l2"] = losses.l2_distill(embedded, target)
+                loss = loss + weights.cosine * terms["cosine"] + weights.l2 * terms["l2"]
+            if weights.affinity:
+                terms["affinity"] = losses.affinity_distill(
+                    self.student.scores(images, self.bank.to(device)),
+                    self.teacher_bank[picks].to(device), weights.affinity_temperature)
+                loss = loss + weights.affinity * terms["affinity"]
+        return {"loss": loss, **terms}
+
+    def batch_size(self, batch: dict[str, torch.Tensor]) -> int:
+        return len(batch["labelled"])
+
+    def predict(self, batch: dict[str, torch.Tensor]) -> None:
+        raise NotImplementedError("open-vocabulary training has no in-loop validation; the "
+                                  "job scores each model after training")
+
+
+class Rows(Dataset):
+    """Row indices of one part of a batch ("labelled" or "pool")."""
+
+    def __init__(self, count: int, part: str) -> None:
+        self.count, self.part = count, part
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index: int) -> tuple[str, int]:
+        return self.part, index
+
+
+def collate_rows(items: list[tuple[str, int]]) -> dict[str, torch.Tensor]:
+    return {part: torch.tensor([i for p, i in items if p == part], dtype=torch.long)
+            for part in ("labelled", "pool")}
+
+
 def train_encoder(model: nn.Module, text_encoder: FrozenTextEncoder, labelled: ImageTextSet,
-                  train: OVTrainSettings, weights: OVDistillSettings, seed: int, what: str,
-                  transfer: ImageTextSet | None = None, teacher_embeds: torch.Tensor | None = None
-                  ) -> list[float]:
-    """Contrastive training on ``labelled``; with ``teacher_embeds`` (one row per image of
-    labelled, then transfer) also cosine / L2 / affinity distillation on a second batch drawn
-    from all of them. The affinity bank is the labelled captions."""
+                  train: TrainSettings, weights: OVDistillSettings, seed: int, role: str,
+                  paths: RunPaths, trainer: TrainerSettings,
+                  transfer: ImageTextSet | None = None,
+                  teacher_embeds: torch.Tensor | None = None, save: SaveFn | None = None,
+                  resume: bool = False, stamp: str = "") -> FitResult:
+    """Contrastive training of ``model`` on ``labelled`` through the engine (Lightning,
+    resume points, logs); with ``teacher_embeds`` (one row per image of labelled, then
+    transfer), each batch of ``train.batch_size`` labelled rows is paired with as many rows drawn
+    from all of them for cosine / L2 / affinity distillation. The affinity bank is the labelled
+    captions."""
     bank_captions = list(dict.fromkeys(labelled.captions))
     bank = text_encoder(bank_captions)                                        # (U, D)
     index = {caption: i for i, caption in enumerate(bank_captions)}
     caption_ids = torch.tensor([index[c] for c in labelled.captions])
     kd = teacher_embeds is not None
+    pool = None
     if kd:
         pool = labelled.images if transfer is None else torch.cat([labelled.images,
                                                                    transfer.images])
-        teacher_bank = teacher_embeds @ bank.T                                 # (N_all, U)
-        draw = np.random.default_rng([seed, 5])
-    model.train()
-
-    def step_loss(rows: np.ndarray) -> torch.Tensor:
-        ids = caption_ids[rows]
-        scores = model.scores(labelled.images[rows], bank[ids])                # (B, B)
-        loss = weights.contrastive * losses.contrastive(scores, ids, model.scale())
-        if kd:
-            picks = draw.choice(len(pool), size=min(train.batch_size, len(pool)),
-                                replace=False)
-            images = pool[picks]
-            if weights.cosine or weights.l2:
-                student = model.embed(images)
-                loss = loss + weights.cosine * losses.cosine_distill(
-                    student, teacher_embeds[picks]) + weights.l2 * losses.l2_distill(
-                    student, teacher_embeds[picks])
-            if weights.affinity:
-                loss = loss + weights.affinity * losses.affinity_distill(
-                    model.scores(images, bank), teacher_bank[picks],
-                    weights.affinity_temperature)
-        return loss
-
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    return run_steps(trainable, steps=train.steps, batch_size=train.batch_size,
-                     population=len(labelled), lr=train.lr, seed=seed, what=what,
-                     progress=True, step_loss=step_loss, schedule=train.schedule,
-                     warmup_steps=train.warmup_steps)
+    step = ImageTextStep(model, bank, caption_ids, labelled.images, weights, pool,
+                         teacher_embeds)
+    loaders = mixed_loaders(Rows(len(labelled), "labelled"),
+                            Rows(len(pool), "pool") if kd else None, collate_rows, None,
+                            batch_size=train.batch_size * (2 if kd else 1),
+                            transfer_fraction=0.5 if kd else 0.0, seed=seed)
+    return fit(step, loaders, None, train, trainer, run_dir=paths.root, role=role, save=save,
+               resume=resume, stamp=stamp)
 
 
 @torch.no_grad()

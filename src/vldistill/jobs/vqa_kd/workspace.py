@@ -177,7 +177,7 @@ class VQAWorkspace:
         written for (default: the recipe's and the step's teacher's)."""
         collate = collate or self.collate
         loaders = mixed_loaders(labelled, transfer, collate, self.val,
-                                images_per_batch=train.images_per_batch,
+                                batch_size=train.batch_size,
                                 transfer_fraction=transfer_fraction, seed=seed,
                                 val_batch=self.recipe.eval.batch_images)
         return fit(step, loaders, self.evaluator(), train,
