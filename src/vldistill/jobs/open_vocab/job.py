@@ -30,7 +30,7 @@ from vldistill.core.console import console
 from vldistill.core.hashing import json_hash, module_fingerprint
 from vldistill.core.runpaths import RunPaths
 from vldistill.data.image_text import ImageTextSet
-from vldistill.jobs.base import JobRun, RunOptions, dump, execute, open_run_folder
+from vldistill.jobs.base import JobRun, RunOptions, dump, execute, open_run_folder, world_size
 from vldistill.jobs.open_vocab.encoders import (
     build_image_encoder,
     check_teacher_checkpoint,
@@ -157,7 +157,7 @@ def train_and_score(recipe: OpenVocabRecipe, paths: RunPaths, resume: bool = Fal
     models = {"teacher": teacher, **students}
     results = {
         "recipe": recipe.name, "seeds": recipe.seeds, "classes": len(classes),
-        "holdout": holdout, "val_images": len(val),
+        "holdout": holdout, "val_images": len(val), "world_size": world_size(),
         "rows": [{"model": name, **_mean(runs),
                   "parameters": image_encoder_parameters(models[name]),
                   "latency_ms": latency_ms(models[name], val.images[:1], class_text,

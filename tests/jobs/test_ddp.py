@@ -1,0 +1,79 @@
+"""Scale-out for every job that trains through the engine: `vldistill run` with
+``trainer.devices: 2, strategy: ddp`` on CPU (gloo), as users launch it across GPUs. The VQA
+distillation job's own DDP test is in tests/jobs/vqa_kd/test_vqa_kd_run.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parents[2]
+KV_PREFIX = ["seeds=[0]", "data.shapesworld.train_images=40", "data.shapesworld.val_images=8",
+             "data.shapesworld.questions_per_image=4", "data.labelled_images=16",
+             "teacher.model.params.width=8", "teacher.train.max_steps=4",
+             "teacher.train.batch_size=4", "teacher.train.val_every_n_steps=2",
+             "student.train.max_steps=2", "student.train.batch_size=4",
+             "student.train.val_every_n_steps=2", "kv_prefix.expert.image_size=32",
+             "kv_prefix.variants=[{name: frozen, prefix: false}, {name: prefix}]",
+             "eval.latency_repeats=2", "eval.throughput_images=4"]
+OPEN_VOCAB = ["data.shapesworld.train_images=200", "data.shapesworld.val_images=40",
+              "data.labelled_images=40", "teacher.widths=[8]", "teacher.train.max_steps=4",
+              "teacher.train.batch_size=16", "student.widths=[4]", "student.train.max_steps=4",
+              "student.train.batch_size=16", "eval.latency_repeats=2"]
+
+
+@pytest.mark.parametrize("recipe, overrides", [("kv_prefix.yaml", KV_PREFIX),
+                                               ("open_vocab.yaml", OPEN_VOCAB)],
+                         ids=["kv_prefix", "open_vocab"])
+def test_two_ddp_processes_run_the_job_and_rank_zero_alone_reports(recipe, overrides,
+                                                                   tmp_path):
+    command = [sys.executable, "-m", "vldistill", "run", str(ROOT / "recipes" / recipe),
+               *[a for o in [*overrides, "trainer.devices=2", "trainer.strategy=ddp",
+                             "trainer.progress_bar=false", f"output_dir={tmp_path}",
+                             "name=ddp"] for a in ("--set", o)]]
+    done = subprocess.run(command, env=dict(os.environ, PYTHONUNBUFFERED="1"),
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    results = json.loads((tmp_path / "ddp" / "results.json").read_text())
+    assert results["world_size"] == 2
+    assert done.stdout.count("main job wall time") == 1       # one report, from rank 0
+    assert [p.name for p in tmp_path.iterdir()] == ["ddp"]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_two_torchrun_nodes_finish_with_one_run_folder(tmp_path, tiny_recipe_path):
+    """The multi-node launch users run under SLURM or by hand: two `torchrun` launches, one per
+    "node", meeting at a local rendezvous; Lightning picks up torchrun's environment."""
+    port = free_port()
+    overrides = ["seeds=[0]", "trainer.num_nodes=2", "trainer.devices=1",
+                 "trainer.strategy=ddp", "trainer.progress_bar=false",
+                 f"output_dir={tmp_path}", "name=nodes"]
+    torchrun = str(Path(sys.executable).with_name("torchrun"))
+
+    def launch(node: int) -> subprocess.Popen:
+        command = [torchrun, "--nnodes=2", "--nproc-per-node=1", f"--node-rank={node}",
+                   "--master-addr=127.0.0.1", f"--master-port={port}",
+                   "-m", "vldistill", "run", str(tiny_recipe_path),
+                   *[a for o in overrides for a in ("--set", o)]]
+        return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+
+    nodes = [launch(0), launch(1)]
+    outputs = [node.communicate(timeout=900)[0] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    assert [p.name for p in tmp_path.iterdir()] == ["nodes"]
+    results = json.loads((tmp_path / "nodes" / "results.json").read_text())
+    assert results["world_size"] == 2
+    assert sum(output.count("main job wall time") for output in outputs) == 1
