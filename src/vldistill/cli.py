@@ -364,6 +364,25 @@ def kb_run(recipe: Annotated[Optional[Path], typer.Argument(
     console.print(f"main job wall time: {time.perf_counter() - start:.1f} s")
 
 
+@app.command("crashtest")
+def crashtest_command(
+        recipe: Annotated[Path, typer.Argument(help="the recipe to kill and resume")],
+        points: Annotated[int, typer.Option(help="kill moments, drawn over the reference "
+                                            "run's wall time")] = 5,
+        seed: Annotated[int, typer.Option(help="seed of the kill moments")] = 0,
+        out: Annotated[Path, typer.Option(help="folder for the runs and logs")
+                       ] = Path("runs/crashtest"),
+        set_: SetOption = None) -> None:
+    """Kill `vldistill run RECIPE` with SIGKILL at random moments, resume it with --resume,
+    and compare every result with a run that was never killed."""
+    from vldistill.tools.crashtest import kill_and_resume, summary
+
+    wall, kills = kill_and_resume(recipe, out, points, seed, set_ or [])
+    console.print(summary(wall, kills), markup=False)
+    if not all(point.matches for point in kills):
+        raise typer.Exit(code=1)
+
+
 @app.command("zero-shot")
 def zero_shot_command(
         model: Annotated[Path, typer.Option("--model", help="an open-vocabulary checkpoint "

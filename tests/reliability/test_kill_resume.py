@@ -18,3 +18,42 @@ def test_runs_killed_at_random_moments_resume_to_the_same_metrics(tmp_path, tiny
     for point in points:
         assert point.matches, f"killed at {point.delay_s:.1f} s of {wall:.1f} s: " \
                               f"{point.differences}"
+
+
+OPEN_VOCAB = ["data.shapesworld.train_images=300", "data.shapesworld.val_images=60",
+              "data.labelled_images=60", "teacher.widths=[8, 16]",
+              "teacher.train.max_steps=40", "teacher.train.batch_size=32",
+              "teacher.train.checkpoint_every_n_steps=5", "student.widths=[4, 8]",
+              "student.train.max_steps=40", "student.train.batch_size=32",
+              "student.train.checkpoint_every_n_steps=5", "eval.latency_repeats=2"]
+
+
+def test_the_open_vocabulary_job_killed_at_random_moments_resumes_to_the_same_results(
+        tmp_path) -> None:
+    from pathlib import Path
+
+    recipe = Path(__file__).parents[2] / "recipes" / "open_vocab.yaml"
+    wall, points = kill_and_resume(recipe, tmp_path, points=1, seed=5, overrides=OPEN_VOCAB)
+    assert all(point.killed for point in points), "a kill came after the run had finished"
+    for point in points:
+        assert point.matches, f"killed at {point.delay_s:.1f} s of {wall:.1f} s: " \
+                              f"{point.differences}"
+
+
+def test_results_are_compared_by_every_number_but_measured_times():
+    from vldistill.tools.crashtest import compare, flatten
+
+    results = {"recipe": "r", "wall_time_s": 12.5, "seeds": [0, 1],
+               "rows": [{"model": "teacher", "acc": {"per_seed": [50.0, 51.0]},
+                         "latency_ms": 1.2, "train_time_s": [3.0], "checkpoints": ["a/b"]},
+                        {"model": "student", "acc": {"per_seed": [40.0, 41.0]},
+                         "throughput_qps": 9.0, "passed": True}]}
+    assert flatten(results) == {"seeds.0": 0, "seeds.1": 1,
+                                "rows.teacher.acc.per_seed.0": 50.0,
+                                "rows.teacher.acc.per_seed.1": 51.0,
+                                "rows.student.acc.per_seed.0": 40.0,
+                                "rows.student.acc.per_seed.1": 41.0,
+                                "rows.student.passed": True}
+    changed = {**flatten(results), "rows.student.acc.per_seed.1": 41.5}
+    assert compare(flatten(results), changed) == [
+        "rows.student.acc.per_seed.1: 41.5 vs 41.0"]

@@ -8,8 +8,10 @@
    in ``OUT/point-N`` is started as its own process group and killed with SIGKILL at that time,
    wherever it is: loading data, training, writing a checkpoint, building a cache.
 3. ``--resume`` is run until it exits 0 (a resume may itself be killed: only the first run is).
-4. Every model's per-seed metrics are compared with the reference, exactly: on CPU with a fixed
-   seed the resumed run is bit-identical.
+4. Every result of the run (every number of results.json but the measured times) is compared
+   with the reference, exactly: on CPU with a fixed seed the resumed run is bit-identical. This
+   holds for every job whose models train through the engine (a job that does not take
+   --resume is refused by `vldistill run` at the first resume).
 
 Each step runs the real CLI in a subprocess, as a user would; nothing is simulated.
 """
@@ -51,19 +53,36 @@ def _run(command: list[str], log: Path) -> int:
         return subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT).returncode
 
 
-def metrics(run_dir: Path) -> dict[str, list[float]]:
-    """Per-model, per-seed values of the run's metric (and agreement), from results.json."""
-    results = json.loads((run_dir / "results.json").read_text())
-    key = results["metric"]
-    out = {}
-    for row in results["rows"]:
-        out[f"{row['model']} {key}"] = row[key]["per_seed"]
-        if row.get("agreement_with_teacher_pct"):
-            out[f"{row['model']} agreement"] = row["agreement_with_teacher_pct"]["per_seed"]
-    return out
+# measured times and anything derived from them differ between any two runs
+MEASURED = ("time", "latency", "throughput", "wall")
 
 
-def compare(reference: dict[str, list[float]], resumed: dict[str, list[float]]) -> list[str]:
+def _measured(key: str) -> bool:
+    return any(word in key for word in MEASURED) or key.endswith(("_s", "_ms"))
+
+
+def flatten(value, prefix: str = "") -> dict[str, object]:
+    """Every number (and flag) of a results.json tree, by its dotted path (list items by index;
+    a row of ``rows`` by its model name), measured times left out. Strings are left out too:
+    they name files of the run folder, which differ between the runs compared."""
+    if isinstance(value, dict):
+        return {path: leaf for key, item in value.items() if not _measured(str(key))
+                for path, leaf in flatten(item, f"{prefix}{key}.").items()}
+    if isinstance(value, list):
+        named = all(isinstance(item, dict) and "model" in item for item in value)
+        return {path: leaf for index, item in enumerate(value)
+                for path, leaf in flatten(item, f"{prefix}{item['model'] if named else index}."
+                                          ).items()}
+    return {prefix.rstrip("."): value} if isinstance(value, (int, float)) else {}
+
+
+def metrics(run_dir: Path) -> dict[str, object]:
+    """Every result of a run of any job (per model, per seed, per question type ...), from its
+    results.json, without the measured times."""
+    return flatten(json.loads((run_dir / "results.json").read_text()))
+
+
+def compare(reference: dict[str, object], resumed: dict[str, object]) -> list[str]:
     return [f"{name}: {resumed.get(name)} vs {values}" for name, values in reference.items()
             if resumed.get(name) != values]
 
@@ -120,6 +139,21 @@ def kill_and_resume(recipe: Path, out: Path, points: int, seed: int = 0,
     return wall, results
 
 
+def summary(wall: float, points: list[KillPoint]) -> str:
+    """The table of kill points and the verdict line."""
+    lines = [f"reference run: {wall:.0f} s", "| kill at s | killed | resumes | final metrics "
+             "equal the reference |", "|---|---|---|---|"]
+    for point in points:
+        killed = "yes" if point.killed else "no (had finished)"
+        equal = "yes" if point.matches else "NO: " + "; ".join(point.differences)
+        lines.append(f"| {point.delay_s:.1f} | {killed} | {point.resumes} | {equal} |")
+    late = sum(not p.killed for p in points)
+    lines.append(f"{sum(p.matches and p.killed for p in points)} of {len(points)} kill points "
+                 "were killed while running and then reached the uninterrupted run's final "
+                 "metrics" + (f" ({late} had finished before the kill)." if late else "."))
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("recipe", type=Path)
@@ -130,17 +164,7 @@ def main() -> None:
     args = parser.parse_args()
     wall, points = kill_and_resume(args.recipe, args.out, args.points, args.seed,
                                    args.overrides)
-    print(f"reference run: {wall:.0f} s")
-    print("| kill at s | killed | resumes | final metrics equal the reference |")
-    print("|---|---|---|---|")
-    for point in points:
-        killed = "yes" if point.killed else "no (had finished)"
-        equal = "yes" if point.matches else "NO: " + "; ".join(point.differences)
-        print(f"| {point.delay_s:.1f} | {killed} | {point.resumes} | {equal} |")
-    late = sum(not p.killed for p in points)
-    print(f"{sum(p.matches and p.killed for p in points)} of {len(points)} kill points were "
-          "killed while running and then reached the uninterrupted run's final metrics"
-          + (f" ({late} had finished before the kill)." if late else "."))
+    print(summary(wall, points))
 
 
 if __name__ == "__main__":
