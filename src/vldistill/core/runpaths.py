@@ -4,6 +4,7 @@
         recipe.yaml              the resolved recipe
         versions.json            Python, platform and library versions
         results.json             every number of the run
+        results.partial.json     while a job runs: the parts it has finished
         report.md                the tables, with the plots beside it
         learning_curves.png      train loss per term and the val metric, per trained model
         accuracy_vs_cost.png     accuracy against parameters and latency
@@ -67,6 +68,11 @@ class RunPaths:
     @property
     def report(self) -> Path:
         return self.root / "report.md"
+
+    @property
+    def partial_results(self) -> Path:
+        """What a running job has finished so far (removed when results.json is written)."""
+        return self.root / "results.partial.json"
 
     @property
     def learning_curves(self) -> Path:

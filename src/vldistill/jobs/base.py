@@ -125,6 +125,14 @@ def check_same_recipe(paths: RunPaths, recipe: BaseModel) -> None:
             "name (--set name=...).")
 
 
+def save_progress(paths: RunPaths, results: dict[str, Any]) -> None:
+    """Rank 0 writes what a running job has finished so far (``results.partial.json``), so a
+    run stopped after an hour leaves its finished parts on disk."""
+    if is_global_zero():
+        atomic_write(paths.partial_results, lambda temporary: temporary.write_text(
+            json.dumps(results, indent=2) + "\n"))
+
+
 def execute(job: Job, recipe: Any, options: RunOptions = RunOptions()) -> JobRun:
     """Run a validated recipe of ``job`` and write its run folder's results, report and
     curves."""
@@ -143,4 +151,6 @@ def finish_run(run: JobRun) -> Path:
     report = run.report
     if curves is not None:
         report += f"\n\n## Learning curves\n\n![train loss and val metric]({curves.name})"
-    return write_run_files(run.paths, run.results, report)
+    written = write_run_files(run.paths, run.results, report)
+    run.paths.partial_results.unlink(missing_ok=True)
+    return written

@@ -156,7 +156,9 @@ def build_trainer(settings: TrainerSettings, train: TrainSettings, log_dir: Path
         # default ModelCheckpoint
         callbacks=callbacks, enable_checkpointing=True,
         enable_progress_bar=settings.progress_bar, enable_model_summary=False,
-        log_every_n_steps=settings.log_every_n_steps, use_distributed_sampler=False,
+        # short runs log more often, so that every run has learning curves
+        log_every_n_steps=min(settings.log_every_n_steps, max(1, train.max_steps // 20)),
+        use_distributed_sampler=False,
         default_root_dir=log_dir, plugins=[AtomicCheckpointIO()])
 
 
@@ -216,7 +218,7 @@ def fit(step: TrainingStep, data: LoaderModule, evaluator: Evaluator | None, tra
                           train.val_every_n_steps if has_val else None, stamp)
     callbacks = list(callbacks)
     if settings.progress_bar:
-        callbacks.append(StepProgressBar(role, monitor))
+        callbacks.append(StepProgressBar(role, monitor, console))
     if save is not None:
         callbacks.append(SafetensorsCheckpoint(RunPaths(run_dir), role, monitor, save))
     if train.early_stopping_patience is not None and has_val:

@@ -55,6 +55,10 @@ def run_steps(parameters, *, steps: int, batch_size: int, population: int, lr: f
             scheduler.step()
             losses.append(float(loss.detach()))
             bar.update(task, advance=1)
+            if progress and not console.is_terminal and step % max(1, steps // 10) == 0:
+                # a live bar shows nothing in a log file: a line every tenth of the run
+                console.print(f"{what}: step {step}/{steps}, loss {losses[-1]:.4f}",
+                              markup=False)
             if after_step is not None and after_step(step):
                 break
     return losses

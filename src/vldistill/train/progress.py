@@ -1,5 +1,7 @@
 """A progress bar in optimiser steps (Lightning's counts epochs, meaningless for step-budgeted
-runs over a mixed labelled/transfer sampler)."""
+runs over a mixed labelled/transfer sampler). When the output is not a terminal (a log file,
+CI, `| tee`), a live bar shows nothing until it ends, so a plain line is printed every tenth of
+the run instead: a long stage never looks like a hang."""
 
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ class StepProgressBar(ProgressBar):
         self._enabled = True
         self._progress: Progress | None = None
         self._task = None
+        self._logged = -1
 
     def disable(self) -> None:
         self._enabled = False
@@ -59,9 +62,19 @@ class StepProgressBar(ProgressBar):
 
     def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs: Any,
                            batch: Any, batch_index: int) -> None:
-        if self._progress is not None and trainer.global_step % 10 == 0:
-            self._progress.update(self._task, completed=trainer.global_step,
-                                  info=self._info(trainer))
+        if self._progress is None or trainer.global_step % 10:
+            return
+        self._progress.update(self._task, completed=trainer.global_step,
+                              info=self._info(trainer))
+        every = max(1, trainer.max_steps // 10)
+        if not self._progress.console.is_terminal and trainer.global_step % every == 0 and \
+                self._logged != trainer.global_step:
+            self._logged = trainer.global_step
+            task = self._progress.tasks[0]
+            eta = "" if task.time_remaining is None else f", about {task.time_remaining:.0f} s left"
+            self._progress.console.print(
+                f"{self.role}: step {trainer.global_step}/{trainer.max_steps} "
+                f"({task.elapsed or 0:.0f} s{eta}) {self._info(trainer)}", markup=False)
 
     def on_train_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         if self._progress is not None:

@@ -26,7 +26,7 @@ from vldistill.data.sample import Sample
 from vldistill.data.shapesworld import load_shapesworld
 from vldistill.data.vqa import read_vqa
 from vldistill.eval.retrieval import mean_reciprocal_rank, recall_at_k
-from vldistill.jobs.base import JobRun, RunOptions, execute, open_run_folder
+from vldistill.jobs.base import JobRun, RunOptions, execute, open_run_folder, save_progress
 from vldistill.jobs.kbvqa.reader import ReaderTrainSettings, evaluate_reader, train_reader
 from vldistill.jobs.kbvqa.recipe import (
     EXAMPLE,
@@ -155,6 +155,7 @@ def train_and_score(recipe: KBVQARecipe, paths: RunPaths) -> dict[str, Any]:
         results["retrieval"] = {f"R@{k}": recall_at_k(ranked, golds, k) for k in (1, 5, 10)}
         results["retrieval"]["MRR"] = mean_reciprocal_rank(ranked, golds)
         console.print(f"retrieval ({settings.kind}): {results['retrieval']}")
+        save_progress(paths, results)
 
     texts = ([s.question for s in train] + list(captions.values()) + kb.texts +
              [a for s in train for a in s.answers] + ["none"])
@@ -187,6 +188,7 @@ def train_and_score(recipe: KBVQARecipe, paths: RunPaths) -> dict[str, Any]:
         console.print(f"reader {name}: EM {metrics['EM']:.1f} F1 {metrics['F1']:.1f} "
                       f"VQA {metrics['VQA']:.1f}")
         reader.save_pretrained(paths.model_dir(f"reader-{name.replace(' ', '-')}"))
+        save_progress(paths, results)
         return reader
 
     base_reader = fit("base", reader_settings.base)

@@ -30,7 +30,15 @@ from vldistill.core.console import console
 from vldistill.core.hashing import json_hash, module_fingerprint
 from vldistill.core.runpaths import RunPaths
 from vldistill.data.image_text import ImageTextSet
-from vldistill.jobs.base import JobRun, RunOptions, dump, execute, open_run_folder, world_size
+from vldistill.jobs.base import (
+    JobRun,
+    RunOptions,
+    dump,
+    execute,
+    open_run_folder,
+    save_progress,
+    world_size,
+)
 from vldistill.jobs.open_vocab.encoders import (
     build_image_encoder,
     check_teacher_checkpoint,
@@ -129,6 +137,7 @@ def train_and_score(recipe: OpenVocabRecipe, paths: RunPaths, resume: bool = Fal
     rows: dict[str, list[dict[str, Any]]] = {"teacher": [
         {**evaluate_model(teacher), "train_time_s": teacher_time, "seed": recipe.seeds[0]}]}
     console.print(f"teacher: {_summary(rows['teacher'][0])}")
+    save_progress(paths, {"recipe": recipe.name, "rows": rows})
     students: dict[str, nn.Module] = {}
     for seed in recipe.seeds:
         labelled, transfer = student_split(train, recipe.data, seed)
@@ -153,6 +162,7 @@ def train_and_score(recipe: OpenVocabRecipe, paths: RunPaths, resume: bool = Fal
             rows.setdefault(name, []).append(row)
             students[name] = student
             console.print(f"{name} seed {seed}: {_summary(row)}")
+            save_progress(paths, {"recipe": recipe.name, "rows": rows})
     class_text = text_encoder([recipe.data.prompt.format(label=c) for c in classes])
     models = {"teacher": teacher, **students}
     results = {
