@@ -12,15 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.jobs.kv_prefix.test_kv_prefix_run import TINY as KV_PREFIX_TINY
+
 ROOT = Path(__file__).parents[2]
-KV_PREFIX = ["seeds=[0]", "data.shapesworld.train_images=40", "data.shapesworld.val_images=8",
-             "data.shapesworld.questions_per_image=4", "data.labelled_images=16",
-             "teacher.model.params.width=8", "teacher.train.max_steps=4",
-             "teacher.train.batch_size=4", "teacher.train.val_every_n_steps=2",
-             "student.train.max_steps=2", "student.train.batch_size=4",
-             "student.train.val_every_n_steps=2", "kv_prefix.expert.image_size=32",
-             "kv_prefix.variants=[{name: frozen, prefix: false}, {name: prefix}]",
-             "eval.latency_repeats=2", "eval.throughput_images=4"]
+# the KV-prefix job's tiny run, with two of its variants
+KV_PREFIX = [*KV_PREFIX_TINY, "kv_prefix.variants=[{name: frozen, prefix: false}, {name: prefix}]"]
 OPEN_VOCAB = ["data.shapesworld.train_images=200", "data.shapesworld.val_images=40",
               "data.labelled_images=40", "teacher.widths=[8]", "teacher.train.max_steps=4",
               "teacher.train.batch_size=16", "student.widths=[4]", "student.train.max_steps=4",
