@@ -60,9 +60,11 @@ def plot_learning_curves(logs: Path, out: Path, title: str = "learning curves") 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(len(roles) + 1, 2, figsize=(11, 2.8 * (len(roles) + 1)),
-                                squeeze=False)
-    loss_all, val_all = axes[0]
+    # a column for validation only when some model was validated in the loop
+    columns = 2 if any(is_headline(c) for curves in roles.values() for c in curves) else 1
+    figure, axes = plt.subplots(len(roles) + 1, columns,
+                                figsize=(5.5 * columns, 2.8 * (len(roles) + 1)), squeeze=False)
+    loss_all, val_all = axes[0][0], axes[0][-1]
     for role, curves in roles.items():
         if "train/loss" in curves:
             loss_all.plot(*curves["train/loss"], linewidth=1, label=role)
@@ -70,28 +72,32 @@ def plot_learning_curves(logs: Path, out: Path, title: str = "learning curves") 
             val_all.plot(*curves[column], marker="o", markersize=3,
                          label=f"{role} {column.removeprefix('val/')}")
     loss_all.set_title("train loss, every model", fontsize=9)
-    val_all.set_title("validation, every model", fontsize=9)
-    for (role, curves), (loss_axis, val_axis) in zip(roles.items(), axes[1:]):
+    if columns == 2:
+        val_all.set_title("validation, every model", fontsize=9)
+    for (role, curves), row in zip(roles.items(), axes[1:]):
+        loss_axis, val_axis = row[0], row[-1]
         for column, (steps, values) in sorted(curves.items()):
             if column.startswith("train/"):
                 loss_axis.plot(steps, values, label=column.removeprefix("train/"),
                                linewidth=1.4 if column == "train/loss" else 0.9)
-            elif is_headline(column):
+            elif is_headline(column) and columns == 2:
                 val_axis.plot(steps, values, marker="o", markersize=3,
                               label=column.removeprefix("val/"))
         loss_axis.set_title(f"{role}: train loss per term", fontsize=9)
-        val_axis.set_title(f"{role}: validation", fontsize=9)
-    for loss_axis, val_axis in axes:
+        if columns == 2:
+            val_axis.set_title(f"{role}: validation", fontsize=9)
+    for row in axes:
+        loss_axis = row[0]
         if any(v > 0 for line in loss_axis.get_lines() for v in line.get_ydata()):
             loss_axis.set_yscale("log")
-        for axis in (loss_axis, val_axis):
+        for axis in row:
             axis.set_xlabel("optimiser step", fontsize=8)
             axis.tick_params(labelsize=7)
             axis.grid(alpha=0.3)
             if axis.has_data():
                 axis.legend(fontsize=7, loc="best")
     figure.suptitle(title)
-    figure.tight_layout()
+    figure.tight_layout(rect=(0, 0, 1, 0.985))
     figure.savefig(out, dpi=100)
     plt.close(figure)
     return out
