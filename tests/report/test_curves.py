@@ -49,3 +49,14 @@ def test_every_role_is_collected_in_order_and_plotted(tmp_path):
 def test_nothing_trained_draws_nothing(tmp_path):
     assert plot_learning_curves(tmp_path, tmp_path / "curves.png") is None
     assert not (tmp_path / "curves.png").exists()
+
+
+def test_rows_logged_before_a_resume_are_merged_back(tmp_path):
+    """A resumed fit's logger starts metrics.csv afresh; the earlier rows are kept beside it
+    and the curve runs over the whole fit, the later file winning at a shared step."""
+    folder = write(tmp_path, "student").parent
+    (folder / "metrics.csv").rename(folder / "metrics.before-resume-0.csv")
+    (folder / "metrics.csv").write_text("epoch,step,train/loss\n0,149,1.0\n0,199,0.5\n")
+    curves = collect(tmp_path)["student"]
+    assert curves["train/loss"] == ([49, 99, 149, 199], [2.0, 1.5, 1.0, 0.5])
+    assert curves["val/vqa_accuracy"] == ([99], [41.0])

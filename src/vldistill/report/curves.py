@@ -32,12 +32,22 @@ def read_curves(metrics_csv: Path) -> dict[str, Curve]:
 
 
 def collect(logs: Path) -> dict[str, dict[str, Curve]]:
-    """{role: curves} for every role with a ``metrics.csv`` under ``logs`` (sorted by role)."""
+    """{role: curves} for every role with a ``metrics.csv`` under ``logs`` (sorted by role).
+    A fit that was resumed left the rows logged before its stop in
+    ``metrics.before-resume-N.csv`` beside it: they are merged in, a later file's value winning
+    at a step both have."""
     found = {}
-    for path in sorted(logs.glob("*/metrics.csv")):
-        curves = read_curves(path)
-        if curves:
-            found[path.parent.name] = curves
+    for folder in sorted({path.parent for path in logs.glob("*/metrics*.csv")}):
+        parts = sorted(folder.glob("metrics.before-resume-*.csv"),
+                       key=lambda p: int(p.stem.rsplit("-", 1)[1]))
+        merged: dict[str, dict[int, float]] = {}
+        for part in [*parts, folder / "metrics.csv"]:
+            if part.is_file():
+                for column, (steps, values) in read_curves(part).items():
+                    merged.setdefault(column, {}).update(zip(steps, values))
+        if merged:
+            found[folder.name] = {column: (sorted(points), [points[s] for s in sorted(points)])
+                                  for column, points in merged.items()}
     return found
 
 

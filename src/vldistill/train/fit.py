@@ -179,6 +179,16 @@ def _resumable(run_dir: Path, role: str, stamp: str, checkpoint: Path | None,
     return True, done, state
 
 
+def keep_earlier_metrics(paths: RunPaths, role: str) -> None:
+    """Lightning's CSV logger starts a role's metrics.csv afresh when its fit resumes; the rows
+    logged before the stop are kept beside it (``metrics.before-resume-N.csv``), and the
+    learning curves read both."""
+    current = paths.metrics_csv(role)
+    if current.is_file():
+        count = len(list(current.parent.glob("metrics.before-resume-*.csv")))
+        current.rename(current.with_name(f"metrics.before-resume-{count}.csv"))
+
+
 def fit(step: TrainingStep, data: LoaderModule, evaluator: Evaluator | None, train: TrainSettings,
         settings: TrainerSettings, *, run_dir: Path, role: str, save: SaveFn | None = None,
         resume: bool = False, stamp: str = "", callbacks: Sequence[Callback] = ()
@@ -226,6 +236,8 @@ def fit(step: TrainingStep, data: LoaderModule, evaluator: Evaluator | None, tra
                                        patience=train.early_stopping_patience))
     callbacks.append(points)          # last: a resume point holds every other callback's state
     trainer = build_trainer(settings, train, RunPaths(run_dir).logs, role, callbacks, has_val)
+    if resume and start_from is not None and trainer.is_global_zero:
+        keep_earlier_metrics(RunPaths(run_dir), role)
     # Lightning keeps each module's train/eval flag as it finds it: a student handed over from
     # an earlier fit (a previous phase) was left in eval mode, so put the step in train mode
     # (the step keeps its teacher in eval mode).

@@ -445,10 +445,10 @@ def test_a_saved_encoder_rebuilds_with_the_same_scores(tmp_path) -> None:
 def test_the_kd_student_never_reads_transfer_captions(tmp_path) -> None:
     """Garbling the transfer set's captions (and labels) changes nothing in KD training: only
     its images and the teacher's embeddings of them are used."""
-    from vldistill.data.image_text import ImageTextSet
-    from vldistill.jobs.open_vocab.encoders import build_image_encoder
     from vldistill.config import TrainerSettings, TrainSettings
     from vldistill.core.runpaths import RunPaths
+    from vldistill.data.image_text import ImageTextSet
+    from vldistill.jobs.open_vocab.encoders import build_image_encoder
     from vldistill.jobs.open_vocab.recipe import ImageEncoderSettings, OVDistillSettings
     from vldistill.jobs.open_vocab.training import train_encoder
     from vldistill.models.text_towers import load_text_encoder
