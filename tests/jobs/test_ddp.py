@@ -49,6 +49,7 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_torchrun_nodes_finish_with_one_run_folder(tmp_path, tiny_recipe_path):
     """The multi-node launch users run under SLURM or by hand: two `torchrun` launches, one per
     "node", meeting at a local rendezvous; Lightning picks up torchrun's environment."""

@@ -28,6 +28,7 @@ OPEN_VOCAB = ["data.shapesworld.train_images=300", "data.shapesworld.val_images=
               "student.train.checkpoint_every_n_steps=5", "eval.latency_repeats=2"]
 
 
+@pytest.mark.slow
 def test_the_open_vocabulary_job_killed_at_random_moments_resumes_to_the_same_results(
         tmp_path) -> None:
     from pathlib import Path
