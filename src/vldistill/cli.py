@@ -46,12 +46,12 @@ def _fail(error: Exception) -> None:
 def validate(recipe: RecipeArg = None, set_: SetOption = None) -> None:
     """Check a recipe without running it; prints the resolved recipe."""
 
-    from vldistill.jobs.base import dump
+    from vldistill.config import dump_recipe
     from vldistill.jobs.table import job_for_recipe
 
     try:
         job = job_for_recipe(recipe, set_ or [])
-        text = dump(job.load(recipe, set_ or []))
+        text = dump_recipe(job.load(recipe, set_ or []))
     except VldistillError as error:
         _fail(error)
     console.print(text, markup=False)

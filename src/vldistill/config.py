@@ -716,6 +716,6 @@ def load_recipe_as(schema: type[BaseModel], path: str | Path | None,
     return recipe_from_dict(read_recipe_data(path, example), source, overrides, schema, example)
 
 
-def dump_recipe(recipe: Recipe) -> str:
-    """The fully resolved recipe as YAML (saved next to checkpoints and reports)."""
+def dump_recipe(recipe: BaseModel) -> str:
+    """A fully resolved recipe of any job as YAML (saved as the run folder's recipe.yaml)."""
     return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)

@@ -72,6 +72,11 @@ def atomic_write(path: Path, write: Callable[[Path], object], expected_bytes: in
         temporary.unlink(missing_ok=True)
 
 
+def atomic_write_text(path: Path, text: str) -> None:
+    """``text`` into ``path`` as UTF-8, atomically (see :func:`atomic_write`)."""
+    atomic_write(path, lambda temporary: temporary.write_text(text, encoding="utf-8"))
+
+
 def _fsync_folder(folder: Path) -> None:
     """Make the rename durable (POSIX: a folder's entries are synced through the folder)."""
     try:

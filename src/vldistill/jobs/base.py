@@ -25,9 +25,10 @@ import torch.distributed as dist
 import yaml
 from pydantic import BaseModel
 
+from vldistill.config import dump_recipe
 from vldistill.core.console import console
 from vldistill.core.errors import RecipeError
-from vldistill.core.fileio import atomic_write
+from vldistill.core.fileio import atomic_write_text
 from vldistill.core.hashing import nested_differences
 from vldistill.core.ranks import is_global_zero
 from vldistill.core.runpaths import RunPaths
@@ -54,7 +55,6 @@ class JobRun:
     results: dict[str, Any]
     report: str
     summary: list[str] = field(default_factory=list)
-    wall_time_s: float = 0.0
 
 
 class Job(Protocol):
@@ -78,11 +78,6 @@ class Job(Protocol):
 DISPLAY_ONLY = ("trainer.progress_bar",)
 
 
-def dump(recipe: BaseModel) -> str:
-    """A resolved recipe as YAML (saved as the run folder's recipe.yaml)."""
-    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)
-
-
 def world_size() -> int:
     """Processes in the run (Lightning's DDP sets up torch.distributed)."""
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
@@ -95,10 +90,9 @@ def open_run_folder(paths: RunPaths, recipe: BaseModel, resume: bool = False) ->
         check_same_recipe(paths, recipe)
     paths.checkpoints.mkdir(parents=True, exist_ok=True)
     if is_global_zero():
-        for path, text in ((paths.recipe, dump(recipe)),
+        for path, text in ((paths.recipe, dump_recipe(recipe)),
                            (paths.versions, json.dumps(library_versions(), indent=2) + "\n")):
-            atomic_write(path, lambda temporary, text=text: temporary.write_text(
-                text, encoding="utf-8"))
+            atomic_write_text(path, text)
     return paths
 
 
@@ -114,7 +108,7 @@ def check_same_recipe(paths: RunPaths, recipe: BaseModel) -> None:
                       f"its first write); starting {paths.root.name!r} from the beginning")
         return
     saved = yaml.safe_load(paths.recipe.read_text(encoding="utf-8"))
-    current = yaml.safe_load(dump(recipe))
+    current = yaml.safe_load(dump_recipe(recipe))
     differences = [key for key in nested_differences(saved, current)
                    if key not in DISPLAY_ONLY]
     if differences:
@@ -129,8 +123,7 @@ def save_progress(paths: RunPaths, results: dict[str, Any]) -> None:
     """Rank 0 writes what a running job has finished so far (``results.partial.json``), so a
     run stopped after an hour leaves its finished parts on disk."""
     if is_global_zero():
-        atomic_write(paths.partial_results, lambda temporary: temporary.write_text(
-            json.dumps(results, indent=2) + "\n"))
+        atomic_write_text(paths.partial_results, json.dumps(results, indent=2) + "\n")
 
 
 def execute(job: Job, recipe: Any, options: RunOptions = RunOptions()) -> JobRun:
@@ -142,8 +135,8 @@ def execute(job: Job, recipe: Any, options: RunOptions = RunOptions()) -> JobRun
 
 
 def finish_run(run: JobRun) -> Path:
-    """Rank 0 writes the run's results.json, report.md and learning curves; returns the
-    report's path (None on other ranks)."""
+    """Rank 0 writes the run's results.json, report.md and learning curves (other ranks write
+    nothing); returns the report's path."""
     if not is_global_zero():
         return run.paths.report
     curves = plot_learning_curves(run.paths.logs, run.paths.learning_curves,

@@ -10,7 +10,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from vldistill.core.fileio import atomic_write
+from vldistill.core.fileio import atomic_write_text
 from vldistill.core.runpaths import RunPaths
 
 
@@ -197,10 +197,8 @@ def write_run_files(paths: RunPaths, results: dict[str, Any], report: str) -> Pa
     """A finished run's ``results.json`` and ``report.md`` (returned), each written atomically
     so a kill never leaves half a file for ``--resume`` or a reader to trip over. Every job
     writes its results here."""
-    atomic_write(paths.results,
-                 lambda temporary: temporary.write_text(json.dumps(results, indent=2) + "\n"))
-    atomic_write(paths.report,
-                 lambda temporary: temporary.write_text(report + "\n", encoding="utf-8"))
+    atomic_write_text(paths.results, json.dumps(results, indent=2) + "\n")
+    atomic_write_text(paths.report, report + "\n")
     return paths.report
 
 

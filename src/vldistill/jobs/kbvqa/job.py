@@ -130,7 +130,7 @@ class KBVQAJob:
         results = train_and_score(recipe, paths)
         results["wall_time_s"] = time.perf_counter() - start
         text = report(results)
-        return JobRun(paths, results, text, [text], results["wall_time_s"])
+        return JobRun(paths, results, text, [text])
 
 
 def train_and_score(recipe: KBVQARecipe, paths: RunPaths) -> dict[str, Any]:

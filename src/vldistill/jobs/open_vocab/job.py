@@ -26,6 +26,7 @@ import yaml
 from pydantic import BaseModel
 from torch import nn
 
+from vldistill.config import dump_recipe
 from vldistill.core.console import console
 from vldistill.core.hashing import json_hash, module_fingerprint
 from vldistill.core.runpaths import RunPaths
@@ -33,7 +34,6 @@ from vldistill.data.image_text import ImageTextSet
 from vldistill.jobs.base import (
     JobRun,
     RunOptions,
-    dump,
     execute,
     open_run_folder,
     save_progress,
@@ -96,7 +96,7 @@ class OpenVocabJob:
         results["wall_time_s"] = time.perf_counter() - start
         text = report(results)
         summary = [markdown_table(results)] + ([line] if (line := goal_line(results)) else [])
-        return JobRun(paths, results, text, summary, results["wall_time_s"])
+        return JobRun(paths, results, text, summary)
 
 
 def train_and_score(recipe: OpenVocabRecipe, paths: RunPaths, resume: bool = False
@@ -104,7 +104,7 @@ def train_and_score(recipe: OpenVocabRecipe, paths: RunPaths, resume: bool = Fal
     """Teacher, then students with and without KD per seed; every number of the run. With
     ``resume``, finished models are loaded and an interrupted one continues (see
     vldistill.train.resume); resume files of another recipe or teacher are not used."""
-    stamp = json_hash(yaml.safe_load(dump(recipe)))[:16]
+    stamp = json_hash(yaml.safe_load(dump_recipe(recipe)))[:16]
 
     def saver(settings: ImageEncoderSettings, role: str) -> SaveFn:
         return lambda path, model: save_encoder(path, model, settings, text_encoder,

@@ -34,7 +34,7 @@ def job_run(result: RunResult) -> JobRun:
     paths = RunPaths(result.run_dir)
     results = results_dict(result)
     summary = [results_table(results)] + ([line] if (line := gain_line(results)) else [])
-    return JobRun(paths, results, vqa_report(results, paths), summary, result.wall_time_s)
+    return JobRun(paths, results, vqa_report(results, paths), summary)
 
 
 class VQAKDJob:
