@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.jobs.kbvqa.test_kbvqa_job import TINY as KBVQA_TINY
 from tests.jobs.kv_prefix.test_kv_prefix_run import TINY as KV_PREFIX_TINY
 
 ROOT = Path(__file__).parents[2]
@@ -21,11 +22,16 @@ OPEN_VOCAB = ["data.shapesworld.train_images=200", "data.shapesworld.val_images=
               "data.labelled_images=40", "teacher.widths=[8]", "teacher.train.max_steps=4",
               "teacher.train.batch_size=16", "student.widths=[4]", "student.train.max_steps=4",
               "student.train.batch_size=16", "eval.latency_repeats=2"]
+# the KB-VQA job's tiny run, its readers reading a small BERT distilled from MiniLM
+KBVQA = [*KBVQA_TINY, "retriever.kind=distilled", "retriever.compare=[bm25, distilled]",
+         "retriever.distil={teacher: minilm, student_hidden: 32, student_layers: 1, "
+         "train: {max_steps: 4, batch_size: 16}}", "reader.large=null"]
 
 
 @pytest.mark.parametrize("recipe, overrides", [("kv_prefix.yaml", KV_PREFIX),
-                                               ("open_vocab.yaml", OPEN_VOCAB)],
-                         ids=["kv_prefix", "open_vocab"])
+                                               ("open_vocab.yaml", OPEN_VOCAB),
+                                               ("kbvqa.yaml", KBVQA)],
+                         ids=["kv_prefix", "open_vocab", "kbvqa"])
 def test_two_ddp_processes_run_the_job_and_rank_zero_alone_reports(recipe, overrides,
                                                                    tmp_path):
     command = [sys.executable, "-m", "vldistill", "run", str(ROOT / "recipes" / recipe),

@@ -7,8 +7,16 @@ from pathlib import Path
 import pytest
 import torch
 
+from vldistill.config import TrainerSettings
+from vldistill.core.runpaths import RunPaths
 from vldistill.data.sample import Sample
-from vldistill.jobs.kbvqa.reader import ReaderTrainSettings, evaluate_reader, train_reader
+from vldistill.jobs.kbvqa.reader import (
+    ReaderStep,
+    evaluate_reader,
+    load_reader_weights,
+    train_reader,
+)
+from vldistill.jobs.kbvqa.recipe import constant_lr
 from vldistill.kd.token_losses import token_kd
 from vldistill.models.fid_reader import FiDReader, passage
 
@@ -87,21 +95,52 @@ def test_token_kd_is_zero_against_itself_and_masks_padding() -> None:
     assert float(token_kd(logits, other, labels)) > 0.0
 
 
-def test_training_with_a_teacher_adds_token_kd() -> None:
+def test_training_with_a_teacher_adds_token_kd(tmp_path: Path) -> None:
     samples = [Sample(i, i % 2, QUESTION, ("3",) * 10, "knowledge", fact_ids=("F1",))
                for i in range(4)]
     captions = {0: IMAGE, 1: IMAGE}
     contexts = [["A triangle has three corners."]] * 4
     student, teacher = tiny(seed=1, d_model=16), tiny(seed=2)
-    settings = ReaderTrainSettings(steps=3, batch_size=2, kd_weight=0.5)
+    quiet = TrainerSettings(progress_bar=False)
 
-    with_kd = train_reader(student, samples, captions, contexts, settings, teacher=teacher,
-                           progress=False)
+    with_kd = train_reader(student, samples, captions, contexts, constant_lr(1e-3, 3, 2),
+                           paths=RunPaths(tmp_path / "kd"), trainer=quiet, teacher=teacher,
+                           kd_weight=0.5).losses
     alone = train_reader(tiny(seed=1, d_model=16), samples, captions, contexts,
-                         ReaderTrainSettings(steps=3, batch_size=2), progress=False)
+                         constant_lr(1e-3, 3, 2), paths=RunPaths(tmp_path / "alone"),
+                         trainer=quiet).losses
     assert len(with_kd) == 3 and with_kd != alone
+    # the first batch, by hand: (1 - w) * NLL + w * token KD from the teacher
+    step = ReaderStep(tiny(seed=1, d_model=16), samples, contexts, captions, teacher=teacher,
+                      kd_weight=0.5)
+    rows = torch.tensor([0, 1])
+    terms = {k: v.detach() for k, v in step({"rows": rows}).items()}
+    assert float(terms["loss"]) == pytest.approx(
+        0.5 * float(terms["nll"]) + 0.5 * float(terms["token_kd"]), rel=1e-6)
+    assert float(terms["token_kd"]) > 0
     with pytest.raises(ValueError, match="kd_weight must lie in"):
-        ReaderTrainSettings(kd_weight=1.5)
+        ReaderStep(student, samples, contexts, captions, kd_weight=1.5)
+
+
+def test_early_stopping_keeps_the_best_exact_match_weights(tmp_path: Path) -> None:
+    """Validation every step on a held-out slice; the weights restored at the end are those of
+    the best validation, written as <role>-best.safetensors."""
+    samples = [Sample(i, 0, QUESTION, ("3",) * 10, "knowledge") for i in range(4)]
+    contexts = [["A triangle has three corners."]] * 4
+    reader = tiny(seed=4, d_model=16)
+    fitted = train_reader(reader, samples, {0: IMAGE}, contexts,
+                          constant_lr(3e-3, 6, 2, val_every_n_steps=1),
+                          paths=RunPaths(tmp_path), trainer=TrainerSettings(progress_bar=False),
+                          role="r", validate=(samples[:2], contexts[:2]))
+
+    best = tmp_path / "checkpoints" / "r-best.safetensors"
+    assert best.is_file() and fitted.steps == 6
+    reloaded = tiny(seed=5, d_model=16)
+    load_reader_weights(reloaded, best)
+    for key, value in reader.state_dict().items():
+        torch.testing.assert_close(reloaded.state_dict()[key], value)
+    history = (tmp_path / "logs" / "r" / "metrics.csv").read_text()
+    assert "val/EM" in history
 
 
 def test_evaluation_scores_squad_em_f1_and_vqa_accuracy_by_hand() -> None:

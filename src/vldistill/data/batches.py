@@ -273,3 +273,35 @@ def sequential_batches(num_items: int, batch_size: int) -> list[list[int]]:
     """Fixed, ordered batches for evaluation."""
     return [list(range(i, min(i + batch_size, num_items)))
             for i in range(0, num_items, batch_size)]
+
+
+class Rows(Dataset):
+    """Row indices ``0 .. count-1`` of one part of a batch (``part``: a name such as
+    "labelled", "pool" or "val"), for steps whose examples live in tables the step holds
+    (texts, image tensors) rather than in the dataset."""
+
+    def __init__(self, count: int, part: str) -> None:
+        self.count, self.part = count, part
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index: int) -> tuple[str, int]:
+        if not 0 <= index < self.count:
+            raise IndexError(f"row {index} of {self.count} ({self.part})")
+        return self.part, index
+
+
+class RowCollate:
+    """Batches of :class:`Rows` items as ``{part: LongTensor of row indices}``, one entry per
+    part named here (empty when the batch has none of it)."""
+
+    def __init__(self, *parts: str) -> None:
+        self.parts = parts
+
+    def __call__(self, items: list[tuple[str, int]]) -> dict[str, torch.Tensor]:
+        unknown = {p for p, _ in items} - set(self.parts)
+        if unknown:
+            raise ValueError(f"rows of part(s) {sorted(unknown)}; expected {list(self.parts)}")
+        return {part: torch.tensor([i for p, i in items if p == part], dtype=torch.long)
+                for part in self.parts}

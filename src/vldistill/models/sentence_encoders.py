@@ -38,6 +38,11 @@ class SentenceEncoder(nn.Module):
         super().__init__()
         self.model, self.tokenizer = model, tokenizer
         self.max_length, self.name = max_length, name
+        # mean pooling never reads BERT's [CLS] pooler: frozen, it is not trained or counted
+        # as a parameter DDP waits for a gradient of
+        pooler = getattr(model, "pooler", None)
+        if isinstance(pooler, nn.Module):
+            pooler.requires_grad_(False)
 
     @classmethod
     def from_pretrained(cls, path: Path, max_length: int = 64) -> SentenceEncoder:

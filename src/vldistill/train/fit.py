@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -132,10 +132,28 @@ class SafetensorsCheckpoint(Checkpoint):
 
 @dataclass
 class FitResult:
+    """A finished fit: the trained student, its wall time and optimiser steps, the last logged
+    metrics, and the training loss of every batch this process trained (after a resume, only
+    the batches since; empty for a role that had finished before)."""
+
     student: nn.Module
     wall_time_s: float
     steps: int
     metrics: dict[str, float]
+    losses: list[float] = field(default_factory=list)
+
+
+class LossHistory(Callback):
+    """Records each training batch's loss (on this rank)."""
+
+    def __init__(self) -> None:
+        self.losses: list[float] = []
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs: Any,
+                           batch: Any, batch_index: int) -> None:
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        if loss is not None:
+            self.losses.append(float(loss.detach()))
 
 
 def build_trainer(settings: TrainerSettings, train: TrainSettings, log_dir: Path, role: str,
@@ -226,7 +244,8 @@ def fit(step: TrainingStep, data: LoaderModule, evaluator: Evaluator | None, tra
     has_val = data.val_dataset is not None and evaluator is not None
     points = ResumePoints(checkpoint, train.checkpoint_every_n_steps,
                           train.val_every_n_steps if has_val else None, stamp)
-    callbacks = list(callbacks)
+    history = LossHistory()
+    callbacks = [*callbacks, history]
     if settings.progress_bar:
         callbacks.append(StepProgressBar(role, monitor, console))
     if save is not None:
@@ -251,4 +270,4 @@ def fit(step: TrainingStep, data: LoaderModule, evaluator: Evaluator | None, tra
     if trainer.is_global_zero:
         write_done(run_dir, role, trainer.global_step, wall, metrics, stamp)
     step.student.eval()
-    return FitResult(step.student, wall, trainer.global_step, metrics)
+    return FitResult(step.student, wall, trainer.global_step, metrics, history.losses)

@@ -202,7 +202,9 @@ def resume_stamp(state: dict[str, Any]) -> str:
 
 
 def forget(run_dir: Path, role: str) -> None:
-    """Remove a role's resume files (a fresh, non-resumed fit)."""
+    """Remove a role's resume files and its best weights (a fresh, non-resumed fit: a best
+    file of an earlier fit must not be taken for this one's)."""
     resume_path(run_dir, role).unlink(missing_ok=True)
     previous_path(resume_path(run_dir, role)).unlink(missing_ok=True)
     done_path(run_dir, role).unlink(missing_ok=True)
+    RunPaths(run_dir).weights(role, "best").unlink(missing_ok=True)

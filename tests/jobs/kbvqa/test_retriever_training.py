@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
+from vldistill.config import TrainerSettings
+from vldistill.core.errors import RecipeError
+from vldistill.core.runpaths import RunPaths
 from vldistill.data.facts import KnowledgeBase
 from vldistill.data.shapesworld_questions import Fact
+from vldistill.jobs.kbvqa.recipe import RetrieverDistillSettings, constant_lr, load_kb_recipe
 from vldistill.jobs.kbvqa.retriever import (
-    RetrieverDistillSettings,
-    RetrieverTrainSettings,
     distil_retriever,
     hard_negative_ids,
     small_encoder,
     train_retriever,
 )
 from vldistill.models.fact_index import DenseRetriever
+
+QUIET = TrainerSettings(progress_bar=False)
 
 FACTS = [Fact(f"F{i}", text) for i, text in enumerate([
     "A triangle has three corners.", "A square has four corners.", "A star has ten corners.",
@@ -38,20 +44,24 @@ def test_hard_negatives_are_the_best_bm25_facts_that_are_not_gold() -> None:
     assert set(negatives[0]) <= {1, 2}          # the other corner facts share "corners"
 
 
-def test_dpr_training_lowers_the_loss_and_ranks_the_gold_fact_first() -> None:
+def test_dpr_training_lowers_the_loss_and_ranks_the_gold_fact_first(tmp_path: Path) -> None:
     kb = KnowledgeBase(FACTS)
     encoder = small_encoder(hidden=32, layers=1, seed=0)
     queries, golds = [q for q, _ in QUERIES], [[g] for _, g in QUERIES]
 
-    losses = train_retriever(encoder, kb, queries, golds, RetrieverTrainSettings(
-        steps=60, batch_size=6, lr=1e-3, temperature=0.1, hard_negatives=2), progress=False)
+    fitted = train_retriever(encoder, kb, queries, golds, constant_lr(1e-3, 60, 6),
+                             paths=RunPaths(tmp_path), trainer=QUIET, temperature=0.1,
+                             hard_negatives=2)
 
+    losses = fitted.losses
+    assert fitted.steps == len(losses) == 60
     assert np.mean(losses[-10:]) < 0.5 * np.mean(losses[:10])
+    assert (tmp_path / "logs" / "retriever-trained" / "metrics.csv").is_file()
     indices, _ = DenseRetriever(kb, encoder).search(queries, 1)
     assert [kb.ids[i] for i in indices[:, 0]] == [g for _, g in QUERIES]
 
 
-def test_distillation_makes_the_student_rank_like_the_teacher() -> None:
+def test_distillation_makes_the_student_rank_like_the_teacher(tmp_path: Path) -> None:
     kb = KnowledgeBase(FACTS)
     teacher = small_encoder(hidden=32, layers=1, seed=1)
     student = small_encoder(hidden=16, layers=1, seed=2)
@@ -64,13 +74,22 @@ def test_distillation_makes_the_student_rank_like_the_teacher() -> None:
 
     before = agreement()
     losses = distil_retriever(student, teacher, kb, queries, RetrieverDistillSettings(
-        steps=80, batch_size=16, lr=2e-3, candidates=4), progress=False)
+        candidates=4, train=constant_lr(2e-3, 80, 16)), paths=RunPaths(tmp_path),
+        trainer=QUIET).losses
 
     assert np.mean(losses[-10:]) < np.mean(losses[:10])
     assert agreement() > max(before, 0.6)
 
 
 def test_distillation_refuses_an_unknown_embedding_loss() -> None:
-    with pytest.raises(ValueError, match="is not cosine or mse"):
-        distil_retriever(small_encoder(hidden=16, layers=1), small_encoder(hidden=16, layers=1),
-                         KnowledgeBase(FACTS), ["q"], RetrieverDistillSettings(embedding="l1"))
+    with pytest.raises(RecipeError, match=r"retriever.distil.embedding: Input should be "
+                                          r"'cosine' or 'mse'"):
+        load_kb_recipe(None, ["retriever.distil.embedding=l1"])
+
+
+def test_old_retriever_and_reader_keys_name_their_new_place() -> None:
+    with pytest.raises(RecipeError, match="train_steps was renamed train.max_steps"):
+        load_kb_recipe(None, ["retriever.train_steps=10"])
+    with pytest.raises(RecipeError, match="steps was renamed train.max_steps.*patience was "
+                                          "renamed train.early_stopping_patience"):
+        load_kb_recipe(None, ["reader.steps=10", "reader.patience=2"])

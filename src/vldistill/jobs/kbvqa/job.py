@@ -1,8 +1,15 @@
 """The knowledge-based VQA job: `vldistill run recipes/kbvqa.yaml` (``job: kbvqa``).
 
-    knowledge base -> retriever (BM25 | MiniLM | trained | distilled) -> top-n facts per question
-                   -> Fusion-in-Decoder readers (base; large and base distilled from it)
-                   -> retrieval (recall@k, MRR) and reader (EM, F1, VQA accuracy) tables
+    knowledge base -> retrievers side by side: BM25, MiniLM, MiniLM trained DPR-style on the
+                      gold facts (the teacher), a small BERT distilled from it
+                      (recall@k, MRR, queries/s, parameters)
+                   -> the chosen retriever's top-n facts per question
+                   -> Fusion-in-Decoder readers: base without knowledge (the baseline), base,
+                      large, and base distilled from large (EM, F1, VQA accuracy)
+
+Every model trains through the engine (Lightning, DDP, resume points, logs); the run folder is
+the one every job writes (see vldistill.core.runpaths), with the trained retrievers and the
+readers saved as Hugging Face folders under checkpoints/.
 
 Data is ShapesWorld's knowledge questions by default, or files in the VQAv2 / OK-VQA layout
 with a facts JSONL and, optionally, captions JSONL files (the image as text).
@@ -16,18 +23,29 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
+import yaml
 from pydantic import BaseModel
 
+from vldistill.config import dump_recipe
 from vldistill.core.console import console
 from vldistill.core.errors import DataError, RecipeError
+from vldistill.core.hashing import json_hash, module_fingerprint
+from vldistill.core.ranks import is_global_zero
 from vldistill.core.runpaths import RunPaths
 from vldistill.data.facts import KnowledgeBase, read_captions, read_facts
 from vldistill.data.sample import Sample
 from vldistill.data.shapesworld import load_shapesworld
 from vldistill.data.vqa import read_vqa
 from vldistill.eval.retrieval import mean_reciprocal_rank, recall_at_k
-from vldistill.jobs.base import JobRun, RunOptions, execute, open_run_folder, save_progress
-from vldistill.jobs.kbvqa.reader import ReaderTrainSettings, evaluate_reader, train_reader
+from vldistill.jobs.base import (
+    JobRun,
+    RunOptions,
+    execute,
+    open_run_folder,
+    save_progress,
+    world_size,
+)
+from vldistill.jobs.kbvqa.reader import evaluate_reader, train_reader
 from vldistill.jobs.kbvqa.recipe import (
     EXAMPLE,
     KBDataSettings,
@@ -35,16 +53,10 @@ from vldistill.jobs.kbvqa.recipe import (
     ReaderModel,
     load_kb_recipe,
 )
-from vldistill.jobs.kbvqa.retriever import (
-    RetrieverDistillSettings,
-    RetrieverTrainSettings,
-    distil_retriever,
-    small_encoder,
-    train_retriever,
-)
-from vldistill.models.fact_index import BM25Retriever, DenseRetriever
+from vldistill.jobs.kbvqa.retriever import distil_retriever, small_encoder, train_retriever
+from vldistill.models.fact_index import BM25Retriever, DenseRetriever, Retriever
 from vldistill.models.fid_reader import FiDReader
-from vldistill.models.sentence_encoders import load_encoder
+from vldistill.models.sentence_encoders import SentenceEncoder, load_encoder
 
 
 def load_kb_data(settings: KBDataSettings):
@@ -82,27 +94,8 @@ def _queries(samples: list[Sample], captions: dict, image_text: bool) -> list[st
             else s.question for s in samples]
 
 
-def build_retriever(recipe: KBVQARecipe, kb, train, captions):
-    settings = recipe.retriever
-    if settings.kind == "bm25":
-        return BM25Retriever(kb)
-    encoder = load_encoder(settings.encoder)
-    queries = _queries(train, captions, settings.image_text)
-    if settings.kind == "trained":
-        with_gold = [(q, s.fact_ids) for q, s in zip(queries, train) if s.fact_ids]
-        if not with_gold:
-            raise RecipeError("retriever.kind 'trained' learns from the training questions' "
-                              "gold fact ids, and these questions have none. Set "
-                              "retriever.kind to distilled, minilm or bm25.")
-        train_retriever(encoder, kb, [q for q, _ in with_gold], [g for _, g in with_gold],
-                        RetrieverTrainSettings(steps=settings.train_steps, seed=recipe.seed))
-    elif settings.kind == "distilled":
-        student = small_encoder(settings.student_hidden, settings.student_layers,
-                                heads=max(2, settings.student_hidden // 64), seed=recipe.seed)
-        distil_retriever(student, encoder, kb, queries, RetrieverDistillSettings(
-            steps=settings.distil_steps, candidates=32, seed=recipe.seed))
-        encoder = student
-    return DenseRetriever(kb, encoder, settings.index)
+NAMES = {"bm25": "BM25", "minilm": "MiniLM", "trained": "MiniLM trained (DPR)",
+         "distilled": "small BERT distilled"}
 
 
 def run_kbvqa(recipe: KBVQARecipe, options: RunOptions = RunOptions()) -> dict[str, Any]:
@@ -111,14 +104,15 @@ def run_kbvqa(recipe: KBVQARecipe, options: RunOptions = RunOptions()) -> dict[s
 
 
 class KBVQAJob:
-    """Knowledge-based VQA: a retriever over a fact knowledge base and Fusion-in-Decoder
-    readers (base; large, and base distilled from it)."""
+    """Knowledge-based VQA: retrievers over a fact knowledge base (a trained teacher and a
+    distilled student side by side) and Fusion-in-Decoder readers (no knowledge; base; large,
+    and base distilled from it)."""
 
     name: ClassVar[str] = "kbvqa"
     title: ClassVar[str] = "knowledge-based VQA"
     schema: ClassVar[type[BaseModel]] = KBVQARecipe
     example: ClassVar[str] = EXAMPLE
-    options: ClassVar[frozenset[str]] = frozenset()
+    options: ClassVar[frozenset[str]] = frozenset({"resume"})
 
     def load(self, path: Path | None, overrides: Sequence[str] = ()) -> KBVQARecipe:
         return load_kb_recipe(path, overrides)
@@ -127,42 +121,137 @@ class KBVQAJob:
         start = time.perf_counter()
         paths = open_run_folder(RunPaths.of(recipe.output_dir, recipe.name), recipe,
                                 options.resume)
-        results = train_and_score(recipe, paths)
+        console.print(f"[bold]vldistill run[/] {recipe.name} (job kbvqa): retriever "
+                      f"{recipe.retriever.kind}, output {paths.root}")
+        results = train_and_score(recipe, paths, options.resume)
         results["wall_time_s"] = time.perf_counter() - start
-        text = report(results)
-        return JobRun(paths, results, text, [text])
+        return JobRun(paths, results, report(results), summary(results))
 
 
-def train_and_score(recipe: KBVQARecipe, paths: RunPaths) -> dict[str, Any]:
-    """Retriever, then the readers over its top facts; every number of the run."""
+class Retrievers:
+    """Builds (and trains) the retrievers a recipe scores, in order, each once."""
+
+    def __init__(self, recipe: KBVQARecipe, paths: RunPaths, kb, queries: list[str],
+                 golds: list, resume: bool, stamp: str) -> None:
+        self.recipe, self.paths, self.kb = recipe, paths, kb
+        self.queries, self.golds, self.resume, self.stamp = queries, golds, resume, stamp
+        self.encoders: dict[str, SentenceEncoder] = {}
+        self.train_s: dict[str, float] = {}
+
+    def build(self, kind: str) -> Retriever:
+        settings = self.recipe.retriever
+        if kind == "bm25":
+            return BM25Retriever(self.kb)
+        if kind not in self.encoders:
+            self.encoders[kind] = getattr(self, f"_{kind}")()
+        return DenseRetriever(self.kb, self.encoders[kind], settings.index)
+
+    def _minilm(self) -> SentenceEncoder:
+        return load_encoder(self.recipe.retriever.encoder).eval()
+
+    def _trained(self) -> SentenceEncoder:
+        settings, recipe = self.recipe.retriever, self.recipe
+        labelled = [(q, g) for q, g in zip(self.queries, self.golds) if g]
+        if not labelled:
+            raise RecipeError("retriever.kind 'trained' learns from the training questions' "
+                              "gold fact ids, and these questions have none. Set "
+                              "retriever.kind to distilled (with retriever.distil.teacher: "
+                              "minilm), minilm or bm25, and leave trained out of "
+                              "retriever.compare.")
+        encoder = load_encoder(settings.encoder)
+        torch.manual_seed(recipe.seed)
+        fitted = train_retriever(encoder, self.kb, [q for q, _ in labelled],
+                                 [g for _, g in labelled], settings.train, paths=self.paths,
+                                 trainer=recipe.trainer, temperature=settings.temperature,
+                                 hard_negatives=settings.hard_negatives, seed=recipe.seed,
+                                 role="retriever-trained", resume=self.resume,
+                                 stamp=self.stamp)
+        self.train_s["trained"] = fitted.wall_time_s
+        self._save(encoder, "retriever-trained")
+        return encoder
+
+    def _distilled(self) -> SentenceEncoder:
+        settings, recipe = self.recipe.retriever.distil, self.recipe
+        teacher = self.encoders.get(settings.teacher) or getattr(self, f"_{settings.teacher}")()
+        self.encoders.setdefault(settings.teacher, teacher)
+        student = small_encoder(settings.student_hidden, settings.student_layers,
+                                heads=max(2, settings.student_hidden // 64), seed=recipe.seed)
+        torch.manual_seed(recipe.seed)
+        fitted = distil_retriever(student, teacher, self.kb, self.queries, settings,
+                                  paths=self.paths, trainer=recipe.trainer, seed=recipe.seed,
+                                  role="retriever-distilled", resume=self.resume,
+                                  stamp=f"{self.stamp}-{module_fingerprint(teacher)[:16]}")
+        self.train_s["distilled"] = fitted.wall_time_s
+        self._save(student, "retriever-distilled")
+        return student
+
+    def _save(self, encoder: SentenceEncoder, role: str) -> None:
+        if is_global_zero():
+            encoder.save_pretrained(self.paths.model_dir(role))
+
+    def parameters(self, kind: str) -> int:
+        encoder = self.encoders.get(kind)
+        return sum(p.numel() for p in encoder.parameters()) if encoder is not None else 0
+
+
+def score_retriever(retriever: Retriever, kb, queries: list[str], golds: list
+                    ) -> dict[str, float]:
+    """Recall@1/5/10 and MRR against the gold fact ids (when there are any), and queries per
+    second (encoding and search, after a warm-up batch)."""
+    retriever.search(queries[:64], 10)                                   # warm-up
+    start = time.perf_counter()
+    indices, _ = retriever.search(queries, 10)
+    out: dict[str, float] = {"queries_per_s": len(queries) / (time.perf_counter() - start)}
+    if any(golds):
+        ranked = [[kb.ids[i] for i in row if i >= 0] for row in indices]
+        out.update({f"R@{k}": recall_at_k(ranked, golds, k) for k in (1, 5, 10)})
+        out["MRR"] = mean_reciprocal_rank(ranked, golds)
+    return out
+
+
+def train_and_score(recipe: KBVQARecipe, paths: RunPaths, resume: bool = False
+                    ) -> dict[str, Any]:
+    """Retrievers side by side, then the readers over the chosen one's top facts; every
+    number of the run. With ``resume``, finished models are loaded and an interrupted one
+    continues (see vldistill.train.resume); resume files of another recipe are not used."""
+    stamp = json_hash(yaml.safe_load(dump_recipe(recipe)))[:16]
     torch.manual_seed(recipe.seed)
     kb, train, val, captions = load_kb_data(recipe.data)
     console.print(f"kbvqa: {len(kb)} facts, {len(train)} train / {len(val)} val questions")
     settings = recipe.retriever
-    retriever = build_retriever(recipe, kb, train, captions)
+    train_queries = _queries(train, captions, settings.image_text)
+    val_queries = _queries(val, captions, settings.image_text)
+    results: dict[str, Any] = {"recipe": recipe.name, "retriever": settings.kind,
+                               "facts": len(kb), "train_questions": len(train),
+                               "val_questions": len(val), "retrieval": {}}
+    built = Retrievers(recipe, paths, kb, train_queries, [s.fact_ids for s in train], resume,
+                       stamp)
+    golds = [s.fact_ids for s in val]
+    for kind in settings.scored:
+        retriever = built.build(kind)
+        row = {**score_retriever(retriever, kb, val_queries, golds),
+               "params": built.parameters(kind), "train_s": built.train_s.get(kind, 0.0)}
+        if kind == "distilled":
+            row["teacher"] = settings.distil.teacher
+        results["retrieval"][kind] = row
+        console.print(f"retriever {NAMES[kind]}: " + ", ".join(
+            f"{k} {v:.3g}" for k, v in row.items() if isinstance(v, float)))
+        save_progress(paths, results)
+    retriever = built.build(settings.kind)
     n = settings.n_context
 
-    def contexts(samples):
-        indices, _ = retriever.search(_queries(samples, captions, settings.image_text), n)
+    def contexts(samples: list[Sample], queries: list[str]) -> list[list[str | None]]:
+        indices, _ = retriever.search(queries, n)
         return [[kb.texts[i] if i >= 0 else None for i in row] for row in indices]
 
-    train_contexts, val_contexts = contexts(train), contexts(val)
-    results: dict[str, Any] = {"recipe": recipe.name, "retriever": settings.kind}
-    golds = [s.fact_ids for s in val]
-    if any(golds):
-        indices, _ = retriever.search(_queries(val, captions, settings.image_text), 10)
-        ranked = [[kb.ids[i] for i in row if i >= 0] for row in indices]
-        results["retrieval"] = {f"R@{k}": recall_at_k(ranked, golds, k) for k in (1, 5, 10)}
-        results["retrieval"]["MRR"] = mean_reciprocal_rank(ranked, golds)
-        console.print(f"retrieval ({settings.kind}): {results['retrieval']}")
-        save_progress(paths, results)
-
+    train_contexts, val_contexts = contexts(train, train_queries), contexts(val, val_queries)
     texts = ([s.question for s in train] + list(captions.values()) + kb.texts +
              [a for s in train for a in s.answers] + ["none"])
     reader_settings = recipe.reader
     holdout = max(1, len(train) // 20)          # early stopping reads a held-out slice
     fit_samples, fit_contexts = train[holdout:], train_contexts[holdout:]
     check = (train[:holdout], train_contexts[:holdout])
+    results["readers"] = {}
 
     def build(model: ReaderModel) -> FiDReader:
         tokens = reader_settings.max_passage_tokens
@@ -172,46 +261,120 @@ def train_and_score(recipe: KBVQARecipe, paths: RunPaths) -> dict[str, Any]:
                                      heads=model.heads, seed=recipe.seed,
                                      max_passage_tokens=tokens)
 
-    def fit(name: str, model: ReaderModel, teacher=None) -> FiDReader:
-        reader = build(model)
-        began = time.perf_counter()
-        train_reader(reader, fit_samples, captions, fit_contexts, ReaderTrainSettings(
-            steps=reader_settings.steps, batch_size=reader_settings.batch_size,
-            lr=reader_settings.lr, kd_weight=reader_settings.kd_weight if teacher else 0.0,
-            seed=recipe.seed), teacher=teacher, validate=check,
-            val_every_n_steps=reader_settings.val_every_n_steps,
-            patience=reader_settings.patience)
-        metrics = evaluate_reader(reader, val, captions, val_contexts)
-        results.setdefault("readers", {})[name] = {
+    def fit(name: str, reader: FiDReader, teacher: FiDReader | None = None,
+            knowledge: bool = True) -> FiDReader:
+        role = f"reader-{name.replace(' ', '-')}"
+        none = lambda samples: [[None] for _ in samples]                      # noqa: E731
+        torch.manual_seed(recipe.seed)
+        fitted = train_reader(
+            reader, fit_samples, captions, fit_contexts if knowledge else none(fit_samples),
+            reader_settings.train, paths=paths, trainer=recipe.trainer, role=role,
+            teacher=teacher, kd_weight=reader_settings.kd_weight,
+            temperature=reader_settings.temperature,
+            validate=(check[0], check[1] if knowledge else none(check[0])), seed=recipe.seed,
+            resume=resume,
+            stamp=stamp if teacher is None else f"{stamp}-{module_fingerprint(teacher)[:16]}")
+        metrics = evaluate_reader(reader, val, captions,
+                                  val_contexts if knowledge else none(val),
+                                  batch_size=recipe.eval_batch_size)
+        results["readers"][name] = {
             **metrics, "params": sum(p.numel() for p in reader.parameters()),
-            "train_s": time.perf_counter() - began}
+            "steps": fitted.steps, "train_s": fitted.wall_time_s}
         console.print(f"reader {name}: EM {metrics['EM']:.1f} F1 {metrics['F1']:.1f} "
                       f"VQA {metrics['VQA']:.1f}")
-        reader.save_pretrained(paths.model_dir(f"reader-{name.replace(' ', '-')}"))
+        if is_global_zero():
+            reader.save_pretrained(paths.model_dir(role))
         save_progress(paths, results)
         return reader
 
-    base_reader = fit("base", reader_settings.base)
+    base, large = build(reader_settings.base), None
     if reader_settings.large is not None:
-        large = fit("large", reader_settings.large)
-        if len(large.tokenizer) != len(base_reader.tokenizer):
+        large = build(reader_settings.large)
+        if len(large.tokenizer) != len(base.tokenizer):
             raise RecipeError("the large and base readers have different tokenizers "
-                              f"({len(large.tokenizer)} vs {len(base_reader.tokenizer)} "
+                              f"({len(large.tokenizer)} vs {len(base.tokenizer)} "
                               "tokens); token-level KD needs one vocabulary. Build both in "
                               "code, or load both from folders that share a tokenizer.")
-        fit("base distilled", reader_settings.base, teacher=large)
+    if reader_settings.no_knowledge:
+        fit("no knowledge", build(reader_settings.base), knowledge=False)
+    fit("base", base)
+    if large is not None:
+        fit("large", large)
+        fit("base distilled", build(reader_settings.base), teacher=large)
+    results["world_size"] = world_size()     # DDP starts with the first fit
     return results
 
 
-def report(results: dict[str, Any]) -> str:
-    lines = [f"# vldistill kb run: {results['recipe']}", ""]
-    if "retrieval" in results:
-        r = results["retrieval"]
-        lines += ["| retriever | R@1 | R@5 | R@10 | MRR |", "|---|---|---|---|---|",
-                  f"| {results['retriever']} | {r['R@1']:.1f} | {r['R@5']:.1f} | "
-                  f"{r['R@10']:.1f} | {r['MRR']:.3f} |", ""]
-    lines += ["| reader | EM | F1 | VQA acc. | params | train s |", "|---|---|---|---|---|---|"]
+# -- the report
+
+
+def retrieval_table(results: dict[str, Any]) -> str:
+    rows = results.get("retrieval", {})
+    if not rows:
+        return ""
+    recall = any("R@1" in row for row in rows.values())
+    head = "| retriever | R@1 | R@5 | R@10 | MRR | queries/s | params |" if recall else \
+        "| retriever | queries/s | params |"
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for kind, r in rows.items():
+        name = NAMES[kind] + (f" from {NAMES[r['teacher']]}" if "teacher" in r else "")
+        cells = [f"{r['R@1']:.1f}", f"{r['R@5']:.1f}", f"{r['R@10']:.1f}",
+                 f"{r['MRR']:.3f}"] if recall else []
+        lines.append(f"| {name}{' (readers)' if kind == results['retriever'] else ''} | " +
+                     " | ".join([*cells, f"{r['queries_per_s']:,.0f}", f"{r['params']:,}"]) +
+                     " |")
+    return "\n".join(lines)
+
+
+def reader_table(results: dict[str, Any]) -> str:
+    lines = ["| reader | EM | F1 | VQA acc. | params | steps | train s |",
+             "|---|---|---|---|---|---|---|"]
     lines += [f"| {name} | {m['EM']:.1f} | {m['F1']:.1f} | {m['VQA']:.1f} | {m['params']:,} | "
-              f"{m['train_s']:.0f} |" for name, m in results.get("readers", {}).items()]
-    lines.append(f"\nwall time: {results['wall_time_s']:.1f} s")
+              f"{m['steps']} | {m['train_s']:.0f} |"
+              for name, m in results.get("readers", {}).items()]
+    return "\n".join(lines)
+
+
+def headline(results: dict[str, Any]) -> list[str]:
+    """The comparisons the job's claims rest on, from this run's numbers."""
+    lines = []
+    retrieval, readers = results.get("retrieval", {}), results.get("readers", {})
+    student = retrieval.get("distilled")
+    if student is not None and "R@5" in student and student["teacher"] in retrieval:
+        teacher = retrieval[student["teacher"]]
+        lines.append(
+            f"Distilled retriever: {100 * student['R@5'] / max(teacher['R@5'], 1e-9):.1f} % of "
+            f"its teacher's ({NAMES[student['teacher']]}) recall@5 ({student['R@5']:.1f} vs "
+            f"{teacher['R@5']:.1f}) at {student['queries_per_s'] / teacher['queries_per_s']:.1f}x "
+            f"its queries/s, {student['params'] / max(teacher['params'], 1):.2f}x its "
+            "parameters.")
+    if "no knowledge" in readers and "base" in readers:
+        lift = readers["base"]["VQA"] - readers["no knowledge"]["VQA"]
+        lines.append(f"Retrieved knowledge ({NAMES[results['retriever']]} top facts) vs no "
+                     f"knowledge, base reader: {lift:+.1f} VQA accuracy points on "
+                     f"{results['val_questions']} val questions.")
+    if {"base", "large", "base distilled"} <= set(readers):
+        distilled = readers["base distilled"]["VQA"]
+        lines.append(f"Base distilled from large: {distilled:.1f} VQA accuracy vs "
+                     f"{readers['base']['VQA']:.1f} for base alone and "
+                     f"{readers['large']['VQA']:.1f} for large.")
+    return lines
+
+
+def summary(results: dict[str, Any]) -> list[str]:
+    parts = (retrieval_table(results), reader_table(results), "\n".join(headline(results)))
+    return ["\n\n".join(part for part in parts if part)]
+
+
+def report(results: dict[str, Any]) -> str:
+    lines = [f"# vldistill kb run: {results['recipe']}", "",
+             f"{results['facts']} facts, {results['train_questions']} train / "
+             f"{results['val_questions']} val questions, {results['world_size']} process(es).",
+             ""]
+    if results.get("retrieval"):
+        lines += ["## Retrievers", "", retrieval_table(results), ""]
+    lines += ["## Readers", "", reader_table(results), ""]
+    if headline(results):
+        lines += ["## Headline", "", *[f"- {line}" for line in headline(results)], ""]
+    lines.append(f"wall time: {results['wall_time_s']:.1f} s")
     return "\n".join(lines)

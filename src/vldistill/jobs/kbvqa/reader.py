@@ -1,20 +1,27 @@
 """Training and scoring of the Fusion-in-Decoder reader (:class:`vldistill.models.fid_reader.FiDReader`):
-answer NLL, with token-level KD from a larger reader (large-to-base distillation), early stopping
-on exact match; SQuAD v1.1 EM / F1 and VQA accuracy of greedy answers."""
+answer NLL, with token-level KD from a larger reader (large-to-base distillation), through the
+engine (:func:`vldistill.train.fit.fit`) with exact match on a held-out slice as its in-loop
+metric (best weights kept, optional early stopping); SQuAD v1.1 EM / F1 and VQA accuracy of
+greedy answers."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
-from vldistill.data.batches import common_answer
+from vldistill.config import TrainerSettings, TrainSettings
+from vldistill.core.runpaths import RunPaths
+from vldistill.data.batches import RowCollate, Rows, common_answer
 from vldistill.eval.squad import exact_match, f1_score
 from vldistill.eval.vqa_accuracy import vqa_accuracy
 from vldistill.kd.token_losses import token_kd
+from vldistill.models.checkpoint import read_weights, write_weights
 from vldistill.models.fid_reader import FiDReader, answer_nll
-from vldistill.train.loop import run_steps
+from vldistill.train.fit import FitResult, fit, mixed_loaders
 
 
 def reader_inputs(samples: Sequence[Any], captions: dict, contexts: Sequence[Sequence[str]],
@@ -28,73 +35,120 @@ def reader_inputs(samples: Sequence[Any], captions: dict, contexts: Sequence[Seq
 
 # ----------------------------------------------------------------------------- training
 
-class ReaderTrainSettings:
-    """Steps, batch and learning rate of reader training; ``kd_weight`` mixes token-level KD
-    from a teacher reader into the answer loss: (1 - w) * NLL + w * T^2 * KL."""
+FORMAT = "vldistill-fid-reader"
 
-    def __init__(self, steps: int = 1500, batch_size: int = 32, lr: float = 1e-3,
-                 kd_weight: float = 0.5, temperature: float = 1.0, seed: int = 0) -> None:
+
+class ReaderStep(nn.Module):
+    """Answer NLL on (question, image text, n facts) -> most common answer; with a frozen
+    ``teacher`` reader, ``(1 - w) * NLL + w * T^2 * KL`` on the answer tokens (token-level KD,
+    large-to-base distillation). ``batch["rows"]`` index the training samples, ``batch["val"]``
+    the held-out ones; ``predict`` gives greedy answers for the latter."""
+
+    def __init__(self, reader: FiDReader, samples: Sequence[Any], contexts: Sequence,
+                 captions: dict, *, teacher: FiDReader | None = None, kd_weight: float = 0.0,
+                 temperature: float = 1.0, with_image: bool = True,
+                 held_out: tuple[Sequence[Any], Sequence] = ((), ())) -> None:
+        super().__init__()
         if not 0.0 <= kd_weight <= 1.0:
             raise ValueError(f"reader kd_weight must lie in [0, 1], got {kd_weight}")
-        self.steps, self.batch_size, self.lr = steps, batch_size, lr
-        self.kd_weight, self.temperature, self.seed = kd_weight, temperature, seed
+        if len(samples) != len(contexts):
+            raise ValueError(f"{len(samples)} samples but {len(contexts)} context lists")
+        self.student, self.teacher = reader, teacher
+        if teacher is not None:
+            teacher.requires_grad_(False).eval()
+        self.samples, self.contexts, self.captions = list(samples), list(contexts), captions
+        self.kd_weight, self.temperature, self.with_image = kd_weight, temperature, with_image
+        self.held_out = (list(held_out[0]), list(held_out[1]))
+
+    def train(self, mode: bool = True) -> ReaderStep:
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()          # frozen: dropout stays off
+        return self
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        rows = batch["rows"].tolist()
+        inputs = reader_inputs([self.samples[r] for r in rows], self.captions,
+                               [self.contexts[r] for r in rows], self.with_image)
+        logits, labels = self.student(*inputs)
+        nll = answer_nll(logits, labels)
+        if self.teacher is None or self.kd_weight == 0:
+            return {"loss": nll, "nll": nll.detach()}
+        with torch.no_grad():
+            teacher_logits, _ = self.teacher(*inputs)
+        kd = token_kd(logits, teacher_logits, labels, self.temperature)
+        loss = (1 - self.kd_weight) * nll + self.kd_weight * kd
+        return {"loss": loss, "nll": nll.detach(), "token_kd": kd.detach()}
+
+    def batch_size(self, batch: dict[str, torch.Tensor]) -> int:
+        return len(batch["rows"])
+
+    def predict(self, batch: dict[str, torch.Tensor]) -> list[str]:
+        rows = batch["val"].tolist()
+        samples, contexts = self.held_out
+        questions, images, facts, _ = reader_inputs(
+            [samples[r] for r in rows], self.captions, [contexts[r] for r in rows],
+            self.with_image)
+        return self.student.generate(questions, images, facts)
+
+
+class ExactMatch:
+    """In-loop evaluator: SQuAD exact match (%) of greedy answers on held-out samples."""
+
+    name = "EM"
+
+    def __init__(self, samples: Sequence[Any]) -> None:
+        self.samples, self.total, self.count = list(samples), 0.0, 0
+
+    def reset(self) -> None:
+        self.total, self.count = 0.0, 0
+
+    def update(self, batch: dict[str, torch.Tensor], predicted: list[str]) -> None:
+        for row, answer in zip(batch["val"].tolist(), predicted):
+            self.total += exact_match(answer, self.samples[row].answers)
+            self.count += 1
+
+    def compute(self) -> dict[str, float]:
+        return {self.name: 100 * self.total / max(1, self.count)}
+
+
+def save_reader(path: Path, reader: FiDReader) -> Path:
+    return write_weights(path, reader, {"format": FORMAT})
+
+
+def load_reader_weights(reader: FiDReader, path: Path) -> None:
+    state, _ = read_weights(path, "it is written while the reader trains", (FORMAT,))
+    reader.load_state_dict(state)
 
 
 def train_reader(reader: FiDReader, samples: Sequence[Any], captions: dict,
-                 contexts: Sequence[Sequence[str | None]], settings: ReaderTrainSettings,
-                 teacher: FiDReader | None = None, with_image: bool = True,
-                 progress: bool = True, validate: tuple[Sequence[Any], Sequence] | None = None,
-                 val_every_n_steps: int = 250, patience: int | None = None) -> list[float]:
-    """Train on (question, image text, n facts) -> most common answer; with a ``teacher``, add
-    token-level KD on the answer tokens (large-to-base distillation). Returns the loss per
-    step. A plain loop, as for the retrievers (vldistill.jobs.kbvqa.retriever).
-
-    With ``validate`` = (samples, contexts), the reader is scored by exact match every
-    ``val_every_n_steps`` steps; the best weights are restored at the end (early stopping),
-    and training stops after ``patience`` validations without improvement."""
-    if len(samples) != len(contexts):
-        raise ValueError(f"{len(samples)} samples but {len(contexts)} context lists")
-
-    def step_loss(rows) -> torch.Tensor:
-        inputs = reader_inputs([samples[r] for r in rows], captions,
-                               [contexts[r] for r in rows], with_image)
-        logits, labels = reader(*inputs)
-        loss = answer_nll(logits, labels)
-        if teacher is not None and settings.kd_weight > 0:
-            with torch.no_grad():
-                teacher_logits, _ = teacher(*inputs)
-            loss = (1 - settings.kd_weight) * loss + settings.kd_weight * token_kd(
-                logits, teacher_logits, labels, settings.temperature)
-        return loss
-
-    best: tuple[float, dict] | None = None
-    since_best = 0
-
-    def after_step(step: int) -> bool:
-        """Early stopping: keep the best weights by exact match; True stops."""
-        nonlocal best, since_best
-        if validate is None or (step % val_every_n_steps and step != settings.steps):
-            return False
-        score = evaluate_reader(reader, validate[0], captions, validate[1], with_image)["EM"]
-        reader.train()
-        if best is None or score > best[0]:
-            best = (score, {k: v.detach().clone() for k, v in reader.state_dict().items()})
-            since_best = 0
-            return False
-        since_best += 1
-        return patience is not None and since_best >= patience
-
-    reader.train()
-    if teacher is not None:
-        teacher.eval()
-    losses = run_steps(reader.parameters(), steps=settings.steps,
-                       batch_size=settings.batch_size, population=len(samples),
-                       lr=settings.lr, seed=settings.seed, what="reader training",
-                       progress=progress, step_loss=step_loss, after_step=after_step)
-    if best is not None:
-        reader.load_state_dict(best[1])
+                 contexts: Sequence[Sequence[str | None]], train: TrainSettings, *,
+                 paths: RunPaths, trainer: TrainerSettings, role: str = "reader",
+                 teacher: FiDReader | None = None, kd_weight: float = 0.0,
+                 temperature: float = 1.0, with_image: bool = True,
+                 validate: tuple[Sequence[Any], Sequence] | None = None, seed: int = 0,
+                 resume: bool = False, stamp: str = "") -> FitResult:
+    """Train a reader through the engine; with a ``teacher``, token-level KD weighted
+    ``kd_weight``. With ``validate`` = (samples, contexts), exact match on them is the in-loop
+    metric every ``train.val_every_n_steps`` steps, the best weights are restored at the end
+    (``checkpoints/<role>-best.safetensors``), and ``train.early_stopping_patience`` stops
+    early. The reader is left in eval mode."""
+    step = ReaderStep(reader, samples, contexts, captions, teacher=teacher,
+                      kd_weight=kd_weight if teacher is not None else 0.0,
+                      temperature=temperature, with_image=with_image,
+                      held_out=validate or ((), ()))
+    val = Rows(len(validate[0]), "val") if validate else None
+    loaders = mixed_loaders(Rows(len(samples), "rows"), None, RowCollate("rows", "val"), val,
+                            batch_size=min(train.batch_size, len(samples)),
+                            transfer_fraction=0.0, seed=seed, val_batch=64)
+    fitted = fit(step, loaders, ExactMatch(validate[0]) if validate else None, train, trainer,
+                 run_dir=paths.root, role=role, save=save_reader if validate else None,
+                 resume=resume, stamp=stamp)
+    best = paths.weights(role, "best")
+    if validate and best.is_file():
+        load_reader_weights(reader, best)
     reader.eval()
-    return losses
+    return fitted
 
 
 def evaluate_reader(reader: FiDReader, samples: Sequence[Any], captions: dict,

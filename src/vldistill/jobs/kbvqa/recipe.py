@@ -5,11 +5,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from vldistill.config import RunName, Strict, load_recipe_as
+from vldistill.config import (
+    OptimSettings,
+    RunName,
+    Strict,
+    TrainerSettings,
+    TrainSettings,
+    load_recipe_as,
+)
 from vldistill.data.shapesworld import ShapesWorldSettings
 
 EXAMPLE = "recipes/kbvqa.yaml"
@@ -44,16 +51,62 @@ class KBDataSettings(Strict):
         return self
 
 
+RETRIEVERS = ("bm25", "minilm", "trained", "distilled")
+RetrieverKind = Literal["bm25", "minilm", "trained", "distilled"]
+
+
+def constant_lr(lr: float, max_steps: int, batch_size: int, **more) -> TrainSettings:
+    """Training at a constant learning rate, no warm-up (the retrievers' and readers' measured
+    settings)."""
+    return TrainSettings(max_steps=max_steps, batch_size=batch_size, **more,
+                         optim=OptimSettings(lr=lr, schedule="constant", warmup_steps=0))
+
+
+class RetrieverDistillSettings(Strict):
+    """A small BERT student learns a teacher encoder's space from the training questions
+    (without their gold facts) and the facts."""
+
+    teacher: Literal["minilm", "trained"] = Field(
+        "trained", description="the encoder distilled: the pretrained one, or the one trained "
+        "on gold facts (kind: trained, trained first)")
+    student_hidden: int = Field(256, ge=16)
+    student_layers: int = Field(2, ge=1)
+    embedding: Literal["cosine", "mse"] = Field("cosine", description="to the teacher's unit "
+                                                "vectors, through a learned projection")
+    embedding_weight: float = Field(1.0, ge=0)
+    score_weight: float = Field(1.0, ge=0, description="KL over the teacher's top candidates")
+    candidates: int = Field(32, ge=1, description="the teacher's top facts per question")
+    temperature: float = Field(0.05, gt=0)
+    train: TrainSettings = Field(default_factory=lambda: constant_lr(5e-4, 1500, 64))
+
+
 class RetrieverSettings(Strict):
-    kind: Literal["bm25", "minilm", "trained", "distilled"] = "trained"
+    renamed: ClassVar[dict[str, str]] = {"train_steps": "train.max_steps",
+                                         "distil_steps": "distil.train.max_steps",
+                                         "student_hidden": "distil.student_hidden",
+                                         "student_layers": "distil.student_layers"}
+    kind: RetrieverKind = Field("trained", description="the retriever whose top facts the "
+                                "readers read")
+    compare: list[RetrieverKind] = Field(
+        default_factory=lambda: list(RETRIEVERS), description="retrievers scored side by side "
+        "(recall@k, MRR, speed); `kind` is always among them")
     encoder: str = Field("minilm", description="dense encoder: minilm or a local folder")
     index: Literal["flat", "hnsw"] = "flat"
     image_text: bool = Field(True, description="append the image as text to the query")
     n_context: int = Field(3, ge=1, description="facts the reader gets per question")
-    train_steps: int = Field(300, ge=1, description="DPR steps (kind: trained)")
-    distil_steps: int = Field(1500, ge=1, description="distillation steps (kind: distilled)")
-    student_hidden: int = Field(256, ge=16)
-    student_layers: int = Field(2, ge=1)
+    temperature: float = Field(0.05, gt=0, description="DPR: scores are cosines / T")
+    hard_negatives: int = Field(2, ge=0, description="DPR: BM25 facts per query, not gold")
+    train: TrainSettings = Field(default_factory=lambda: constant_lr(2e-5, 300, 32),
+                                 description="DPR training of the encoder (kind: trained)")
+    distil: RetrieverDistillSettings = Field(default_factory=RetrieverDistillSettings)
+
+    @property
+    def scored(self) -> list[str]:
+        """The retrievers this run builds, in the order they are built."""
+        wanted = {*self.compare, self.kind}
+        if "distilled" in wanted and self.distil.teacher == "trained":
+            wanted.add("trained")
+        return [kind for kind in RETRIEVERS if kind in wanted]
 
 
 class ReaderModel(Strict):
@@ -66,20 +119,25 @@ class ReaderModel(Strict):
 
 
 class ReaderSettings(Strict):
+    renamed: ClassVar[dict[str, str]] = {
+        "steps": "train.max_steps", "batch_size": "train.batch_size", "lr": "train.optim.lr",
+        "val_every_n_steps": "train.val_every_n_steps",
+        "patience": "train.early_stopping_patience"}
     base: ReaderModel = Field(default_factory=ReaderModel)
     large: ReaderModel | None = Field(
         default_factory=lambda: ReaderModel(d_model=128, layers=3),
         description="None: no large reader and no distilled base")
-    steps: int = Field(1000, ge=1)
-    batch_size: int = Field(32, ge=1)
-    lr: float = Field(1e-3, gt=0)
+    no_knowledge: bool = Field(True, description="also train the base reader without facts "
+                               "(the baseline retrieved knowledge is measured against)")
     kd_weight: float = Field(0.5, ge=0, le=1, description="distilled base: (1 - w) NLL + w KD")
+    temperature: float = Field(1.0, gt=0, description="token-level KD temperature")
     max_passage_tokens: int = Field(48, ge=8, description="tokens kept per (question, image "
                                     "text, fact) passage; longer ones lose their end")
-    val_every_n_steps: int = Field(250, ge=1, description="early stopping: the weights with "
-                                   "the best exact match on a held-out slice are kept")
-    patience: int | None = Field(None, ge=1, description="validations without improvement "
-                                 "before stopping; None: run all steps")
+    train: TrainSettings = Field(
+        default_factory=lambda: constant_lr(1e-3, 1000, 32, val_every_n_steps=250),
+        description="every reader's training; the weights with the best exact match on a "
+        "held-out slice of the training questions are kept (validated every "
+        "val_every_n_steps; early_stopping_patience stops sooner)")
 
 
 class KBVQARecipe(Strict):
@@ -91,6 +149,8 @@ class KBVQARecipe(Strict):
     data: KBDataSettings = Field(default_factory=KBDataSettings)
     retriever: RetrieverSettings = Field(default_factory=RetrieverSettings)
     reader: ReaderSettings = Field(default_factory=ReaderSettings)
+    trainer: TrainerSettings = Field(default_factory=TrainerSettings)
+    eval_batch_size: int = Field(64, ge=1, description="questions per batch when scoring")
 
 
 def load_kb_recipe(path: Path | None, overrides: Sequence[str] = ()) -> KBVQARecipe:

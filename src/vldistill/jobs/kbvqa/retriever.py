@@ -1,4 +1,4 @@
-"""Retriever training (DPR-style) and retriever distillation.
+"""Retriever training (DPR-style) and retriever distillation, as engine steps.
 
 Training: a query encoder and a fact encoder (shared weights here, as the seed's dense
 retriever) score every query against every fact of the batch; the loss is cross-entropy towards
@@ -9,43 +9,37 @@ EMNLP 2020).
 Distillation: a small student encoder learns a teacher encoder's space from unlabelled queries
 and the facts: embedding distillation (cosine or MSE to the teacher's unit vectors, through a
 learned projection when the widths differ) plus KL between the teacher's and the student's
-score distributions over each query's retrieved candidates (the teacher's top facts).
+score distributions over each query's retrieved candidates (the teacher's top facts). The
+teacher is frozen, so its vectors are computed once before training (a teacher-output cache in
+memory) and the step holds them, not the teacher.
 
-These loops are a few lines over two text encoders and a fact list; the VQA trainer
-(vldistill.train.fit) is built around image batches and answer heads, so they are kept plain
-PyTorch (seeded, progress bar, no Lightning features needed at this size).
+Both train through the engine (:func:`vldistill.train.fit.fit`: Lightning, DDP, resume points,
+logs); a batch is row indices into the texts the step holds (:class:`vldistill.data.batches.Rows`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vldistill.config import TrainerSettings, TrainSettings
+from vldistill.core.runpaths import RunPaths
+from vldistill.data.batches import RowCollate, Rows
 from vldistill.data.facts import KnowledgeBase
+from vldistill.jobs.kbvqa.recipe import RetrieverDistillSettings
 from vldistill.models.fact_index import BM25Retriever
 from vldistill.models.sentence_encoders import SentenceEncoder, minilm_folder
-from vldistill.train.loop import run_steps
-
-
-@dataclass
-class RetrieverTrainSettings:
-    steps: int = 300
-    batch_size: int = 32
-    lr: float = 2e-5
-    temperature: float = 0.05         # scores are cosines; 1/T sharpens them
-    hard_negatives: int = 2           # BM25 facts per query that are not gold
-    seed: int = 0
+from vldistill.train.fit import FitResult, fit, mixed_loaders
 
 
 def hard_negative_ids(kb: KnowledgeBase, queries: Sequence[str], golds: Sequence[Sequence[str]],
                       count: int) -> list[list[int]]:
     """For each query, the ``count`` best BM25 facts that are not gold (fact indices)."""
-
+    if count == 0:
+        return [[] for _ in queries]
     indices, _ = BM25Retriever(kb).search(queries, count + max(map(len, golds), default=0))
     out = []
     for row, gold in zip(indices, golds):
@@ -54,94 +48,131 @@ def hard_negative_ids(kb: KnowledgeBase, queries: Sequence[str], golds: Sequence
     return out
 
 
+def _no_prediction(batch) -> None:
+    raise NotImplementedError("retriever training has no in-loop validation; the job scores "
+                              "each retriever after training")
+
+
+class DPRStep(nn.Module):
+    """Cross-entropy of each query's scores over the batch's gold facts and hard negatives
+    towards its own gold fact (``batch["rows"]``: indices into ``pairs``)."""
+
+    def __init__(self, encoder: SentenceEncoder, kb: KnowledgeBase,
+                 pairs: Sequence[tuple[str, int]], negatives: Sequence[Sequence[int]],
+                 temperature: float) -> None:
+        super().__init__()
+        self.student, self.kb, self.pairs = encoder, kb, list(pairs)
+        self.negatives, self.temperature = [list(n) for n in negatives], temperature
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        rows = batch["rows"].tolist()
+        facts = list(dict.fromkeys([self.pairs[r][1] for r in rows] +
+                                   [n for r in rows for n in self.negatives[r]]))
+        position = {f: i for i, f in enumerate(facts)}
+        queries = self.student([self.pairs[r][0] for r in rows])                   # (B, D)
+        encoded = self.student([self.kb.texts[i] for i in facts])                  # (F, D)
+        scores = queries @ encoded.T / self.temperature                            # (B, F)
+        target = torch.tensor([position[self.pairs[r][1]] for r in rows],
+                              device=scores.device)
+        loss = F.cross_entropy(scores, target)
+        return {"loss": loss, "dpr": loss.detach()}
+
+    def batch_size(self, batch: dict[str, torch.Tensor]) -> int:
+        return len(batch["rows"])
+
+    predict = staticmethod(_no_prediction)
+
+
 def train_retriever(encoder: SentenceEncoder, kb: KnowledgeBase, queries: Sequence[str],
-                    golds: Sequence[Sequence[str]], settings: RetrieverTrainSettings,
-                    progress: bool = True) -> list[float]:
-    """DPR training on (query, gold fact) pairs; returns the loss per step."""
+                    golds: Sequence[Sequence[str]], train: TrainSettings, *, paths: RunPaths,
+                    trainer: TrainerSettings, temperature: float = 0.05,
+                    hard_negatives: int = 2, seed: int = 0, role: str = "retriever-trained",
+                    resume: bool = False, stamp: str = "") -> FitResult:
+    """DPR training on (query, gold fact) pairs through the engine; the encoder is trained in
+    place and left in eval mode."""
     labelled = [(q, list(g)) for q, g in zip(queries, golds) if g]
     if not labelled:
         raise ValueError("retriever training needs queries with gold fact ids")
     pairs = [(q, kb.index[g[0]]) for q, g in labelled]
     # hard negatives exclude every gold fact of the query, not only the one trained towards
     negatives = hard_negative_ids(kb, [q for q, _ in labelled], [g for _, g in labelled],
-                                  settings.hard_negatives)
-    def step_loss(rows: np.ndarray) -> torch.Tensor:
-        facts = list(dict.fromkeys([pairs[r][1] for r in rows] +
-                                   [n for r in rows for n in negatives[r]]))
-        position = {f: i for i, f in enumerate(facts)}
-        q = encoder([pairs[r][0] for r in rows])                            # (B, D)
-        f = encoder([kb.texts[i] for i in facts])                            # (F, D)
-        scores = q @ f.T / settings.temperature                              # (B, F)
-        target = torch.tensor([position[pairs[r][1]] for r in rows])
-        return F.cross_entropy(scores, target)
-
-    encoder.train()
-    losses = run_steps(encoder.parameters(), steps=settings.steps,
-                       batch_size=settings.batch_size, population=len(pairs), lr=settings.lr,
-                       seed=settings.seed, what="retriever training", progress=progress,
-                       step_loss=step_loss)
-    encoder.eval()
-    return losses
+                                  hard_negatives)
+    step = DPRStep(encoder, kb, pairs, negatives, temperature)
+    loaders = mixed_loaders(Rows(len(pairs), "rows"), None, RowCollate("rows"), None,
+                            batch_size=min(train.batch_size, len(pairs)), transfer_fraction=0.0,
+                            seed=seed)
+    return fit(step, loaders, None, train, trainer, run_dir=paths.root, role=role,
+               resume=resume, stamp=stamp)
 
 
-@dataclass
-class RetrieverDistillSettings:
-    steps: int = 600
-    batch_size: int = 64
-    lr: float = 5e-4
-    embedding: str = "cosine"         # cosine | mse, to the teacher's unit vectors
-    embedding_weight: float = 1.0
-    score_weight: float = 1.0         # KL over the teacher's top candidates
-    candidates: int = 8
-    temperature: float = 0.05
-    seed: int = 0
+class RetrieverKDStep(nn.Module):
+    """Embedding distillation (cosine or MSE to the teacher's unit vectors through a learned
+    projection) on every text of the batch, plus the KL between the student's and the teacher's
+    score distributions over the teacher's top candidate facts for the batch's queries
+    (``batch["rows"]``: indices into queries, then facts)."""
+
+    def __init__(self, student: SentenceEncoder, texts: Sequence[str], query_count: int,
+                 kb: KnowledgeBase, target: torch.Tensor, candidates: torch.Tensor,
+                 settings: RetrieverDistillSettings) -> None:
+        super().__init__()
+        self.student, self.texts, self.query_count, self.kb = student, list(texts), query_count, kb
+        self.projection = nn.Linear(student.dim, target.shape[1], bias=False)
+        # the teacher's outputs, computed once: plain attributes, not weights
+        self.target, self.candidates, self.settings = target, candidates, settings
+        self.facts_t = target[query_count:]
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        settings, rows = self.settings, batch["rows"].cpu()
+        embedded = self.student([self.texts[r] for r in rows.tolist()])           # (B, D_s)
+        device = embedded.device
+        projected = F.normalize(self.projection(embedded), dim=-1)
+        wanted = self.target[rows].to(device)
+        if settings.embedding == "cosine":
+            embedding = (1 - (projected * wanted).sum(-1)).mean()
+        else:
+            embedding = F.mse_loss(projected, wanted)
+        terms = {"embedding": embedding}
+        loss = settings.embedding_weight * embedding
+        query_rows = (rows < self.query_count).nonzero().flatten()
+        if settings.score_weight and len(query_rows):
+            qs = rows[query_rows]
+            cand = self.candidates[qs]                                            # (B_q, k)
+            # each distinct candidate fact is encoded once per step
+            unique, slots = torch.unique(cand, return_inverse=True)
+            s_unique = self.student([self.kb.texts[int(j)] for j in unique])        # (U, D_s)
+            s_scores = (embedded[query_rows.to(device), None, :] *
+                        s_unique[slots.to(device)]).sum(-1)
+            t_scores = (self.target[qs, None, :] * self.facts_t[cand]).sum(-1).to(device)
+            terms["scores"] = F.kl_div(F.log_softmax(s_scores / settings.temperature, -1),
+                                       F.log_softmax(t_scores / settings.temperature, -1),
+                                       log_target=True, reduction="batchmean")
+            loss = loss + settings.score_weight * terms["scores"]
+        return {"loss": loss, **{name: value.detach() for name, value in terms.items()}}
+
+    def batch_size(self, batch: dict[str, torch.Tensor]) -> int:
+        return len(batch["rows"])
+
+    predict = staticmethod(_no_prediction)
 
 
 def distil_retriever(student: SentenceEncoder, teacher: SentenceEncoder, kb: KnowledgeBase,
-                     queries: Sequence[str], settings: RetrieverDistillSettings,
-                     progress: bool = True) -> list[float]:
+                     queries: Sequence[str], settings: RetrieverDistillSettings, *,
+                     paths: RunPaths, trainer: TrainerSettings, seed: int = 0,
+                     role: str = "retriever-distilled", resume: bool = False,
+                     stamp: str = "") -> FitResult:
     """Teach ``student`` the ``teacher``'s embedding space and rankings from unlabelled queries
-    and the facts; returns the loss per step. The projection (student width -> teacher width)
-    is learned along and dropped afterwards: retrieval compares student with student."""
-    if settings.embedding not in ("cosine", "mse"):
-        raise ValueError(f"embedding distillation {settings.embedding!r} is not cosine or mse")
+    and the facts, through the engine. The projection (student width -> teacher width) is
+    learned along and dropped afterwards: retrieval compares student with student."""
     texts = list(queries) + kb.texts
-    target = torch.from_numpy(teacher.encode(texts))                       # (T, D_t)
-    facts_t = target[len(queries):]
+    target = torch.from_numpy(teacher.encode(texts))                       # (T, D_t), unit rows
     k = min(settings.candidates, len(kb))
-    candidates = (target[:len(queries)] @ facts_t.T).topk(k, dim=1).indices   # (Q, k)
-    projection = nn.Linear(student.dim, target.shape[1], bias=False)
-    def step_loss(rows: np.ndarray) -> torch.Tensor:
-        embedded = student([texts[r] for r in rows])                          # (B, D_s)
-        projected = F.normalize(projection(embedded), dim=-1)
-        wanted = target[torch.from_numpy(rows)]
-        if settings.embedding == "cosine":
-            loss = settings.embedding_weight * (1 - (projected * wanted).sum(-1)).mean()
-        else:
-            loss = settings.embedding_weight * F.mse_loss(projected, wanted)
-        query_rows = [i for i, r in enumerate(rows) if r < len(queries)]
-        if settings.score_weight and query_rows:
-            qs = [int(rows[i]) for i in query_rows]
-            cand = candidates[qs]                                               # (B_q, k)
-            # each distinct candidate fact is encoded once per step
-            unique, slots = torch.unique(cand, return_inverse=True)
-            s_unique = student([kb.texts[int(j)] for j in unique])                # (U, D_s)
-            s_facts = s_unique[slots]                                             # (B_q, k, D_s)
-            s_scores = (embedded[query_rows, None, :] * s_facts).sum(-1)
-            t_scores = (target[qs, None, :] * facts_t[cand]).sum(-1)
-            loss = loss + settings.score_weight * F.kl_div(
-                F.log_softmax(s_scores / settings.temperature, -1),
-                F.log_softmax(t_scores / settings.temperature, -1),
-                log_target=True, reduction="batchmean")
-        return loss
-
-    student.train()
-    losses = run_steps([*student.parameters(), *projection.parameters()],
-                       steps=settings.steps, batch_size=settings.batch_size,
-                       population=len(texts), lr=settings.lr, seed=settings.seed,
-                       what="retriever distillation", progress=progress, step_loss=step_loss)
-    student.eval()
-    return losses
+    candidates = (target[:len(queries)] @ target[len(queries):].T).topk(k, dim=1).indices
+    step = RetrieverKDStep(student, texts, len(queries), kb, target, candidates, settings)
+    loaders = mixed_loaders(Rows(len(texts), "rows"), None, RowCollate("rows"), None,
+                            batch_size=min(settings.train.batch_size, len(texts)),
+                            transfer_fraction=0.0, seed=seed)
+    return fit(step, loaders, None, settings.train, trainer, run_dir=paths.root, role=role,
+               resume=resume, stamp=stamp)
 
 
 def small_encoder(hidden: int = 128, layers: int = 2, heads: int = 2, max_length: int = 64,
@@ -149,7 +180,6 @@ def small_encoder(hidden: int = 128, layers: int = 2, heads: int = 2, max_length
     """A few-layer BERT built from a transformers config, with MiniLM's tokenizer (so it reads
     the same word pieces as its teacher)."""
     from transformers import AutoTokenizer, BertConfig, BertModel
-
 
     torch.manual_seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(minilm_folder())

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import Dataset
 
 from vldistill.config import TrainerSettings, TrainSettings
 from vldistill.core.errors import DataError
 from vldistill.core.runpaths import RunPaths
+from vldistill.data.batches import RowCollate, Rows
 from vldistill.data.image_text import ImageTextSet, read_folder, read_jsonl, shapesworld_sets
 from vldistill.eval.efficiency import median_seconds
 from vldistill.eval.zero_shot import retrieval, topk_accuracy
@@ -112,24 +112,6 @@ class ImageTextStep(nn.Module):
                                   "job scores each model after training")
 
 
-class Rows(Dataset):
-    """Row indices of one part of a batch ("labelled" or "pool")."""
-
-    def __init__(self, count: int, part: str) -> None:
-        self.count, self.part = count, part
-
-    def __len__(self) -> int:
-        return self.count
-
-    def __getitem__(self, index: int) -> tuple[str, int]:
-        return self.part, index
-
-
-def collate_rows(items: list[tuple[str, int]]) -> dict[str, torch.Tensor]:
-    return {part: torch.tensor([i for p, i in items if p == part], dtype=torch.long)
-            for part in ("labelled", "pool")}
-
-
 def train_encoder(model: nn.Module, text_encoder: FrozenTextEncoder, labelled: ImageTextSet,
                   train: TrainSettings, weights: OVDistillSettings, seed: int, role: str,
                   paths: RunPaths, trainer: TrainerSettings,
@@ -153,7 +135,8 @@ def train_encoder(model: nn.Module, text_encoder: FrozenTextEncoder, labelled: I
     step = ImageTextStep(model, bank, caption_ids, labelled.images, weights, pool,
                          teacher_embeds)
     loaders = mixed_loaders(Rows(len(labelled), "labelled"),
-                            Rows(len(pool), "pool") if kd else None, collate_rows, None,
+                            Rows(len(pool), "pool") if kd else None,
+                            RowCollate("labelled", "pool"), None,
                             batch_size=train.batch_size * (2 if kd else 1),
                             transfer_fraction=0.5 if kd else 0.0, seed=seed)
     return fit(step, loaders, None, train, trainer, run_dir=paths.root, role=role, save=save,
