@@ -1,194 +1,90 @@
-"""Knowledge-based VQA on ShapesWorld (issue 8): the retrieval table and the reader table.
+"""Knowledge-based VQA on ShapesWorld (issue 8): runs the KB-VQA job over settings and collects
+its results.json; no training logic of its own.
 
-    .venv/bin/python benchmarks/kbvqa.py retrieval [--train-steps 300] [--distil-steps 600]
-    .venv/bin/python benchmarks/kbvqa.py reader [--reader-steps 1500]
+    .venv/bin/python benchmarks/kbvqa.py retrieval [--out runs] [--set k=v ...]
+    .venv/bin/python benchmarks/kbvqa.py readers [--kinds bm25 minilm trained] [--set k=v ...]
 
-Retrievers over ShapesWorld's fact knowledge base, scored on the val knowledge questions against
-their gold fact ids: BM25 (bm25s), the pretrained MiniLM-L6 sentence encoder with a faiss index,
-MiniLM trained DPR-style on the train knowledge questions (in-batch and BM25 hard negatives),
-and a 2-layer, 256-wide BERT distilled from MiniLM (embeddings + score KL over every fact). Each with the query
-as the question alone, and with the image as text (LaKo turns the image into text; here the
-scene's caption) appended. Prints recall@1/5/10, MRR and queries per second (encoding and
-search, batches of 64), and the distilled retriever's share of MiniLM's recall@5 and its
-encoding speed-up, both measured in this run.
+``retrieval``: ``recipes/kbvqa.yaml`` with ``reader: null`` (retrievers only), once with the
+question alone as the query and once with the image as text appended (LaKo turns the image into
+text; here the scene's caption), scoring the retrievers of ``--compare`` (default BM25 and the
+pretrained MiniLM-L6; add ``trained distilled`` for the teacher trained on gold facts and the
+BERT distilled from it, which the recipe's own run scores too) on the val knowledge questions:
+recall@1/5/10, MRR, queries/s (encoding and search), parameters.
 
-The reader table trains Fusion-in-Decoder T5 readers from scratch on the train knowledge
-questions (question, the scene's caption as the image's text, n facts) and scores their greedy
-answers on the val knowledge questions (SQuAD exact match and F1, VQA accuracy): the base reader
-with no knowledge, with the top-3 facts of BM25, of the pretrained MiniLM and of MiniLM trained
-DPR-style, and with the gold fact; the large reader with the trained retriever's facts; and the
-base reader distilled from the large one (token-level KD on the answer tokens).
+``readers``: the job once per retriever the readers read (``retriever.kind``), each run training
+the base Fusion-in-Decoder reader on that retriever's top facts; the first run also trains the
+base reader without knowledge. The recipe's own run (`vldistill run recipes/kbvqa.yaml`) adds the
+large reader and the base distilled from it.
 """
 
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
-import torch
+from vldistill.jobs.kbvqa.job import NAMES, headline, retrieval_table, run_kbvqa
+from vldistill.jobs.kbvqa.recipe import load_kb_recipe
 
-from vldistill.data.facts import KnowledgeBase
-from vldistill.data.shapesworld import ShapesWorldSettings, load_shapesworld
-from vldistill.eval.retrieval import mean_reciprocal_rank, recall_at_k
-from vldistill.jobs.kbvqa.retriever import (
-    RetrieverDistillSettings,
-    RetrieverTrainSettings,
-    distil_retriever,
-    small_encoder,
-    train_retriever,
-)
-from vldistill.models.fact_index import BM25Retriever, DenseRetriever
-from vldistill.models.sentence_encoders import minilm
+RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "kbvqa.yaml"
 
 
-def knowledge_queries(split, with_image: bool) -> tuple[list[str], list[tuple[str, ...]]]:
-    samples = [s for s in split.samples if s.fact_ids]
-    texts = [f"{s.question} {split.captions[s.image_id]}" if with_image else s.question
-             for s in samples]
-    return texts, [s.fact_ids for s in samples]
+def run(name: str, out: str, overrides: list[str]) -> dict:
+    recipe = load_kb_recipe(RECIPE, [f"name={name}", f"output_dir={out}", *overrides])
+    return run_kbvqa(recipe)
 
 
-def score(retriever, kb: KnowledgeBase, queries, golds) -> dict[str, float]:
-    retriever.search(queries[:64], 10)                                   # warm-up
-    start = time.perf_counter()
-    indices, _ = retriever.search(queries, 10)
-    seconds = time.perf_counter() - start
-    ranked = [[kb.ids[i] for i in row if i >= 0] for row in indices]
-    return {"R@1": recall_at_k(ranked, golds, 1), "R@5": recall_at_k(ranked, golds, 5),
-            "R@10": recall_at_k(ranked, golds, 10), "MRR": mean_reciprocal_rank(ranked, golds),
-            "q/s": len(queries) / seconds}
+def retrieval(args) -> None:
+    wall = 0.0
+    for image_text in (False, True):
+        results = run(f"kb-retrieval-image-text-{str(image_text).lower()}", args.out,
+                      ["reader=null", f"retriever.image_text={str(image_text).lower()}",
+                       f"retriever.kind={args.compare[0]}",
+                       f"retriever.compare=[{', '.join(args.compare)}]", *args.overrides])
+        wall += results["wall_time_s"]
+        print(f"\nquery: the question{' + the image as text' if image_text else ' alone'} "
+              f"({results['val_questions']} val / {results['train_questions']} train knowledge "
+              f"questions, {results['facts']} facts)\n")
+        print(retrieval_table(results).replace(" (readers)", ""))
+        for line in headline(results):
+            print(f"\n{line}")
+    print(f"\nbenchmark wall time: {wall:.0f} s")
 
 
-def encoding_rate(encoder, texts: list[str], repeats: int = 3) -> float:
-    encoder.encode(texts[:64])
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        encoder.encode(texts)
-        best = min(best, time.perf_counter() - start)
-    return len(texts) / best
-
-
-def contexts(retriever, kb: KnowledgeBase, queries: list[str], n: int) -> list[list[str]]:
-    indices, _ = retriever.search(queries, n)
-    return [[kb.texts[i] if i >= 0 else None for i in row] for row in indices]
-
-
-def reader_table(args, world, kb: KnowledgeBase) -> str:
-    from vldistill.jobs.kbvqa.reader import ReaderTrainSettings, evaluate_reader, train_reader
-    from vldistill.models.fid_reader import FiDReader
-
-    train = [s for s in world.splits["train"].samples if s.fact_ids]
-    val = [s for s in world.splits["val"].samples if s.fact_ids]
-    captions = {**world.splits["train"].captions, **world.splits["val"].captions}
-    query = lambda samples: [f"{s.question} {captions[s.image_id]}" for s in samples]  # noqa
-    encoder, trained = minilm(), minilm()
-    train_retriever(trained, kb, query(train), [s.fact_ids for s in train],
-                    RetrieverTrainSettings(steps=args.train_steps))
-    dense = DenseRetriever(kb, encoder)
-    dense_trained = DenseRetriever(kb, trained)
-    sources = {"no knowledge": lambda samples: [[None] for _ in samples],
-               "BM25 top-3": lambda samples: contexts(BM25Retriever(kb), kb, query(samples), 3),
-               "MiniLM top-3": lambda samples: contexts(dense, kb, query(samples), 3),
-               "trained MiniLM top-3": lambda samples: contexts(dense_trained, kb,
-                                                               query(samples), 3),
-               "gold fact": lambda samples: [[kb.texts[kb.index[s.fact_ids[0]]]]
-                                             for s in samples]}
-    built = {name: (fn(train), fn(val)) for name, fn in sources.items()}
-    texts = ([s.question for s in train] + list(captions.values()) + kb.texts +
-             [a for s in train for a in s.answers] + ["none"])
-    settings = ReaderTrainSettings(steps=args.reader_steps)
-    sizes = {"base": {"d_model": 64, "layers": 2, "heads": 4},
-             "large": {"d_model": 128, "layers": 3, "heads": 4}}
-    rows: dict[str, dict[str, float]] = {}
-
-    def run(name: str, size: str, source: str, teacher=None) -> FiDReader:
-        reader = FiDReader.from_config(texts, **sizes[size])
-        began = time.perf_counter()
-        train_reader(reader, train, captions, built[source][0], settings, teacher=teacher)
-        rows[name] = {**evaluate_reader(reader, val, captions, built[source][1]),
-                      "params": sum(p.numel() for p in reader.parameters()),
-                      "train s": time.perf_counter() - began}
-        print(f"{name}: {rows[name]}", flush=True)
-        return reader
-
-    for source in sources:
-        run(f"base, {source}", "base", source)
-    large = run("large, trained MiniLM top-3", "large", "trained MiniLM top-3")
-    run("base distilled from large, trained MiniLM top-3", "base", "trained MiniLM top-3",
-        teacher=large)
-    lines = ["| reader | EM | F1 | VQA acc. | params | train s |", "|---|---|---|---|---|---|"]
-    lines += [f"| {name} | {r['EM']:.1f} | {r['F1']:.1f} | {r['VQA']:.1f} | {r['params']:,} | "
-              f"{r['train s']:.0f} |" for name, r in rows.items()]
-    lift = rows["base, trained MiniLM top-3"]["VQA"] - rows["base, no knowledge"]["VQA"]
-    lines.append(f"\nRetrieved knowledge (trained MiniLM top-3) vs no knowledge, base reader: "
-                 f"{lift:+.1f} VQA accuracy points on {len(val)} val knowledge questions.")
-    return "\n".join(lines)
+def readers(args) -> None:
+    rows, wall = [], 0.0
+    for number, kind in enumerate(args.kinds):
+        results = run(f"kb-readers-{kind}", args.out, [
+            f"retriever.kind={kind}", f"retriever.compare=[{kind}]", "reader.large=null",
+            f"reader.no_knowledge={str(number == 0).lower()}", *args.overrides])
+        wall += results["wall_time_s"]
+        found = results["retrieval"][kind]
+        for name, reader in results["readers"].items():
+            source = "no knowledge" if name == "no knowledge" else \
+                f"{NAMES[kind]} top-{load_kb_recipe(RECIPE).retriever.n_context}"
+            rows.append((f"base, {source}", reader, found.get("R@1") if name == "base" else None))
+        print(f"{kind}: done", flush=True)
+    print("\n| reader | retriever R@1 | EM | F1 | VQA acc. | params | steps | train s |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, m, recall in rows:
+        print(f"| {name} | {'' if recall is None else f'{recall:.1f}'} | {m['EM']:.1f} | "
+              f"{m['F1']:.1f} | {m['VQA']:.1f} | {m['params']:,} | {m['steps']} | "
+              f"{m['train_s']:.0f} |")
+    print(f"\nbenchmark wall time: {wall:.0f} s")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("part", choices=["retrieval", "reader"])
-    parser.add_argument("--train-steps", type=int, default=300)
-    parser.add_argument("--distil-steps", type=int, default=1500)
-    parser.add_argument("--reader-steps", type=int, default=1000)
-    parser.add_argument("--train-images", type=int, default=20000)
-    parser.add_argument("--out", type=Path, default=Path("runs/kbvqa"))
+    parser.add_argument("part", choices=["retrieval", "readers"])
+    parser.add_argument("--compare", nargs="+", default=["bm25", "minilm"], choices=list(NAMES),
+                        help="retrieval: the retrievers scored (trained and distilled train "
+                        "first; `vldistill run recipes/kbvqa.yaml` scores all four)")
+    parser.add_argument("--kinds", nargs="+", default=["bm25", "minilm", "trained"],
+                        choices=list(NAMES), help="readers: the retrievers they read")
+    parser.add_argument("--out", default="runs")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        help="recipe override, e.g. --set reader.train.max_steps=500")
     args = parser.parse_args()
-    start = time.perf_counter()
-    torch.set_num_threads(2)
-    world = load_shapesworld(ShapesWorldSettings(train_images=args.train_images))
-    kb = KnowledgeBase(world.facts, source="shapesworld")
-    for split in world.splits.values():
-        kb.check_gold(split.samples)
-    args.out.mkdir(parents=True, exist_ok=True)
-    if args.part == "reader":
-        text = reader_table(args, world, kb)
-        (args.out / "reader.md").write_text(text + "\n", encoding="utf-8")
-        print(text)
-        print(f"benchmark wall time: {time.perf_counter() - start:.0f} s")
-        return
-    teacher = minilm()
-    rows: dict[str, dict[str, float]] = {}
-    for with_image in (False, True):
-        suffix = " + image as text" if with_image else ""
-        queries, golds = knowledge_queries(world.splits["val"], with_image)
-        rows[f"BM25{suffix}"] = score(BM25Retriever(kb), kb, queries, golds)
-        rows[f"MiniLM{suffix}"] = score(DenseRetriever(kb, teacher), kb, queries, golds)
-    queries, golds = knowledge_queries(world.splits["val"], True)
-    train_queries, train_golds = knowledge_queries(world.splits["train"], True)
-    print(f"{len(queries)} val / {len(train_queries)} train knowledge questions, {len(kb)} facts",
-          flush=True)
-
-    trained = minilm()
-    train_retriever(trained, kb, train_queries, train_golds,
-                    RetrieverTrainSettings(steps=args.train_steps))
-    rows["MiniLM trained (DPR) + image as text"] = score(DenseRetriever(kb, trained), kb,
-                                                         queries, golds)
-    student = small_encoder(hidden=256, layers=2, heads=4)
-    # every fact is a candidate: the knowledge base has 32 (RetrieverDistillSettings caps it)
-    distil_retriever(student, teacher, kb, train_queries,
-                     RetrieverDistillSettings(steps=args.distil_steps, candidates=32))
-    rows["small BERT 2x256 distilled + image as text"] = score(DenseRetriever(kb, student), kb,
-                                                              queries, golds)
-    rate_teacher = encoding_rate(teacher, queries)
-    rate_student = encoding_rate(student, queries)
-
-    lines = ["| retriever | R@1 | R@5 | R@10 | MRR | queries/s |", "|---|---|---|---|---|---|"]
-    lines += [f"| {name} | {r['R@1']:.1f} | {r['R@5']:.1f} | {r['R@10']:.1f} | {r['MRR']:.3f} | "
-              f"{r['q/s']:,.0f} |" for name, r in rows.items()]
-    kept = rows["small BERT 2x256 distilled + image as text"]["R@5"] / \
-        rows["MiniLM + image as text"]["R@5"]
-    lines.append(f"\nDistilled small retriever: {100 * kept:.1f} % of MiniLM's recall@5, "
-                 f"encoding {rate_student:,.0f} vs {rate_teacher:,.0f} queries/s "
-                 f"({rate_student / rate_teacher:.1f}x); parameters "
-                 f"{sum(p.numel() for p in student.parameters()):,} vs "
-                 f"{sum(p.numel() for p in teacher.parameters()):,}.")
-    text = "\n".join(lines)
-    (args.out / "retrieval.md").write_text(text + "\n", encoding="utf-8")
-    print(text)
-    print(f"benchmark wall time: {time.perf_counter() - start:.0f} s")
+    retrieval(args) if args.part == "retrieval" else readers(args)
 
 
 if __name__ == "__main__":

@@ -91,12 +91,24 @@ def read_yaml(path: str | Path, example: str = "recipes/default.yaml") -> Any:
 RunName = Annotated[str, AfterValidator(check_run_name)]
 
 
+def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        out[key] = _deep_merge(out[key], value) if isinstance(value, dict) and \
+            isinstance(out.get(key), dict) else value
+    return out
+
+
 class Strict(BaseModel):
     """A recipe section: unknown keys are refused; a key listed in ``renamed`` (old -> new) is
-    refused with its new name, so an old recipe gets the fix rather than "unknown key"."""
+    refused with its new name, so an old recipe gets the fix rather than "unknown key". A field
+    listed in ``merged`` keeps its default's values for the keys the recipe leaves out (a
+    section whose defaults are not the generic ones, e.g. a reader's ``train:`` block:
+    ``train: {max_steps: 500}`` keeps the reader's learning rate and schedule)."""
 
     model_config = ConfigDict(extra="forbid")
     renamed: ClassVar[dict[str, str]] = {}
+    merged: ClassVar[tuple[str, ...]] = ()
 
     @model_validator(mode="before")
     @classmethod
@@ -106,6 +118,11 @@ class Strict(BaseModel):
             raise ValueError("; ".join(f"{key} was renamed {cls.renamed[key]}" for key in old)
                              + ". Fix: " + ", ".join(f"write {cls.renamed[key]}: "
                                                      f"{data[key]!r}" for key in old))
+        if isinstance(data, dict):
+            for name in cls.merged:
+                if isinstance(data.get(name), dict):
+                    default = cls.model_fields[name].get_default(call_default_factory=True)
+                    data = {**data, name: _deep_merge(default.model_dump(), data[name])}
         return data
 
 

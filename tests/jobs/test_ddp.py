@@ -22,29 +22,49 @@ OPEN_VOCAB = ["data.shapesworld.train_images=200", "data.shapesworld.val_images=
               "data.labelled_images=40", "teacher.widths=[8]", "teacher.train.max_steps=4",
               "teacher.train.batch_size=16", "student.widths=[4]", "student.train.max_steps=4",
               "student.train.batch_size=16", "eval.latency_repeats=2"]
-# the KB-VQA job's tiny run, its readers reading a small BERT distilled from MiniLM
-KBVQA = [*KBVQA_TINY, "retriever.kind=distilled", "retriever.compare=[bm25, distilled]",
-         "retriever.distil={teacher: minilm, student_hidden: 32, student_layers: 1, "
-         "train: {max_steps: 4, batch_size: 16}}", "reader.large=null"]
 
 
-@pytest.mark.parametrize("recipe, overrides", [("kv_prefix.yaml", KV_PREFIX),
-                                               ("open_vocab.yaml", OPEN_VOCAB),
-                                               ("kbvqa.yaml", KBVQA)],
-                         ids=["kv_prefix", "open_vocab", "kbvqa"])
-def test_two_ddp_processes_run_the_job_and_rank_zero_alone_reports(recipe, overrides,
-                                                                   tmp_path):
+def run_ddp(recipe: str, overrides: list[str], out: Path) -> dict:
+    """`vldistill run` with 2 DDP processes into ``out``; the results, after checking that one
+    run folder and one report (rank 0's) came out."""
     command = [sys.executable, "-m", "vldistill", "run", str(ROOT / "recipes" / recipe),
                *[a for o in [*overrides, "trainer.devices=2", "trainer.strategy=ddp",
-                             "trainer.progress_bar=false", f"output_dir={tmp_path}",
+                             "trainer.progress_bar=false", f"output_dir={out}",
                              "name=ddp"] for a in ("--set", o)]]
     done = subprocess.run(command, env=dict(os.environ, PYTHONUNBUFFERED="1"),
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    results = json.loads((tmp_path / "ddp" / "results.json").read_text())
+    results = json.loads((out / "ddp" / "results.json").read_text())
     assert results["world_size"] == 2
     assert done.stdout.count("main job wall time") == 1       # one report, from rank 0
-    assert [p.name for p in tmp_path.iterdir()] == ["ddp"]
+    assert [p.name for p in out.iterdir()] == ["ddp"]
+    return results
+
+
+@pytest.mark.parametrize("recipe, overrides", [("kv_prefix.yaml", KV_PREFIX),
+                                               ("open_vocab.yaml", OPEN_VOCAB)],
+                         ids=["kv_prefix", "open_vocab"])
+def test_two_ddp_processes_run_the_job_and_rank_zero_alone_reports(recipe, overrides,
+                                                                   tmp_path):
+    run_ddp(recipe, overrides, tmp_path)
+
+
+def test_two_ddp_processes_train_every_kbvqa_model(tmp_path):
+    """DPR training of a (tiny, local) encoder, its distillation into a smaller one, and the
+    readers with token-level KD from the large one, all on 2 processes."""
+    from vldistill.jobs.kbvqa.retriever import small_encoder
+
+    small_encoder(hidden=32, layers=1, seed=3).save_pretrained(tmp_path / "encoder")
+    results = run_ddp("kbvqa.yaml", [
+        *KBVQA_TINY, f"retriever.encoder={tmp_path / 'encoder'}", "retriever.kind=trained",
+        "retriever.compare=[trained, distilled]", "retriever.train={max_steps: 4}",
+        "retriever.distil={student_hidden: 16, student_layers: 1, "
+        "train: {max_steps: 4, batch_size: 16}}"], tmp_path / "out")
+    assert set(results["retrieval"]) == {"trained", "distilled"}
+    for row in results["retrieval"].values():
+        assert 0 <= row["R@1"] <= row["R@5"] <= row["R@10"] <= 100
+    assert set(results["readers"]) == {"base", "large", "base distilled"}
+    assert all(0 <= m["EM"] <= 100 and m["steps"] == 6 for m in results["readers"].values())
 
 
 def free_port() -> int:

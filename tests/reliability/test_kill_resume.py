@@ -41,6 +41,31 @@ def test_the_open_vocabulary_job_killed_at_random_moments_resumes_to_the_same_re
                               f"{point.differences}"
 
 
+KBVQA = ["data.shapesworld={train_images: 300, val_images: 60, questions_per_image: 6, "
+         "knowledge_fraction: 0.4}", "retriever.kind=distilled",
+         "retriever.compare=[bm25, distilled]",
+         "retriever.distil={teacher: minilm, student_hidden: 32, student_layers: 1, "
+         "train: {max_steps: 30, batch_size: 16, checkpoint_every_n_steps: 5}}",
+         "reader.base={d_model: 16, layers: 1, heads: 2}",
+         "reader.large={d_model: 32, layers: 1, heads: 2}",
+         "reader.train={max_steps: 30, batch_size: 8, val_every_n_steps: 10, "
+         "checkpoint_every_n_steps: 5}"]
+
+
+@pytest.mark.slow
+def test_the_kbvqa_job_killed_at_random_moments_resumes_to_the_same_results(tmp_path) -> None:
+    """Killed while distilling the retriever, training a reader or writing a checkpoint, the
+    KB-VQA job resumes to the same recall, exact match and reader steps."""
+    from pathlib import Path
+
+    recipe = Path(__file__).parents[2] / "recipes" / "kbvqa.yaml"
+    wall, points = kill_and_resume(recipe, tmp_path, points=2, seed=7, overrides=KBVQA)
+    assert all(point.killed for point in points), "a kill came after the run had finished"
+    for point in points:
+        assert point.matches, f"killed at {point.delay_s:.1f} s of {wall:.1f} s: " \
+                              f"{point.differences}"
+
+
 def test_results_are_compared_by_every_number_but_measured_times():
     from vldistill.tools.crashtest import compare, flatten
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from PIL import Image
 
 from vldistill.core.errors import DataError, MissingFileError
-from vldistill.core.fileio import atomic_write
+from vldistill.core.fileio import atomic_write_text
 from vldistill.data.batches import common_answer
 from vldistill.data.images import check_inside
 from vldistill.data.jsonio import check_unique
@@ -112,5 +112,5 @@ def write_artquest(samples: Sequence[Sample], images: ImageStore, out_dir: Path,
         writer.writerow([name, sample.question, common_answer(sample.answers),
                          sample.question_id, sample.question_type])
     csv_path = out_dir / f"{split}.csv"
-    atomic_write(csv_path, lambda p: p.write_text(buffer.getvalue(), encoding="utf-8"))
+    atomic_write_text(csv_path, buffer.getvalue())
     return {"csv": csv_path, "images": out_dir / "images"}

@@ -27,7 +27,7 @@ from typing import Any
 from PIL import Image
 
 from vldistill.core.errors import DataError
-from vldistill.core.fileio import atomic_write
+from vldistill.core.fileio import atomic_write_text
 from vldistill.data.jsonio import check_unique, get, load_json, show
 from vldistill.data.sample import ImageStore, Sample
 from vldistill.data.vqa import FolderImageStore
@@ -135,8 +135,7 @@ def write_vizwiz(samples: Sequence[Sample], images: ImageStore, out_dir: Path,
             scene_files[sample.image_id] = target
         records.append(_record(sample, name))
     annotations = out_dir / "annotations" / f"{split}.json"
-    atomic_write(annotations, lambda p: p.write_text(json.dumps(records, ensure_ascii=False),
-                                                     encoding="utf-8"))
+    atomic_write_text(annotations, json.dumps(records, ensure_ascii=False))
     return {"annotations": annotations, "images": image_dir}
 
 

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from vldistill.core.errors import VldistillError
-from vldistill.core.fileio import atomic_write, file_record
+from vldistill.core.fileio import atomic_write, atomic_write_text, file_record
 from vldistill.data.images import data_image_size
 from vldistill.export.runtime import INPUTS, MANIFEST, encode_fixed
 from vldistill.models.hf_vilt import (
@@ -174,7 +174,7 @@ def export_onnx(model, out_dir: Path, *, int8: bool = False, tolerance: float = 
                                 "answers": model.answers,
                                 **{k: v for k, v in asdict(report).items()
                                    if k not in ("directory", "answers", "files", "image_size")}}
-    atomic_write(out_dir / MANIFEST, lambda p: p.write_text(json.dumps(manifest, indent=1)))
+    atomic_write_text(out_dir / MANIFEST, json.dumps(manifest, indent=1))
     return report
 
 

@@ -16,6 +16,7 @@ folder, trains, and writes the same files for every job:
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +30,7 @@ from vldistill.config import dump_recipe
 from vldistill.core.console import console
 from vldistill.core.errors import RecipeError
 from vldistill.core.fileio import atomic_write_text
-from vldistill.core.hashing import nested_differences
+from vldistill.core.hashing import json_hash, nested_differences
 from vldistill.core.ranks import is_global_zero
 from vldistill.core.runpaths import RunPaths
 from vldistill.core.versions import library_versions
@@ -79,8 +80,28 @@ DISPLAY_ONLY = ("trainer.progress_bar",)
 
 
 def world_size() -> int:
-    """Processes in the run (Lightning's DDP sets up torch.distributed)."""
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    """Processes in the run: torch.distributed's, once Lightning's DDP has set it up, else the
+    launcher's ``WORLD_SIZE`` (torchrun, or Lightning's own launch; a run whose models all
+    finished before, resumed, never starts a process group)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def recipe_data(recipe: BaseModel) -> dict[str, Any]:
+    """The resolved recipe as plain data, display-only settings left out: what decides the
+    results, and so what resume files are stamped with."""
+    data = yaml.safe_load(dump_recipe(recipe))
+    for key in DISPLAY_ONLY:
+        section, name = key.split(".")
+        data.get(section, {}).pop(name, None)
+    return data
+
+
+def recipe_stamp(recipe: BaseModel) -> str:
+    """A short hash of :func:`recipe_data`: resume files written under another stamp belong to
+    another recipe and are not used."""
+    return json_hash(recipe_data(recipe))[:16]
 
 
 def open_run_folder(paths: RunPaths, recipe: BaseModel, resume: bool = False) -> RunPaths:

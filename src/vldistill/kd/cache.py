@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from vldistill.core.errors import VldistillError
-from vldistill.core.fileio import atomic_write, sha256_file
+from vldistill.core.fileio import atomic_write, atomic_write_text, sha256_file
 from vldistill.core.hashing import nested_differences
 from vldistill.core.versions import __version__
 from vldistill.data.augment import AugmentSettings, apply_view, view_parameters
@@ -229,8 +229,7 @@ def _file_record(path: Path) -> dict[str, Any]:
 
 
 def _write_manifest(directory: Path, manifest: Mapping[str, Any]) -> None:
-    atomic_write(directory / "manifest.json",
-                 lambda path: path.write_text(json.dumps(manifest, indent=1) + "\n"))
+    atomic_write_text(directory / "manifest.json", json.dumps(manifest, indent=1) + "\n")
 
 
 def _read_manifest(directory: Path) -> dict[str, Any] | None:

@@ -39,7 +39,7 @@ from torch.utils.data import DataLoader
 
 from vldistill.core.console import console
 from vldistill.core.errors import VldistillError
-from vldistill.core.fileio import atomic_write
+from vldistill.core.fileio import atomic_write, atomic_write_text
 from vldistill.core.runpaths import RunPaths, previous_path
 
 
@@ -178,8 +178,7 @@ def write_done(run_dir: Path, role: str, steps: int, wall_time_s: float,
                metrics: dict[str, float], stamp: str = "") -> None:
     record = {"role": role, "steps": steps, "wall_time_s": wall_time_s, "metrics": metrics,
               "stamp": stamp}
-    atomic_write(done_path(run_dir, role),
-                 lambda path: path.write_text(json.dumps(record, indent=2) + "\n"))
+    atomic_write_text(done_path(run_dir, role), json.dumps(record, indent=2) + "\n")
 
 
 def read_done(run_dir: Path, role: str) -> dict[str, Any] | None:

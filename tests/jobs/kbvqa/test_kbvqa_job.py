@@ -120,8 +120,12 @@ def test_data_without_gold_facts_or_captions_runs_and_a_trained_retriever_is_ref
     results = run_kbvqa(load_kb_recipe(None, base))
 
     assert "R@1" not in results["retrieval"]["bm25"] and "base" in results["readers"]
-    with pytest.raises(RecipeError, match="retriever.kind 'trained' learns from"):
+    with pytest.raises(RecipeError, match="^retriever.kind ask.*retriever.kind 'trained' "
+                                          "learns from"):
         run_kbvqa(load_kb_recipe(None, [*base, "retriever.kind=trained"]))
+    with pytest.raises(RecipeError, match="^retriever.compare and retriever.distil.teacher "
+                                          "ask"):
+        run_kbvqa(load_kb_recipe(None, [*base, "retriever.compare=[distilled, trained]"]))
 
 
 def test_a_damaged_index_manifest_names_the_rebuild(tmp_path: Path) -> None:

@@ -93,3 +93,20 @@ def test_old_retriever_and_reader_keys_name_their_new_place() -> None:
     with pytest.raises(RecipeError, match="steps was renamed train.max_steps.*patience was "
                                           "renamed train.early_stopping_patience"):
         load_kb_recipe(None, ["reader.steps=10", "reader.patience=2"])
+
+
+def test_a_partial_train_block_keeps_the_sections_own_defaults() -> None:
+    """`reader.train: {max_steps: 500}` changes the steps, not the reader's learning rate and
+    schedule (which differ from the generic training defaults)."""
+    recipe = load_kb_recipe(None, ["reader.train={max_steps: 500}",
+                                   "retriever.train={max_steps: 30, optim: {lr: 1.0e-5}}"])
+    assert recipe.reader.train.max_steps == 500
+    assert recipe.reader.train.optim.lr == 1e-3 and recipe.reader.train.optim.schedule == \
+        "constant" and recipe.reader.train.val_every_n_steps == 250
+    dpr = recipe.retriever.train
+    assert (dpr.max_steps, dpr.batch_size, dpr.optim.lr, dpr.optim.warmup_steps) == \
+        (30, 32, 1e-5, 0)
+    with pytest.raises(RecipeError, match=r"max_steps \(1100\) is not a multiple of "
+                                          r"train.val_every_n_steps \(250\).*max_steps 1000 "
+                                          r"or 1250"):
+        load_kb_recipe(None, ["reader.train.max_steps=1100"])

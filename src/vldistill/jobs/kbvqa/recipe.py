@@ -66,6 +66,7 @@ class RetrieverDistillSettings(Strict):
     """A small BERT student learns a teacher encoder's space from the training questions
     (without their gold facts) and the facts."""
 
+    merged: ClassVar[tuple[str, ...]] = ("train",)
     teacher: Literal["minilm", "trained"] = Field(
         "trained", description="the encoder distilled: the pretrained one, or the one trained "
         "on gold facts (kind: trained, trained first)")
@@ -85,6 +86,7 @@ class RetrieverSettings(Strict):
                                          "distil_steps": "distil.train.max_steps",
                                          "student_hidden": "distil.student_hidden",
                                          "student_layers": "distil.student_layers"}
+    merged: ClassVar[tuple[str, ...]] = ("train",)
     kind: RetrieverKind = Field("trained", description="the retriever whose top facts the "
                                 "readers read")
     compare: list[RetrieverKind] = Field(
@@ -94,6 +96,8 @@ class RetrieverSettings(Strict):
     index: Literal["flat", "hnsw"] = "flat"
     image_text: bool = Field(True, description="append the image as text to the query")
     n_context: int = Field(3, ge=1, description="facts the reader gets per question")
+    speed_repeats: int = Field(3, ge=1, description="timed passes over the val questions per "
+                               "retriever (the best is reported as queries/s)")
     temperature: float = Field(0.05, gt=0, description="DPR: scores are cosines / T")
     hard_negatives: int = Field(2, ge=0, description="DPR: BM25 facts per query, not gold")
     train: TrainSettings = Field(default_factory=lambda: constant_lr(2e-5, 300, 32),
@@ -123,6 +127,7 @@ class ReaderSettings(Strict):
         "steps": "train.max_steps", "batch_size": "train.batch_size", "lr": "train.optim.lr",
         "val_every_n_steps": "train.val_every_n_steps",
         "patience": "train.early_stopping_patience"}
+    merged: ClassVar[tuple[str, ...]] = ("train",)
     base: ReaderModel = Field(default_factory=ReaderModel)
     large: ReaderModel | None = Field(
         default_factory=lambda: ReaderModel(d_model=128, layers=3),
@@ -139,6 +144,18 @@ class ReaderSettings(Strict):
         "held-out slice of the training questions are kept (validated every "
         "val_every_n_steps; early_stopping_patience stops sooner)")
 
+    @model_validator(mode="after")
+    def _validated_to_the_end(self) -> ReaderSettings:
+        steps, every = self.train.max_steps, self.train.val_every_n_steps
+        if steps % every:
+            raise ValueError(f"train.max_steps ({steps}) is not a multiple of "
+                             f"train.val_every_n_steps ({every}): the last {steps % every} "
+                             "steps would never be scored, and keeping the best weights would "
+                             f"drop them. Fix: max_steps {steps - steps % every or every} or "
+                             f"{steps - steps % every + every}, or val_every_n_steps dividing "
+                             f"{steps}.")
+        return self
+
 
 class KBVQARecipe(Strict):
     job: Literal["kbvqa"] = Field("kbvqa", description="marks a knowledge-based VQA recipe "
@@ -148,7 +165,8 @@ class KBVQARecipe(Strict):
     output_dir: Path = Path("runs")
     data: KBDataSettings = Field(default_factory=KBDataSettings)
     retriever: RetrieverSettings = Field(default_factory=RetrieverSettings)
-    reader: ReaderSettings = Field(default_factory=ReaderSettings)
+    reader: ReaderSettings | None = Field(default_factory=ReaderSettings,
+                                          description="None: score the retrievers only")
     trainer: TrainerSettings = Field(default_factory=TrainerSettings)
     eval_batch_size: int = Field(64, ge=1, description="questions per batch when scoring")
 

@@ -22,13 +22,11 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-import yaml
 from pydantic import BaseModel
 from torch import nn
 
-from vldistill.config import dump_recipe
 from vldistill.core.console import console
-from vldistill.core.hashing import json_hash, module_fingerprint
+from vldistill.core.hashing import module_fingerprint
 from vldistill.core.runpaths import RunPaths
 from vldistill.data.image_text import ImageTextSet
 from vldistill.jobs.base import (
@@ -36,6 +34,7 @@ from vldistill.jobs.base import (
     RunOptions,
     execute,
     open_run_folder,
+    recipe_stamp,
     save_progress,
     world_size,
 )
@@ -104,7 +103,7 @@ def train_and_score(recipe: OpenVocabRecipe, paths: RunPaths, resume: bool = Fal
     """Teacher, then students with and without KD per seed; every number of the run. With
     ``resume``, finished models are loaded and an interrupted one continues (see
     vldistill.train.resume); resume files of another recipe or teacher are not used."""
-    stamp = json_hash(yaml.safe_load(dump_recipe(recipe)))[:16]
+    stamp = recipe_stamp(recipe)
 
     def saver(settings: ImageEncoderSettings, role: str) -> SaveFn:
         return lambda path, model: save_encoder(path, model, settings, text_encoder,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
@@ -68,6 +68,7 @@ def default_train() -> TrainSettings:
 
 
 class ImageEncoderSettings(Strict):
+    merged: ClassVar[tuple[str, ...]] = ("train",)
     kind: Literal["cnn", "mobilenet_v2", "efficientnet", "clip", "siglip"] = "cnn"
     widths: list[int] = Field(default_factory=lambda: [8, 16, 32, 64], min_length=1,
                               description="cnn: channels per stride-2 stage")

@@ -15,10 +15,9 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
-import yaml
 from torch import nn
 
-from vldistill.config import Recipe, TrainSettings, dump_recipe, input_channels
+from vldistill.config import Recipe, TrainSettings, input_channels
 from vldistill.core.errors import DataError
 from vldistill.core.hashing import json_hash, module_fingerprint
 from vldistill.core.runpaths import RunPaths
@@ -27,7 +26,7 @@ from vldistill.data.batches import VQACollator, VQAImageDataset
 from vldistill.data.images import data_image_size
 from vldistill.eval.efficiency import Efficiency, measure
 from vldistill.eval.evaluators import Predictions, build_evaluator, predict
-from vldistill.jobs.base import DISPLAY_ONLY
+from vldistill.jobs.base import recipe_data
 from vldistill.jobs.vqa_kd.data import RunData
 from vldistill.kd.losses import VQABCELoss
 from vldistill.kd.step import DistillationStep, WeightedTerm, build_terms
@@ -64,10 +63,7 @@ class RunResult:
 def recipe_stamp(recipe: Recipe, role: str = "student") -> str:
     """A hash of what decides a role's training: for the teacher, its data, model, training,
     seed and task loss; for students, the whole recipe (display settings aside)."""
-    data = yaml.safe_load(dump_recipe(recipe))
-    for key in DISPLAY_ONLY:
-        section, name = key.split(".")
-        data.get(section, {}).pop(name, None)
+    data = recipe_data(recipe)
     if role == "teacher":
         data = {"data": data["data"], "teacher": data["teacher"], "trainer": data["trainer"],
                 "seed": data["seeds"][0],
