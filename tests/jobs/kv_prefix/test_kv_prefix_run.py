@@ -14,7 +14,7 @@ from vldistill.config import load_recipe
 from vldistill.core.errors import RecipeError
 from vldistill.evaluate_checkpoint import evaluate_checkpoint
 from vldistill.jobs.base import finish_run
-from vldistill.jobs.kv_prefix.job import run_kv_prefix
+from vldistill.jobs.kv_prefix.job import kv_prefix_run, run_kv_prefix
 from vldistill.jobs.vqa_kd.job import job_run
 from vldistill.report.results import markdown_table, results_dict
 
@@ -35,8 +35,9 @@ def kv_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
     recipe = load_recipe(ROOT / "recipes" / "kv_prefix.yaml", [f"output_dir={out}", *TINY])
     result = run_kv_prefix(recipe)
-    finish_run(job_run(result))             # what `vldistill run` does after the job
-    return recipe, result, results_dict(result)
+    run = kv_prefix_run(result)
+    finish_run(run)                         # what `vldistill run` does after the job
+    return recipe, result, run.results
 
 
 def test_the_run_folder_has_every_file(kv_run) -> None:
@@ -57,6 +58,31 @@ def test_every_variant_is_a_row_with_its_trainable_share(kv_run) -> None:
     assert "style" in results["per_question_type"]["prefix"]
     table = markdown_table(results)
     assert "trainable" in table and f"{prefix:,}" in table
+
+
+def test_the_report_holds_the_headline_with_the_expert_apart(kv_run) -> None:
+    """The gain on pattern + style questions (question-weighted, by hand from the per-type
+    accuracies), and the trainable share against the model without its frozen expert."""
+    _, result, results = kv_run
+    counts = result.val_question_types
+    per_type = results["per_question_type"]
+
+    def both(model: str) -> float:
+        return (per_type[model]["style"] * counts["style"] +
+                per_type[model]["pattern"] * counts["pattern"]) / \
+            (counts["style"] + counts["pattern"])
+
+    numbers = results["kv_prefix"]
+    assert numbers["gain"] == pytest.approx(both("prefix") - both("frozen"), abs=1e-6)
+    rows = {row["model"]: row for row in results["rows"]}
+    trained = rows["prefix"]["trainable_parameters"]
+    assert numbers["expert_parameters"] == 4_652_008
+    assert numbers["trainable_share_without_expert"] == pytest.approx(
+        trained / (rows["prefix"]["parameters"] - 4_652_008))
+    assert numbers["trainable_share_without_expert"] > 10 * numbers["trainable_share"]
+    report = (result.run_dir / "report.md").read_text()
+    assert "## Pattern and style questions" in report
+    assert "of the model without its frozen expert (4,652,008)" in report
 
 
 def test_a_variant_checkpoint_rebuilds_and_scores_what_the_run_reported(kv_run) -> None:

@@ -14,7 +14,9 @@ continues an interrupted variant.
 from __future__ import annotations
 
 import copy
+import statistics
 import time
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import ClassVar
@@ -25,6 +27,7 @@ from torch import nn
 
 from vldistill.config import KVPrefixVariant, Recipe, load_recipe
 from vldistill.core.console import console
+from vldistill.core.errors import RecipeError
 from vldistill.core.hashing import json_hash
 from vldistill.eval.evaluators import agreement
 from vldistill.jobs.base import JobRun, RunOptions, world_size
@@ -145,7 +148,84 @@ def run_kv_prefix(recipe: Recipe, resume: bool = False) -> RunResult:
     efficiency = measure_models(job, {"teacher": (base_model, "rgb"), **last})
     return RunResult(recipe, job.paths.root, base_run, students, efficiency, agreements,
                      time.perf_counter() - start, world_size(), teacher_label=base_label,
-                     trainable={base_label: 0, **trainable})
+                     trainable={base_label: 0, **trainable},
+                     val_question_types=dict(Counter(s.question_type for s in job.data.val)),
+                     frozen_parameters=sum(p.numel() for p in factory.expert.parameters()))
+
+
+# -- the headline: what the prefixes add on the new task
+
+
+STYLE_TYPES = ("style", "pattern")
+
+
+def _cell(values: list[float]) -> str:
+    mean = statistics.fmean(values)
+    return f"{mean:.2f}" if len(values) == 1 else f"{mean:.2f} ± {statistics.pstdev(values):.2f}"
+
+
+def pattern_and_style(run: ModelRun, counts: dict[str, int], metric: str) -> float:
+    """Accuracy over the style and pattern questions together (question-weighted)."""
+    total = sum(counts.get(t, 0) for t in STYLE_TYPES)
+    if not total:
+        raise RecipeError("val has no style or pattern questions, so the KV-prefix headline "
+                          "has nothing to score; keep data.style_questions > 0")
+    return sum(run.predictions.metrics[f"{metric}/{t}"] * counts.get(t, 0)
+               for t in STYLE_TYPES) / total
+
+
+def prefix_comparison(result: RunResult, results: dict) -> tuple[str, list[str], dict]:
+    """(markdown table, headline lines, numbers for results.json): accuracy on style, object
+    pattern, both together and all questions per variant, mean ± std over seeds; the prefixes'
+    gain over the frozen model on pattern + style questions and the trainable share, counted
+    against all parameters and against the trained model alone (the frozen expert apart); the
+    expert's own share of the gain (prefix vs the no-expert control)."""
+    metric = results.get("metric", "vqa_accuracy")
+    counts = result.val_question_types
+    rows = {row["model"]: row for row in results["rows"]}
+    scores: dict[str, dict[str, list[float]]] = {}
+    for name, runs in [(result.teacher_label, [result.teacher]), *result.students.items()]:
+        scores[name] = {
+            "style": [r.predictions.metrics[f"{metric}/style"] for r in runs],
+            "pattern": [r.predictions.metrics[f"{metric}/pattern"] for r in runs],
+            "pattern+style": [pattern_and_style(r, counts, metric) for r in runs],
+            "all": [r.predictions.metrics[metric] for r in runs]}
+    lines = ["| model | style | object pattern | pattern + style | all | trainable | total "
+             "params | latency b=1 ms |", "|---|---|---|---|---|---|---|---|"]
+    for name, score in scores.items():
+        row = rows[name]
+        share = 100 * row["trainable_parameters"] / row["parameters"]
+        lines.append(f"| {name} | {_cell(score['style'])} | {_cell(score['pattern'])} | "
+                     f"{_cell(score['pattern+style'])} | {_cell(score['all'])} | "
+                     f"{row['trainable_parameters']:,} ({share:.2f} %) | "
+                     f"{row['parameters']:,} | {row['latency_ms']:.2f} |")
+    numbers: dict = {"scores": scores, "expert_parameters": result.frozen_parameters,
+                     "val_questions": counts}
+    headline = []
+    frozen = result.teacher_label
+    if "prefix" in scores and frozen in scores:
+        gain = statistics.fmean(scores["prefix"]["pattern+style"]) - \
+            statistics.fmean(scores[frozen]["pattern+style"])
+        trained = rows["prefix"]["trainable_parameters"]
+        total = rows["prefix"]["parameters"]
+        without_expert = total - result.frozen_parameters
+        numbers.update(gain=gain, trainable_share=trained / total,
+                       trainable_share_without_expert=trained / without_expert)
+        headline.append(
+            f"Prefixes vs the frozen model on pattern + style questions: {gain:+.2f} points, "
+            f"training {trained:,} parameters: {100 * trained / total:.2f} % of all "
+            f"{total:,}, {100 * trained / without_expert:.2f} % of the {without_expert:,} "
+            f"of the model without its frozen expert ({result.frozen_parameters:,}).")
+    if "prefix" in scores and "prefix-no-expert" in scores:
+        per_seed = [a - b for a, b in zip(scores["prefix"]["style"],
+                                          scores["prefix-no-expert"]["style"])]
+        numbers["expert_gain_style"] = per_seed
+        headline.append(f"The expert's share (prefix - prefix-no-expert, style questions): "
+                        f"{statistics.fmean(per_seed):+.2f} points (per seed "
+                        f"{', '.join(f'{g:+.2f}' for g in per_seed)}).")
+    headline.append(f"{counts.get('style', 0)} style and {counts.get('pattern', 0)} pattern "
+                    f"questions of {sum(counts.values())} in val.")
+    return "\n".join(lines), headline, numbers
 
 
 class KVPrefixJob:
@@ -162,4 +242,18 @@ class KVPrefixJob:
         return load_recipe(path, overrides)
 
     def run(self, recipe: Recipe, options: RunOptions) -> JobRun:
-        return job_run(run_kv_prefix(recipe, options.resume))
+        return kv_prefix_run(run_kv_prefix(recipe, options.resume))
+
+
+def kv_prefix_run(result: RunResult) -> JobRun:
+    """The VQA run's results, report and summary, with the KV-prefix headline (pattern and
+    style questions, the gain, the trainable share with the expert apart) added."""
+    run = job_run(result)
+    if not any(t in result.val_question_types for t in STYLE_TYPES):
+        return run                  # a KV-prefix run on data without the style task
+    table, headline, numbers = prefix_comparison(result, run.results)
+    run.results["kv_prefix"] = numbers
+    run.report += ("\n\n## Pattern and style questions\n\n" + table + "\n\n" +
+                   "\n".join(f"- {line}" for line in headline))
+    run.summary += [table, *headline]
+    return run
