@@ -51,6 +51,7 @@ def results_dict(result: Any) -> dict[str, Any]:
         "recipe": result.recipe.name, "seeds": result.recipe.seeds, "metric": key, "rows": rows,
         "wall_time_s": result.wall_time_s, "world_size": result.world_size,
         "per_question_type": {row["model"]: row.pop("per_question_type") for row in rows},
+        **getattr(result, "extra", {}),
     }
     if {"student (no KD)", "student (KD)"} <= set(result.students):
         gains = [kd.predictions.metrics[key] - base.predictions.metrics[key]

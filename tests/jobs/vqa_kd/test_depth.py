@@ -4,7 +4,6 @@ subsets."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -14,7 +13,10 @@ import pytest
 from vldistill.config import load_recipe
 from vldistill.core.errors import RecipeError
 from vldistill.data.sample import Sample
+from vldistill.jobs.vqa_kd.depth_report import depth_comparison, subsets
+from vldistill.jobs.vqa_kd.job import job_run
 from vldistill.jobs.vqa_kd.run import run_recipe
+from vldistill.report.results import results_dict
 
 ROOT = Path(__file__).parents[3]
 RECIPE = ROOT / "recipes" / "depth_substitution.yaml"
@@ -198,18 +200,9 @@ def test_subset_takes_a_seeded_share_of_the_images_with_all_their_questions() ->
     assert len(take_subset(train, 0.01, seed=4)) == 3                      # at least one image
 
 
-# ----------------------------------------------------------------------------- the benchmark
+# ----------------------------------------------------------------------------- the headline
 
-@pytest.fixture(scope="module")
-def depth_benchmark():
-    spec = importlib.util.spec_from_file_location("depth_benchmark",
-                                                  ROOT / "benchmarks" / "depth.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_depth_answerable_questions_name_no_colour_or_pattern(depth_benchmark) -> None:
+def test_depth_answerable_questions_name_no_colour_or_pattern() -> None:
     samples = [Sample(1, 0, "What shape is the red object?", ("star",), "shape"),
                Sample(2, 0, "What shape is the large object?", ("star",), "shape"),
                Sample(3, 0, "What colour is the nearest object?", ("blue",), "nearest"),
@@ -218,18 +211,42 @@ def test_depth_answerable_questions_name_no_colour_or_pattern(depth_benchmark) -
                Sample(6, 0, "What colour is the star?", ("red",), "colour"),
                Sample(7, 0, "How many circles are there?")]                  # unlabelled
 
-    rows = depth_benchmark.subsets(samples)
+    rows = subsets(samples)
 
     assert rows["depth-answerable"] == [1, 3]
     assert rows["depth types"] == [0, 1, 2, 3, 4]
     assert rows["colour"] == [5] and rows["all"] == [0, 1, 2, 3, 4, 5]
 
 
-def test_the_benchmark_table_gives_mean_and_spread(depth_benchmark) -> None:
-    text = depth_benchmark.table({"a": {"x": [40.0, 50.0], "y": [1.0, 1.0]}}, {"x": 10, "y": 3})
+def test_the_subset_table_gives_mean_and_spread() -> None:
+    text, headline = depth_comparison({"scores": {"a": {"x": [40.0, 50.0], "y": [1.0, 1.0]}},
+                                       "sizes": {"x": 10, "y": 3}})
 
     assert text.splitlines()[0] == "| model | x (n=10) | y (n=3) |"
     assert text.splitlines()[2] == "| a | 45.00 ± 5.00 | 1.00 ± 0.00 |"
+    assert headline == []                   # no depth students: no KD line
+
+
+def test_the_run_reports_accuracy_per_subset_and_the_depth_kd_gain(depth_run) -> None:
+    """Every model's "all" subset is its overall VQA accuracy (a reference: the run's own
+    evaluator); the KD line is the KD student's depth-answerable score minus the depth-only
+    student's; report.md holds both."""
+    results = results_dict(depth_run)
+    numbers = results["depth_subsets"]
+    runs = {"teacher": [depth_run.teacher], **depth_run.students}
+    assert list(numbers["scores"]) == ["teacher", "student (rgb, no KD)", "student (no KD)",
+                                       "student (KD)"]
+    for name, by_subset in numbers["scores"].items():
+        assert by_subset["all"] == pytest.approx(
+            [run.predictions.metrics["vqa_accuracy"] for run in runs[name]], abs=1e-6)
+    assert numbers["sizes"]["depth-answerable"] <= numbers["sizes"]["depth types"]
+    table, headline = depth_comparison(numbers)
+    gain = numbers["scores"]["student (KD)"]["depth-answerable"][0] - \
+        numbers["scores"]["student (no KD)"]["depth-answerable"][0]
+    assert headline == [f"Depth KD - depth-only on depth-answerable questions: {gain:+.2f} "
+                        f"points mean (per seed {gain:+.2f})."]
+    report = job_run(depth_run).report
+    assert "## What depth can show" in report and table in report
 
 
 def test_predict_and_bench_feed_a_depth_checkpoint_depth(depth_run, tmp_path) -> None:

@@ -14,6 +14,7 @@ from rich.table import Table
 from vldistill.config import Recipe, load_recipe
 from vldistill.core.runpaths import RunPaths
 from vldistill.jobs.base import JobRun, RunOptions
+from vldistill.jobs.vqa_kd.depth_report import depth_comparison
 from vldistill.jobs.vqa_kd.run import run_recipe
 from vldistill.jobs.vqa_kd.workspace import RunResult
 from vldistill.report.results import gain_line, header, results_dict, table_rows, vqa_report
@@ -34,7 +35,13 @@ def job_run(result: RunResult) -> JobRun:
     paths = RunPaths(result.run_dir)
     results = results_dict(result)
     summary = [results_table(results)] + ([line] if (line := gain_line(results)) else [])
-    return JobRun(paths, results, vqa_report(results, paths), summary)
+    report = vqa_report(results, paths)
+    if "depth_subsets" in results:
+        table, headline = depth_comparison(results["depth_subsets"])
+        report += ("\n\n## What depth can show: accuracy per question subset\n\n" + table +
+                   "".join(f"\n\n{line}" for line in headline))
+        summary += [table, *headline]
+    return JobRun(paths, results, report, summary)
 
 
 class VQAKDJob:

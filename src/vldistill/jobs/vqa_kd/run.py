@@ -23,6 +23,7 @@ from vldistill.eval.evaluators import agreement
 from vldistill.jobs.base import open_run_folder, world_size
 from vldistill.jobs.vqa_kd.cache import build, open_cache
 from vldistill.jobs.vqa_kd.data import prepare_data
+from vldistill.jobs.vqa_kd.depth_report import NAMES, subset_scores
 from vldistill.jobs.vqa_kd.phases import select_phases, train_phases
 from vldistill.jobs.vqa_kd.workspace import (
     ModelRun,
@@ -168,9 +169,18 @@ def run_recipe(recipe: Recipe, phase: str | None = None, resume: bool = False,
         "teacher": (teacher_model, recipe.teacher.modality), "student": last["student (KD)"],
         **{name: last[name] for name, _, modality in variants if modality is not None}})
     students = {k: v for k, v in students.items() if v}
+    extra = {}
+    if recipe.student.modality == "depth":
+        # the depth job's headline: accuracy per question subset (what depth can show)
+        order = [name for name in NAMES if name in {"teacher", *students}]
+        runs = {"teacher": [teacher], **students}
+        extra["depth_subsets"] = subset_scores(
+            {name: [run.predictions.indices for run in runs[name]]
+             for name in [*order, *(n for n in runs if n not in order)]},
+            [s for group in job.val.groups for s in group], job.data.answer_vocab)
     return RunResult(recipe, job.paths.root, teacher, students, efficiency,
                      {k: v for k, v in agreements.items() if v},
-                     time.perf_counter() - start, world_size())
+                     time.perf_counter() - start, world_size(), extra=extra)
 
 
 def build_cache_for_recipe(recipe: Recipe) -> dict:

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 from torch import nn
 
@@ -60,6 +61,7 @@ class RunResult:
     trainable: dict[str, int] = field(default_factory=dict)   # trainable parameters by row
     val_question_types: dict[str, int] = field(default_factory=dict)   # val questions per type
     frozen_parameters: int = 0         # a frozen module counted in every row (KV-prefix expert)
+    extra: dict[str, Any] = field(default_factory=dict)   # a job's own results (JSON-ready)
 
 
 def recipe_stamp(recipe: Recipe, role: str = "student") -> str:
