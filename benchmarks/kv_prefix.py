@@ -30,7 +30,7 @@ from pathlib import Path
 
 from vldistill.config import load_recipe
 from vldistill.jobs.base import finish_run
-from vldistill.jobs.kv_prefix.job import kv_prefix_run, prefix_comparison, run_kv_prefix
+from vldistill.jobs.kv_prefix.job import kv_prefix_run, run_kv_prefix
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "kv_prefix.yaml"
 
@@ -48,8 +48,9 @@ def main() -> None:
     result = run_kv_prefix(recipe)
     run = kv_prefix_run(result)          # the job's own report: what `vldistill run` writes
     finish_run(run)
-    table, headline, numbers = prefix_comparison(result, run.results)
-    lines = [table, "", *headline]
+    numbers = run.results["kv_prefix"]
+    # the job's own table and headline lines (the rich results table aside)
+    lines = [item for item in run.summary if isinstance(item, str)]
     if "gain" in numbers:
         shares = (100 * numbers["trainable_share"],
                   100 * numbers["trainable_share_without_expert"])

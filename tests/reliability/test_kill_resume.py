@@ -4,9 +4,22 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from vldistill.tools.crashtest import kill_and_resume
+from vldistill.tools.crashtest import KillPoint, kill_and_resume
+
+ROOT = Path(__file__).parents[2]
+
+
+def assert_every_kill_resumed_identically(wall: float, points: list[KillPoint]) -> None:
+    """Each kill came while the run was running, and its resumed run ended with every result
+    of the uninterrupted one."""
+    assert all(point.killed for point in points), "a kill came after the run had finished"
+    for point in points:
+        assert point.matches, f"killed at {point.delay_s:.1f} s of {wall:.1f} s: " \
+                              f"{point.differences}"
 
 
 @pytest.mark.parametrize("overrides", [[], ["teacher.mode=cache"]], ids=["online", "cache"])
@@ -14,10 +27,7 @@ def test_runs_killed_at_random_moments_resume_to_the_same_metrics(tmp_path, tiny
                                                                   overrides) -> None:
     wall, points = kill_and_resume(tiny_recipe_path, tmp_path, points=2, seed=3,
                                    overrides=overrides)
-    assert all(point.killed for point in points), "a kill came after the run had finished"
-    for point in points:
-        assert point.matches, f"killed at {point.delay_s:.1f} s of {wall:.1f} s: " \
-                              f"{point.differences}"
+    assert_every_kill_resumed_identically(wall, points)
 
 
 OPEN_VOCAB = ["data.shapesworld.train_images=300", "data.shapesworld.val_images=60",
@@ -31,14 +41,9 @@ OPEN_VOCAB = ["data.shapesworld.train_images=300", "data.shapesworld.val_images=
 @pytest.mark.slow
 def test_the_open_vocabulary_job_killed_at_random_moments_resumes_to_the_same_results(
         tmp_path) -> None:
-    from pathlib import Path
-
-    recipe = Path(__file__).parents[2] / "recipes" / "open_vocab.yaml"
+    recipe = ROOT / "recipes" / "open_vocab.yaml"
     wall, points = kill_and_resume(recipe, tmp_path, points=1, seed=5, overrides=OPEN_VOCAB)
-    assert all(point.killed for point in points), "a kill came after the run had finished"
-    for point in points:
-        assert point.matches, f"killed at {point.delay_s:.1f} s of {wall:.1f} s: " \
-                              f"{point.differences}"
+    assert_every_kill_resumed_identically(wall, points)
 
 
 KBVQA = ["data.shapesworld={train_images: 300, val_images: 60, questions_per_image: 6, "
@@ -56,14 +61,9 @@ KBVQA = ["data.shapesworld={train_images: 300, val_images: 60, questions_per_ima
 def test_the_kbvqa_job_killed_at_random_moments_resumes_to_the_same_results(tmp_path) -> None:
     """Killed while distilling the retriever, training a reader or writing a checkpoint, the
     KB-VQA job resumes to the same recall, exact match and reader steps."""
-    from pathlib import Path
-
-    recipe = Path(__file__).parents[2] / "recipes" / "kbvqa.yaml"
+    recipe = ROOT / "recipes" / "kbvqa.yaml"
     wall, points = kill_and_resume(recipe, tmp_path, points=2, seed=7, overrides=KBVQA)
-    assert all(point.killed for point in points), "a kill came after the run had finished"
-    for point in points:
-        assert point.matches, f"killed at {point.delay_s:.1f} s of {wall:.1f} s: " \
-                              f"{point.differences}"
+    assert_every_kill_resumed_identically(wall, points)
 
 
 def test_results_are_compared_by_every_number_but_measured_times():

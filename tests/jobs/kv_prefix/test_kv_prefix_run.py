@@ -15,7 +15,6 @@ from vldistill.core.errors import RecipeError
 from vldistill.evaluate_checkpoint import evaluate_checkpoint
 from vldistill.jobs.base import finish_run
 from vldistill.jobs.kv_prefix.job import kv_prefix_run, run_kv_prefix
-from vldistill.jobs.vqa_kd.job import job_run
 from vldistill.report.results import markdown_table, results_dict
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -64,7 +63,7 @@ def test_the_report_holds_the_headline_with_the_expert_apart(kv_run) -> None:
     """The gain on pattern + style questions (question-weighted, by hand from the per-type
     accuracies), and the trainable share against the model without its frozen expert."""
     _, result, results = kv_run
-    counts = result.val_question_types
+    counts = results["kv_prefix"]["val_questions"]
     per_type = results["per_question_type"]
 
     def both(model: str) -> float:

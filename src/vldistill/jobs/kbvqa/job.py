@@ -140,12 +140,15 @@ class Retrievers:
         self.train_s: dict[str, float] = {}
 
     def build(self, kind: str) -> Retriever:
-        settings = self.recipe.retriever
         if kind == "bm25":
             return BM25Retriever(self.kb)
+        return DenseRetriever(self.kb, self.encoder(kind), self.recipe.retriever.index)
+
+    def encoder(self, kind: str) -> SentenceEncoder:
+        """The dense retriever's encoder, loaded or trained the first time it is asked for."""
         if kind not in self.encoders:
             self.encoders[kind] = getattr(self, f"_{kind}")()
-        return DenseRetriever(self.kb, self.encoders[kind], settings.index)
+        return self.encoders[kind]
 
     def _minilm(self) -> SentenceEncoder:
         return load_encoder(self.recipe.retriever.encoder).eval()
@@ -167,8 +170,7 @@ class Retrievers:
 
     def _distilled(self) -> SentenceEncoder:
         settings, recipe = self.recipe.retriever.distil, self.recipe
-        teacher = self.encoders.get(settings.teacher) or getattr(self, f"_{settings.teacher}")()
-        self.encoders.setdefault(settings.teacher, teacher)
+        teacher = self.encoder(settings.teacher)
         student = small_encoder(settings.student_hidden, settings.student_layers,
                                 heads=max(2, settings.student_hidden // 64), seed=recipe.seed)
         torch.manual_seed(recipe.seed)
@@ -295,11 +297,11 @@ def train_readers(recipe: KBVQARecipe, paths: RunPaths, resume: bool, stamp: str
     kb, train, val, captions = data.kb, data.train, data.val, data.captions
     train_queries, val_queries = data.train_queries, data.val_queries
 
-    def contexts(samples: list[Sample], queries: list[str]) -> list[list[str | None]]:
+    def contexts(queries: list[str]) -> list[list[str | None]]:
         indices, _ = retriever.search(queries, n)
         return [[kb.texts[i] if i >= 0 else None for i in row] for row in indices]
 
-    train_contexts, val_contexts = contexts(train, train_queries), contexts(val, val_queries)
+    train_contexts, val_contexts = contexts(train_queries), contexts(val_queries)
     texts = ([s.question for s in train] + list(captions.values()) + kb.texts +
              [a for s in train for a in s.answers] + ["none"])
     reader_settings = recipe.reader

@@ -149,8 +149,10 @@ def run_kv_prefix(recipe: Recipe, resume: bool = False) -> RunResult:
     return RunResult(recipe, job.paths.root, base_run, students, efficiency, agreements,
                      time.perf_counter() - start, world_size(), teacher_label=base_label,
                      trainable={base_label: 0, **trainable},
-                     val_question_types=dict(Counter(s.question_type for s in job.data.val)),
-                     frozen_parameters=sum(p.numel() for p in factory.expert.parameters()))
+                     extra={"kv_prefix": {
+                         "val_questions": dict(Counter(s.question_type for s in job.data.val)),
+                         "expert_parameters": sum(p.numel()
+                                                  for p in factory.expert.parameters())}})
 
 
 # -- the headline: what the prefixes add on the new task
@@ -175,13 +177,15 @@ def pattern_and_style(run: ModelRun, counts: dict[str, int], metric: str) -> flo
 
 
 def prefix_comparison(result: RunResult, results: dict) -> tuple[str, list[str], dict]:
-    """(markdown table, headline lines, numbers for results.json): accuracy on style, object
+    """(markdown table, headline lines, numbers for results.json, extending its ``kv_prefix``
+    entry: val questions per type, the expert's parameters): accuracy on style, object
     pattern, both together and all questions per variant, mean ± std over seeds; the prefixes'
     gain over the frozen model on pattern + style questions and the trainable share, counted
     against all parameters and against the trained model alone (the frozen expert apart); the
     expert's own share of the gain (prefix vs the no-expert control)."""
     metric = results.get("metric", "vqa_accuracy")
-    counts = result.val_question_types
+    counts = results["kv_prefix"]["val_questions"]
+    expert = results["kv_prefix"]["expert_parameters"]
     rows = {row["model"]: row for row in results["rows"]}
     scores: dict[str, dict[str, list[float]]] = {}
     for name, runs in [(result.teacher_label, [result.teacher]), *result.students.items()]:
@@ -199,8 +203,7 @@ def prefix_comparison(result: RunResult, results: dict) -> tuple[str, list[str],
                      f"{_cell(score['pattern+style'])} | {_cell(score['all'])} | "
                      f"{row['trainable_parameters']:,} ({share:.2f} %) | "
                      f"{row['parameters']:,} | {row['latency_ms']:.2f} |")
-    numbers: dict = {"scores": scores, "expert_parameters": result.frozen_parameters,
-                     "val_questions": counts}
+    numbers: dict = {**results["kv_prefix"], "scores": scores}
     headline = []
     frozen = result.teacher_label
     if "prefix" in scores and frozen in scores:
@@ -208,14 +211,14 @@ def prefix_comparison(result: RunResult, results: dict) -> tuple[str, list[str],
             statistics.fmean(scores[frozen]["pattern+style"])
         trained = rows["prefix"]["trainable_parameters"]
         total = rows["prefix"]["parameters"]
-        without_expert = total - result.frozen_parameters
+        without_expert = total - expert
         numbers.update(gain=gain, trainable_share=trained / total,
                        trainable_share_without_expert=trained / without_expert)
         headline.append(
             f"Prefixes vs the frozen model on pattern + style questions: {gain:+.2f} points, "
             f"training {trained:,} parameters: {100 * trained / total:.2f} % of all "
             f"{total:,}, {100 * trained / without_expert:.2f} % of the {without_expert:,} "
-            f"of the model without its frozen expert ({result.frozen_parameters:,}).")
+            f"of the model without its frozen expert ({expert:,}).")
     if "prefix" in scores and "prefix-no-expert" in scores:
         per_seed = [a - b for a, b in zip(scores["prefix"]["style"],
                                           scores["prefix-no-expert"]["style"])]
@@ -249,7 +252,7 @@ def kv_prefix_run(result: RunResult) -> JobRun:
     """The VQA run's results, report and summary, with the KV-prefix headline (pattern and
     style questions, the gain, the trainable share with the expert apart) added."""
     run = job_run(result)
-    if not any(t in result.val_question_types for t in STYLE_TYPES):
+    if not any(t in run.results["kv_prefix"]["val_questions"] for t in STYLE_TYPES):
         return run                  # a KV-prefix run on data without the style task
     table, headline, numbers = prefix_comparison(result, run.results)
     run.results["kv_prefix"] = numbers

@@ -172,11 +172,10 @@ def run_recipe(recipe: Recipe, phase: str | None = None, resume: bool = False,
     extra = {}
     if recipe.student.modality == "depth":
         # the depth job's headline: accuracy per question subset (what depth can show)
-        order = [name for name in NAMES if name in {"teacher", *students}]
         runs = {"teacher": [teacher], **students}
-        extra["depth_subsets"] = subset_scores(
+        extra["depth_subsets"] = subset_scores(       # rows in NAMES' order, then the rest
             {name: [run.predictions.indices for run in runs[name]]
-             for name in [*order, *(n for n in runs if n not in order)]},
+             for name in [*NAMES, *runs] if name in runs},
             [s for group in job.val.groups for s in group], job.data.answer_vocab)
     return RunResult(recipe, job.paths.root, teacher, students, efficiency,
                      {k: v for k, v in agreements.items() if v},

@@ -59,8 +59,6 @@ class RunResult:
     world_size: int = 1
     teacher_label: str = "teacher"         # "base (frozen)" in a KV-prefix run
     trainable: dict[str, int] = field(default_factory=dict)   # trainable parameters by row
-    val_question_types: dict[str, int] = field(default_factory=dict)   # val questions per type
-    frozen_parameters: int = 0         # a frozen module counted in every row (KV-prefix expert)
     extra: dict[str, Any] = field(default_factory=dict)   # a job's own results (JSON-ready)
 
 
