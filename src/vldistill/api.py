@@ -121,6 +121,6 @@ def distill(teacher: nn.Module, student: nn.Module, train: Any, val: Any = None,
     metrics, teacher_metrics = {}, {}
     if val_set is not None:
         metrics = predict(result.student, val_set, collate, evaluator).metrics
-        teacher_metrics = predict(step.teacher, val_set, collate, evaluator).metrics
+        teacher_metrics = predict(teacher, val_set, collate, evaluator).metrics
     return DistillResult(result.student, metrics, teacher_metrics, result.wall_time_s,
                          result.steps)

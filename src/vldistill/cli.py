@@ -70,7 +70,8 @@ def run(recipe: RecipeArg = None, set_: SetOption = None,
                              "resume point")] = False,
         teacher: Annotated[Optional[str], typer.Option(
             "--teacher", help="online: run the teacher at every step; cache: distil from the "
-                              "teacher-output cache (built when missing); same as --set "
+                              "exact teacher-output cache (built when missing); topk_cache: "
+                              "from the compact top-k cache; same as --set "
                               "teacher.mode=...")] = None) -> None:
     """Run a recipe: the job its `job:` names (vqa_kd by default; kv_prefix, kbvqa,
     open_vocab), then its evaluation and report in runs/<name>/."""

@@ -180,8 +180,9 @@ class TeacherCacheSettings(Strict):
     """Where and how the teacher-output cache is stored (vldistill.kd.cache)."""
 
     dir: Path | None = Field(None, description="cache folder; None: <run folder>/teacher-cache")
-    top_k: int = Field(32, ge=1, description="logits kept per question (plus the full "
-                       "log-sum-exp); the rest of the mass is spread over the other answers")
+    top_k: int = Field(32, ge=1, description="teacher.mode topk_cache: logits kept per question "
+                       "(plus the full log-sum-exp); the rest of the mass is spread over the "
+                       "other answers")
     shard_items: int = Field(4096, ge=1, description="images per shard file")
     verify: bool = Field(True, description="check every shard's SHA-256 when opening")
 
@@ -192,9 +193,11 @@ class TeacherSettings(Strict):
         optim=OptimSettings(lr=1e-3)))
     checkpoint: Path | None = Field(
         None, description="a teacher .safetensors from an earlier run: load it, skip training")
-    mode: Literal["online", "cache"] = Field(
+    mode: Literal["online", "cache", "topk_cache"] = Field(
         "online", description="online: run the teacher at every student step; cache: run it "
-        "once over the training data and distil from the stored outputs")
+        "once over the training data and distil from its stored outputs (every logit and "
+        "feature in fp32: exact); topk_cache: the same, storing the top teacher.cache.top_k "
+        "logits and fp16 features (compact)")
     cache: TeacherCacheSettings = Field(default_factory=lambda: TeacherCacheSettings())
     modality: Modality = Field("rgb", description="what the teacher sees of each sample: rgb, "
                                "or depth (data.depth says how it is preprocessed)")

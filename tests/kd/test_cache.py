@@ -17,7 +17,7 @@ from vldistill.jobs.vqa_kd.cache import cache_spec, stored_fields
 from vldistill.jobs.vqa_kd.data import prepare_data
 from vldistill.jobs.vqa_kd.workspace import VQAWorkspace
 from vldistill.kd import DistillationStep, KDLoss, WeightedTerm
-from vldistill.kd.cache import CachedTeacher, CacheError, CacheSpec, build_cache
+from vldistill.kd.cache import CacheError, CacheSpec, build_cache, cached_teacher
 from vldistill.kd.feature_losses import ContrastiveLoss
 from vldistill.models import build_model
 from vldistill.models.outputs import call_model
@@ -66,7 +66,7 @@ def test_round_trip_matches_the_teacher(tmp_path, job, teacher):
     spec = spec_for(job, teacher, top_k=1000)                   # every class: exact up to fp16
     manifest = build(tmp_path, job, teacher, spec, shard_items=50)
     assert manifest["complete"] and len(manifest["shards"]) == 3     # 120 items / 50
-    cached = CachedTeacher(tmp_path, spec, job.base_student_datasets())
+    cached = cached_teacher(tmp_path, spec, job.base_student_datasets())
     batch = batch_of(job.base_student_datasets(), job.collate, [0, 7, 60, 119])
     online = call_model(teacher, batch["inputs"])
     stored = cached.teacher_outputs(batch)
@@ -78,7 +78,7 @@ def test_round_trip_matches_the_teacher(tmp_path, job, teacher):
 def test_the_same_losses_from_the_cache_as_online(tmp_path, job, teacher):
     spec = spec_for(job, teacher, top_k=1000)
     build(tmp_path, job, teacher, spec)
-    cached = CachedTeacher(tmp_path, spec, job.base_student_datasets())
+    cached = cached_teacher(tmp_path, spec, job.base_student_datasets())
     student = build_model("vqa_attention", {"width": 4, "word_dim": 4, "mlp_dim": 8},
                           **job.sizes)
     terms = [WeightedTerm("kd", 1.0, KDLoss(1.0)), WeightedTerm("c", 1.0, ContrastiveLoss())]
@@ -96,7 +96,7 @@ def test_replayed_views_are_the_pixels_the_teacher_saw(tmp_path, job, teacher):
                     augmentation=AugmentSettings(views=3, seed=3).model_dump())
     manifest = build(tmp_path, job, teacher, spec, views=3, shard_items=64)
     assert manifest["rows"] == 3 * manifest["questions"]
-    cached = CachedTeacher(tmp_path, spec, job.base_student_datasets())
+    cached = cached_teacher(tmp_path, spec, job.base_student_datasets())
     augment = AugmentSettings(views=3, seed=3)
     labelled = ViewDataset(job.labelled, augment, 0, cached.view_parameters)
     transfer = ViewDataset(job.transfer, augment, len(job.labelled), cached.view_parameters)
@@ -127,7 +127,7 @@ def test_a_stale_cache_is_refused_naming_the_field(tmp_path, job, teacher, chang
     build(tmp_path, job, teacher, spec)
     with pytest.raises(CacheError, match=rf"fields differ from this recipe's: .*{field}.*"
                                          r"Rebuild it with `vldistill cache build RECIPE`"):
-        CachedTeacher(tmp_path, spec_for(job, teacher, **change), job.base_student_datasets())
+        cached_teacher(tmp_path, spec_for(job, teacher, **change), job.base_student_datasets())
 
 
 def test_another_vldistill_version_is_refused(tmp_path, job, teacher, monkeypatch):
@@ -135,7 +135,7 @@ def test_another_vldistill_version_is_refused(tmp_path, job, teacher, monkeypatc
     build(tmp_path, job, teacher, spec)
     monkeypatch.setattr(cache_module, "__version__", "9.9.9")
     with pytest.raises(CacheError, match="vldistill_version"):
-        CachedTeacher(tmp_path, spec, job.base_student_datasets())
+        cached_teacher(tmp_path, spec, job.base_student_datasets())
 
 
 def test_fingerprints_see_weights_and_pixels(job, teacher):
@@ -178,16 +178,16 @@ def test_a_damaged_shard_is_detected(tmp_path, job, teacher, damage):
         path.unlink()
         message = "is missing"
     with pytest.raises(CacheError, match=rf"{path.name} {message}.*vldistill cache build"):
-        CachedTeacher(tmp_path, spec, job.base_student_datasets())
+        cached_teacher(tmp_path, spec, job.base_student_datasets())
 
 
 def test_damaged_or_missing_manifest(tmp_path, job, teacher):
     spec = spec_for(job, teacher)
     with pytest.raises(CacheError, match="no teacher cache in .*manifest.json is missing"):
-        CachedTeacher(tmp_path, spec, job.base_student_datasets())
+        cached_teacher(tmp_path, spec, job.base_student_datasets())
     (tmp_path / "manifest.json").write_text('{"fingerprint": ')
     with pytest.raises(CacheError, match="manifest .* is not valid JSON"):
-        CachedTeacher(tmp_path, spec, job.base_student_datasets())
+        cached_teacher(tmp_path, spec, job.base_student_datasets())
 
 
 class Stop(Exception):
@@ -217,12 +217,12 @@ def test_an_interrupted_build_resumes_where_it_stopped(tmp_path, job, teacher):
     partial = json.loads((tmp_path / "cut" / "manifest.json").read_text())
     assert not partial["complete"] and len(partial["shards"]) == 2
     with pytest.raises(CacheError, match="incomplete .* after 2 shards.*resumes where it stopped"):
-        CachedTeacher(tmp_path / "cut", spec, job.base_student_datasets())
+        cached_teacher(tmp_path / "cut", spec, job.base_student_datasets())
     counting = CountingTeacher(teacher)
     resumed = build(tmp_path / "cut", job, counting, spec, shard_items=50)
     assert counting.images == 120 - 100                       # only the third shard ran
     assert [s["files"] for s in resumed["shards"]] == [s["files"] for s in whole["shards"]]
-    CachedTeacher(tmp_path / "cut", spec, job.base_student_datasets())
+    cached_teacher(tmp_path / "cut", spec, job.base_student_datasets())
 
 
 def test_a_shard_damaged_before_resuming_is_rebuilt(tmp_path, job, teacher):
@@ -238,13 +238,13 @@ def test_a_shard_damaged_before_resuming_is_rebuilt(tmp_path, job, teacher):
     counting = CountingTeacher(teacher)
     build(tmp_path, job, counting, spec, shard_items=50)
     assert counting.images == 120 - 50                        # shards 2 and 3 again
-    CachedTeacher(tmp_path, spec, job.base_student_datasets())
+    cached_teacher(tmp_path, spec, job.base_student_datasets())
 
 
 def test_a_question_outside_the_cache_is_named(tmp_path, job, teacher):
     spec = spec_for(job, teacher)
     build(tmp_path, job, teacher, spec)
-    cached = CachedTeacher(tmp_path, spec, job.base_student_datasets())
+    cached = cached_teacher(tmp_path, spec, job.base_student_datasets())
     val_batch = job.collate([job.val[0]])
     with pytest.raises(CacheError, match="is not in the teacher cache .* training items only"):
         cached.teacher_outputs(val_batch)
@@ -267,7 +267,7 @@ def test_a_resumed_build_with_another_shard_size_still_lines_up(tmp_path, job, t
     with pytest.raises(Stop):
         build(tmp_path, job, teacher, spec, shard_items=50, progress=stop_after_one)
     build(tmp_path, job, teacher, spec, shard_items=30)       # 4 shards of 30, not 50 + ...
-    cached = CachedTeacher(tmp_path, spec, job.base_student_datasets())
+    cached = cached_teacher(tmp_path, spec, job.base_student_datasets())
     assert [s["items"] for s in cached.manifest["shards"]] == [30, 30, 30, 30]
     batch = batch_of(job.base_student_datasets(), job.collate, [29, 30, 31, 119])
     assert torch.allclose(cached.teacher_outputs(batch).logits,
@@ -282,7 +282,7 @@ def test_a_manifest_that_does_not_add_up_is_refused(tmp_path, job, teacher):
     manifest["shards"] = manifest["shards"][:2]               # a shard dropped from the record
     path.write_text(json.dumps(manifest))
     with pytest.raises(CacheError, match="does not line up with the training questions"):
-        CachedTeacher(tmp_path, spec, job.base_student_datasets())
+        cached_teacher(tmp_path, spec, job.base_student_datasets())
 
 
 def test_changed_vocabularies_are_named(tmp_path, job, teacher):
@@ -293,7 +293,7 @@ def test_changed_vocabularies_are_named(tmp_path, job, teacher):
     with pytest.raises(CacheError, match=r"differ from this recipe's: "
                                          r"preprocessing.answer_vocab, "
                                          r"preprocessing.question_vocab\."):
-        CachedTeacher(tmp_path, changed, job.base_student_datasets())
+        cached_teacher(tmp_path, changed, job.base_student_datasets())
 
 
 def test_answer_token_logits_are_refused_with_the_way_out():

@@ -39,12 +39,13 @@ from vldistill.kd.losses import (
                                       loss_parameters,
                                       vqa_bce_loss,
 )
-from vldistill.kd.step import DistillationStep, WeightedTerm, freeze
+from vldistill.kd.sources import OnlineTeacher, TeacherSource, as_source, freeze
+from vldistill.kd.step import DistillationStep, WeightedTerm
 from vldistill.kd.token_losses import AnswerTokenCELoss, AnswerTokenKDLoss, token_kd_loss
 from vldistill.models.outputs import call_model
 
 __all__ = ["LOSSES", "AnswerTokenCELoss", "AnswerTokenKDLoss", "CLIPAffinityLoss", "ContrastiveLoss", "CrossEntropyLoss", "DKDLoss",
-           "DistillationStep", "FeatureLoss", "KDLoss", "LoCaLoss", "LossTerm", "RelationalLoss",
+           "DistillationStep", "FeatureLoss", "OnlineTeacher", "TeacherSource", "as_source", "KDLoss", "LoCaLoss", "LossTerm", "RelationalLoss",
            "UnknownFeatureError", "VQABCELoss", "WeightedTerm", "available_features",
            "build_loss", "call_model", "clip_affinity_loss", "cross_entropy_loss", "dkd_loss",
            "dkd_parts", "freeze", "hard_targets", "hint_loss", "info_nce_loss", "kd_loss",

@@ -28,9 +28,7 @@ so the unchanged logit losses read dense logits rebuilt from them.
 from __future__ import annotations
 
 import hashlib
-import json
 import operator
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,21 +38,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from vldistill.core.errors import VldistillError
-from vldistill.core.fileio import atomic_write, atomic_write_text, sha256_file
 from vldistill.core.hashing import nested_differences
 from vldistill.core.versions import __version__
 from vldistill.data.augment import AugmentSettings, apply_view, view_parameters
 from vldistill.kd.feature_losses import select_feature
+from vldistill.kd.store import FORMAT, StoreError, build_store, open_store
 from vldistill.kd.token_losses import FIELDS as TOKEN_FIELDS
 from vldistill.kd.topk import compress_logits, expand_logits
 from vldistill.models.outputs import ModelOutput, call_model
 
-FORMAT = 1
-
-
-class CacheError(VldistillError, ValueError):
-    """A teacher cache is missing, stale (fingerprint differs) or damaged."""
+# a teacher cache is missing, stale (fingerprint differs) or damaged: one error for every store
+CacheError = StoreError
 
 
 def data_fingerprint(datasets: Sequence[Any]) -> str:
@@ -83,9 +77,13 @@ class CacheSpec:
     data: str                            # data_fingerprint
     preprocessing: dict[str, Any]        # image size, vocabularies
     augmentation: dict[str, Any]         # AugmentSettings, as a dict
-    top_k: int
+    top_k: int | None                    # None: every logit, fp32 (the exact cache)
     fields: tuple[str, ...]              # teacher outputs stored besides the logits
     num_classes: int
+
+    @property
+    def kind(self) -> str:
+        return "cache" if self.top_k is None else "topk-cache"
 
     def fingerprint(self) -> dict[str, Any]:
         return {"teacher_weights": self.teacher, "teacher_model": self.teacher_model,
@@ -93,8 +91,10 @@ class CacheSpec:
                 "preprocessing": self.preprocessing, "augmentation": self.augmentation,
                 "top_k": self.top_k, "fields": list(self.fields),
                 "num_classes": self.num_classes,
-                "dtypes": {"values": "float16", "indices": _index_dtype(self.num_classes).name,
-                           "fill": "float32", "features": "float16"},
+                "dtypes": ({"logits": "float32", "features": "float32"} if self.top_k is None
+                           else {"values": "float16",
+                                 "indices": _index_dtype(self.num_classes).name,
+                                 "fill": "float32", "features": "float16"}),
                 "vldistill_version": __version__, "format": FORMAT}
 
 
@@ -138,61 +138,52 @@ def _teacher_fields(output: ModelOutput, fields: Sequence[str]) -> dict[str, tor
 def build_cache(directory: Path, teacher: nn.Module, datasets: Sequence[Any],
                 collate: Callable, spec: CacheSpec, augment: AugmentSettings, *,
                 batch_images: int = 64, shard_items: int = 4096,
-                progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+                progress: Callable[[int, int], None] | None = None,
+                rank: int = 0, world: int = 1) -> dict[str, Any]:
     """Run ``teacher`` over every view of every item of ``datasets`` and store its outputs.
 
     Resumes an interrupted build of the same fingerprint (finished shards are kept); a folder
-    holding another fingerprint is rebuilt from scratch. Returns the final manifest.
+    holding another fingerprint is rebuilt from scratch. With ``world`` > 1 each rank computes
+    its share of the shards (vldistill.kd.store). Returns the final manifest.
     """
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    fingerprint = spec.fingerprint()
     items = [(d, i) for d in datasets for i in range(len(d))]
     views = max(1, augment.views)
     parameters = np.stack([[view_parameters(augment, item, view) for item in range(len(items))]
                            for view in range(views)]).astype(np.float32)    # (K, items, 4)
     questions = sum(len(d.groups[i]) for d, i in items)
-    # work units: (view, first item, last item) blocks of at most shard_items items
-    units = [(view, start, min(start + shard_items, len(items)))
+    # work units: blocks of at most shard_items items of one view
+    units = [{"view": view, "first_item": start, "items": min(shard_items, len(items) - start)}
              for view in range(views) for start in range(0, len(items), shard_items)]
-    manifest = _resumable_manifest(directory, fingerprint, units)
-    if manifest is None:
-        for stale in directory.glob("shard-*.npy"):
-            stale.unlink()
-        manifest = {"format": FORMAT, "fingerprint": fingerprint, "complete": False,
-                    "views": views, "items": len(items), "questions": questions,
-                    "rows": views * questions, "shards": [], "build_time_s": 0.0}
-        _save_array(directory / "views.npy", parameters)
-        manifest["views_file"] = _file_record(directory / "views.npy")
-        _write_manifest(directory, manifest)
-    start_time = time.perf_counter()
     teacher.eval()
-    for number, (view, first, last) in enumerate(units):
-        if number < len(manifest["shards"]):
-            continue                                            # finished before
-        arrays = _run_block(teacher, items[first:last], parameters[view, first:last], collate,
-                            spec, batch_images)
-        files = {}
-        for field, array in arrays.items():
-            path = directory / f"shard-{number:05d}.{field}.npy"
-            _save_array(path, array)
-            files[field] = _file_record(path)
-        manifest["shards"].append({"view": view, "first_item": first, "items": last - first,
-                                   "rows": int(arrays["logits"].shape[0]), "files": files})
-        manifest["build_time_s"] += time.perf_counter() - start_time
-        start_time = time.perf_counter()
-        _write_manifest(directory, manifest)
-        if progress is not None:
-            progress(number + 1, len(units))
-    manifest["complete"] = True
-    _write_manifest(directory, manifest)
-    return manifest
+
+    def compute(unit: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        first, last = unit["first_item"], unit["first_item"] + unit["items"]
+        return _run_block(teacher, items[first:last], parameters[unit["view"], first:last],
+                          collate, spec, batch_images)
+
+    return build_store(Path(directory), spec.fingerprint(), units, compute,
+                       header={"views": views, "items": len(items), "questions": questions,
+                               "rows": views * questions},
+                       extra_files={"views": parameters}, rank=rank, world=world,
+                       progress=progress)
+
+
+def _encode_logits(logits: torch.Tensor, spec: CacheSpec) -> np.ndarray:
+    if spec.top_k is None:                                          # every logit, exact
+        return logits.float().cpu().numpy()
+    values, indices, fill = compress_logits(logits, spec.top_k)
+    record = np.empty(len(values), dtype=logit_record(spec.top_k, spec.num_classes))
+    record["values"] = values.cpu().numpy()
+    record["indices"] = indices.cpu().numpy()
+    record["fill"] = fill.cpu().numpy()
+    return record
 
 
 def _run_block(teacher: nn.Module, items: Sequence[tuple[Any, int]], parameters: np.ndarray,
                collate: Callable, spec: CacheSpec, batch_images: int) -> dict[str, np.ndarray]:
     parts: dict[str, list[np.ndarray]] = {}
     device = next((p.device for p in teacher.parameters()), torch.device("cpu"))
+    feature_dtype = np.float32 if spec.top_k is None else np.float16
     with torch.no_grad():
         for start in range(0, len(items), batch_images):
             records = []
@@ -204,77 +195,12 @@ def _run_block(teacher: nn.Module, items: Sequence[tuple[Any, int]], parameters:
             inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v
                       for k, v in batch.get("teacher_inputs", batch["inputs"]).items()}
             output = call_model(teacher, inputs)
-            values, indices, fill = compress_logits(output.logits, spec.top_k)
-            record = np.empty(len(values), dtype=logit_record(spec.top_k, spec.num_classes))
-            record["values"] = values.cpu().numpy()
-            record["indices"] = indices.cpu().numpy()
-            record["fill"] = fill.cpu().numpy()
-            block = {"logits": record}
+            block = {"logits": _encode_logits(output.logits, spec)}
             for name, value in _teacher_fields(output, spec.fields).items():
-                block[f"feature.{name}"] = value.cpu().numpy().astype(np.float16)
+                block[f"feature.{name}"] = value.cpu().numpy().astype(feature_dtype)
             for field, array in block.items():
                 parts.setdefault(field, []).append(array)
     return {field: np.concatenate(arrays) for field, arrays in parts.items()}
-
-
-def _save_array(path: Path, array: np.ndarray) -> None:
-    def write(temporary: Path) -> None:
-        with open(temporary, "wb") as handle:
-            np.save(handle, array, allow_pickle=False)
-    atomic_write(path, write, expected_bytes=array.nbytes)
-
-
-def _file_record(path: Path) -> dict[str, Any]:
-    return {"name": path.name, "bytes": path.stat().st_size, "sha256": sha256_file(path)}
-
-
-def _write_manifest(directory: Path, manifest: Mapping[str, Any]) -> None:
-    atomic_write_text(directory / "manifest.json", json.dumps(manifest, indent=1) + "\n")
-
-
-def _read_manifest(directory: Path) -> dict[str, Any] | None:
-    path = directory / "manifest.json"
-    if not path.is_file():
-        return None
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as error:
-        raise CacheError(f"teacher cache manifest {path} is not valid JSON ({error}); the "
-                         "cache is damaged.") from None
-    if not isinstance(manifest, dict) or "fingerprint" not in manifest:
-        raise CacheError(f"{path} is not a vldistill teacher-cache manifest (no fingerprint).")
-    return manifest
-
-
-def _resumable_manifest(directory: Path, fingerprint: Mapping[str, Any],
-                        units: Sequence[tuple[int, int, int]]) -> dict | None:
-    """The manifest of an unfinished (or finished) build of the same fingerprint, cut to its
-    leading shards that are intact and cover the same work units as this build (the shard size
-    may have changed), else None (build from scratch)."""
-    try:
-        manifest = _read_manifest(directory)
-    except CacheError:
-        return None
-    if manifest is None or manifest["fingerprint"] != fingerprint:
-        return None
-    intact = []
-    for shard, (view, first, last) in zip(manifest["shards"], units):
-        same_unit = (shard["view"], shard["first_item"], shard["items"]) == (view, first,
-                                                                             last - first)
-        if not same_unit or not all(_file_ok(directory, record)
-                                    for record in shard["files"].values()):
-            break
-        intact.append(shard)
-    if not _file_ok(directory, manifest.get("views_file", {})):
-        return None
-    manifest["shards"], manifest["complete"] = intact, False
-    return manifest
-
-
-def _file_ok(directory: Path, record: Mapping[str, Any]) -> bool:
-    path = directory / record.get("name", "")
-    return (path.is_file() and path.stat().st_size == record.get("bytes")
-            and sha256_file(path) == record.get("sha256"))
 
 
 # --- reading --------------------------------------------------------------------------------
@@ -283,77 +209,27 @@ def _file_ok(directory: Path, record: Mapping[str, Any]) -> bool:
 _question_id = operator.attrgetter("question_id")
 
 
-class _Rows:
-    """One stored field across shards, gathered by global row index (memory-mapped)."""
-
-    def __init__(self, arrays: Sequence[np.ndarray]) -> None:
-        self.arrays = list(arrays)
-        self.starts = np.cumsum([0] + [len(a) for a in self.arrays])
-
-    def __getitem__(self, rows: np.ndarray) -> np.ndarray:
-        if len(rows) and (rows.min() < 0 or rows.max() >= self.starts[-1]):
-            raise IndexError(f"cache rows {rows.min()}..{rows.max()} outside 0..{self.starts[-1]}")
-        if len(self.arrays) == 1:
-            return self.arrays[0][rows]
-        shard = np.searchsorted(self.starts, rows, side="right") - 1
-        first = self.arrays[0]
-        out = np.empty((len(rows), *first.shape[1:]), dtype=first.dtype)
-        for number, array in enumerate(self.arrays):
-            where = np.flatnonzero(shard == number)
-            if len(where):
-                out[where] = array[rows[where] - self.starts[number]]
-        return out
-
-
 class CachedTeacher(nn.Module):
-    """Stands in for the teacher in a :class:`~vldistill.kd.DistillationStep`: returns the
-    stored outputs for the questions (and views) of a batch instead of running a model."""
+    """A teacher source that stands in for the teacher in a
+    :class:`~vldistill.kd.DistillationStep`: returns the stored outputs for the questions (and
+    views) of a batch instead of running a model. This one reads the exact cache (every logit
+    and feature in fp32: the losses are the online ones to float rounding);
+    :class:`TopKCachedTeacher` reads the compact top-k cache."""
+
+    kind = "cache"
 
     def __init__(self, directory: Path, spec: CacheSpec, datasets: Sequence[Any], *,
                  rebuild_hint: str = "RECIPE", verify: bool = True) -> None:
         super().__init__()
+        if spec.kind != self.kind:
+            raise ValueError(f"{type(self).__name__} reads a {self.kind}, the spec describes a "
+                             f"{spec.kind}; open it with vldistill.kd.cache.cached_teacher")
         directory = Path(directory)
         command = rebuild_command(rebuild_hint)
-        manifest = _read_manifest(directory)
-        if manifest is None:
-            raise CacheError(f"no teacher cache in {directory} (manifest.json is missing). "
-                             f"Build it with {command}.")
-        if not manifest.get("complete"):
-            raise CacheError(f"the teacher cache in {directory} is incomplete (its build was "
-                             f"interrupted after {len(manifest['shards'])} shards). Finish it "
-                             f"with {command}; the build resumes where it stopped.")
-        differences = nested_differences(manifest["fingerprint"], spec.fingerprint())
-        if differences:
-            hint = ""
-            if "teacher_weights" in differences:
-                hint = (" The teacher's weights changed: a teacher trained again (on a GPU, "
-                        "training is not bit-reproducible) needs a new cache. To keep one "
-                        "teacher, continue the run with --resume or set teacher.checkpoint.")
-            raise CacheError(
-                f"the teacher cache in {directory} was built for other settings; these "
-                f"fields differ from this recipe's: {', '.join(differences)}. Using it would "
-                f"distil stale teacher outputs.{hint} Rebuild it with {command}.")
-        records = [manifest["views_file"]] + [r for s in manifest["shards"]
-                                              for r in s["files"].values()]
-        for record in records:
-            path = directory / record["name"]
-            if not path.is_file():
-                raise CacheError(f"teacher cache file {path} is missing. Rebuild the cache "
-                                 f"with {command}.")
-            size = path.stat().st_size
-            if size != record["bytes"]:
-                raise CacheError(f"teacher cache file {path} is truncated or padded ({size} "
-                                 f"bytes, the manifest says {record['bytes']}). Rebuild the "
-                                 f"cache with {command}.")
-            if verify and sha256_file(path) != record["sha256"]:
-                raise CacheError(f"teacher cache file {path} fails its SHA-256 checksum (the "
-                                 f"file is damaged). Rebuild the cache with {command}.")
+        manifest, self.fields = open_store(directory, spec.fingerprint(), command,
+                                           verify=verify)
         self.directory, self.spec, self.manifest = directory, spec, manifest
         self.view_parameters = np.load(directory / "views.npy", allow_pickle=False)
-        fields = manifest["shards"][0]["files"].keys() if manifest["shards"] else []
-        self.fields = {field: _Rows([np.load(directory / s["files"][field]["name"],
-                                             mmap_mode="r", allow_pickle=False)
-                                     for s in manifest["shards"]]) for field in fields}
         self.questions = int(manifest["questions"])
         ids = [s.question_id for d in datasets for group in d.groups for s in group]
         self.row_of = {question_id: row for row, question_id in enumerate(ids)}
@@ -368,6 +244,9 @@ class CachedTeacher(nn.Module):
                 f"{manifest['views']} view(s) x {len(ids)} questions expected). Rebuild it with "
                 f"{command}.")
         self.register_buffer("_device_marker", torch.zeros(0), persistent=False)
+
+    def weights_fingerprint(self) -> str:
+        return self.manifest["fingerprint"]["teacher_weights"]
 
     @property
     def bytes_per_row(self) -> float:
@@ -387,21 +266,39 @@ class CachedTeacher(nn.Module):
             rows = rows + np.asarray(views.cpu(), dtype=np.int64) * self.questions
         return rows
 
+    def _tensor(self, array: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(array)).to(self._device_marker.device)
+
+    def logits(self, rows: np.ndarray) -> torch.Tensor:
+        return self._tensor(self.fields["logits"][rows])
+
     def teacher_outputs(self, batch: Mapping[str, Any]) -> ModelOutput:
         rows = self.rows(batch)
-        device = self._device_marker.device
-        record = self.fields["logits"][rows]
-
-        def tensor(array: np.ndarray) -> torch.Tensor:
-            return torch.from_numpy(np.ascontiguousarray(array)).to(device)
-
-        logits = expand_logits(tensor(record["values"]), tensor(record["indices"]),
-                               tensor(record["fill"]), self.spec.num_classes)
-        stored = {name: tensor(self.fields[f"feature.{name}"][rows]).float()
+        stored = {name: self._tensor(self.fields[f"feature.{name}"][rows]).float()
                   for name in self.spec.fields}
-        return ModelOutput(logits, stored.pop("image_embeds", None),
+        return ModelOutput(self.logits(rows), stored.pop("image_embeds", None),
                            stored.pop("text_embeds", None), stored)
 
     def forward(self, *args, **kwargs):
-        raise TypeError("a CachedTeacher answers for a whole batch: DistillationStep calls "
+        raise TypeError("a cached teacher answers for a whole batch: DistillationStep calls "
                         "teacher_outputs(batch); it cannot run on model inputs alone.")
+
+
+class TopKCachedTeacher(CachedTeacher):
+    """The compact cache: per question the top-k logits (fp16), their indices and one fill
+    logit for the rest (vldistill.kd.topk), features in fp16. Dense logits are rebuilt on read,
+    so the logit losses are unchanged."""
+
+    kind = "topk-cache"
+
+    def logits(self, rows: np.ndarray) -> torch.Tensor:
+        record = self.fields["logits"][rows]
+        return expand_logits(self._tensor(record["values"]), self._tensor(record["indices"]),
+                             self._tensor(record["fill"]), self.spec.num_classes)
+
+
+def cached_teacher(directory: Path, spec: CacheSpec, datasets: Sequence[Any], *,
+                   rebuild_hint: str = "RECIPE", verify: bool = True) -> CachedTeacher:
+    """The teacher source reading the cache ``spec`` describes (exact or top-k)."""
+    source = CachedTeacher if spec.top_k is None else TopKCachedTeacher
+    return source(directory, spec, datasets, rebuild_hint=rebuild_hint, verify=verify)

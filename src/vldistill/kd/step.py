@@ -22,6 +22,7 @@ from torch import nn
 
 from vldistill.kd.logit_losses import mark_unlabelled
 from vldistill.kd.losses import LossTerm, build_loss
+from vldistill.kd.sources import TeacherSource, as_source
 from vldistill.models.outputs import ModelOutput, call_model
 
 
@@ -48,12 +49,6 @@ def build_terms(terms: Sequence[TermSpec]) -> list[WeightedTerm]:
             for t in terms]
 
 
-def freeze(model: nn.Module) -> nn.Module:
-    """Freeze a teacher: no gradients and eval mode (the step keeps it in eval mode)."""
-    model.requires_grad_(False)
-    return model.eval()
-
-
 def check_weights(terms: Sequence[WeightedTerm]) -> None:
     """Refuse negative or non-finite weights, and an objective whose weights are all zero."""
     for index, t in enumerate(terms):
@@ -69,7 +64,7 @@ class DistillationStep(nn.Module):
     """Computes ``{"loss": weighted sum, "<term>": unweighted term value, ...}`` for a batch."""
 
     def __init__(self, student: nn.Module, terms: Sequence[WeightedTerm],
-                 teacher: nn.Module | None = None) -> None:
+                 teacher: nn.Module | TeacherSource | None = None) -> None:
         super().__init__()
         if not terms:
             raise ValueError("DistillationStep needs at least one loss term, e.g. "
@@ -83,7 +78,8 @@ class DistillationStep(nn.Module):
             raise ValueError(f"loss term(s) {needs_teacher} need a teacher but none was given; "
                              "pass teacher=... or drop those terms.")
         self.student = student
-        self.teacher = freeze(teacher) if teacher is not None else None
+        # where the teacher's outputs come from: a plain model runs online (vldistill.kd.sources)
+        self.teacher = as_source(teacher) if teacher is not None else None
         self.terms = nn.ModuleDict({t.name: t.term for t in terms})
         self.weights = {t.name: float(t.weight) for t in terms}
         self._uses_teacher = bool(needs_teacher)
@@ -120,9 +116,7 @@ class DistillationStep(nn.Module):
         if self.teacher is None or not self._uses_teacher:
             return None
         with torch.no_grad():
-            if hasattr(self.teacher, "teacher_outputs"):   # a teacher-output cache
-                return self.teacher.teacher_outputs(batch)
-            return call_model(self.teacher, batch.get("teacher_inputs", batch["inputs"]))
+            return self.teacher.teacher_outputs(batch)
 
     def forward(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         student = call_model(self.student, batch["inputs"])

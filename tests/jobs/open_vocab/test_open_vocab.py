@@ -451,13 +451,16 @@ def test_the_kd_student_never_reads_transfer_captions(tmp_path) -> None:
     from vldistill.jobs.open_vocab.encoders import build_image_encoder
     from vldistill.jobs.open_vocab.recipe import ImageEncoderSettings, OVDistillSettings
     from vldistill.jobs.open_vocab.training import train_encoder
+    from vldistill.kd.sources import row_cache, row_fingerprint
     from vldistill.models.text_towers import load_text_encoder
 
     text = load_text_encoder("minilm")
     generator = torch.Generator().manual_seed(0)
     images = torch.randint(0, 255, (24, 3, 16, 16), dtype=torch.uint8, generator=generator)
     labelled = ImageTextSet(images[:8], [f"a shape {i % 3}" for i in range(8)], [None] * 8)
-    teacher = torch.nn.functional.normalize(torch.randn(24, text.dim, generator=generator), -1)
+    vectors = torch.nn.functional.normalize(torch.randn(24, text.dim, generator=generator), -1)
+    teacher = row_cache(tmp_path / "cache", row_fingerprint("t", "d", "image_embeds"), 24,
+                        lambda first, last: vectors[first:last], command="rebuild")
 
     def run(captions, folder):
         transfer = ImageTextSet(images[8:], captions, ["x"] * 16)

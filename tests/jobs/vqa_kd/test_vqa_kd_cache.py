@@ -33,10 +33,10 @@ def test_run_builds_the_cache_once_then_reuses_it(tmp_path, tiny_recipe_path):
 
 def test_cli_refuses_a_stale_cache_and_cache_build_fixes_it(tmp_path, tiny_recipe_path):
     base = [str(tiny_recipe_path), *[x for o in overrides(tmp_path) for x in ("--set", o)]]
-    result = runner.invoke(app, ["run", *base, "--teacher", "cache"])
+    result = runner.invoke(app, ["run", *base, "--teacher", "topk_cache"])
     assert result.exit_code == 0, result.output
-    stale = [*base, "--set", "teacher.cache.top_k=4"]
-    result = runner.invoke(app, ["run", *stale, "--teacher", "cache"])
+    stale = [*base, "--set", "teacher.mode=topk_cache", "--set", "teacher.cache.top_k=4"]
+    result = runner.invoke(app, ["run", *stale])
     assert result.exit_code == 2
     output = " ".join(result.output.split())          # the console wraps long lines
     assert "these fields differ from this recipe's: top_k." in output
@@ -44,5 +44,5 @@ def test_cli_refuses_a_stale_cache_and_cache_build_fixes_it(tmp_path, tiny_recip
     result = runner.invoke(app, ["cache", "build", *stale])
     assert result.exit_code == 0, result.output
     assert "loading the run folder's trained teacher" in " ".join(result.output.split())
-    result = runner.invoke(app, ["run", *stale, "--teacher", "cache"])
+    result = runner.invoke(app, ["run", *stale])
     assert result.exit_code == 0, result.output

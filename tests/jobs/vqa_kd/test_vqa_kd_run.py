@@ -230,7 +230,7 @@ def test_vizwiz_recipe_reads_its_export_and_trains_identically(tmp_path):
 
     path = Path(__file__).parents[3] / "recipes" / "vizwiz.yaml"
     builtin = load_recipe(path, [*VIZWIZ_TINY, f"output_dir={tmp_path}", "name=builtin"])
-    assert builtin.teacher.mode == "cache" and builtin.eval.metric == "vizwiz"
+    assert builtin.teacher.mode == "topk_cache" and builtin.eval.metric == "vizwiz"
     export_shapesworld(load_shapesworld(builtin.data.shapesworld), tmp_path / "export",
                        "vizwiz")
     files = {split: {"annotations": str(tmp_path / "export" / "annotations" / f"{split}.json")}

@@ -10,8 +10,10 @@ Distillation: a small student encoder learns a teacher encoder's space from unla
 and the facts: embedding distillation (cosine or MSE to the teacher's unit vectors, through a
 learned projection when the widths differ) plus KL between the teacher's and the student's
 score distributions over each query's retrieved candidates (the teacher's top facts). The
-teacher is frozen, so its vectors are computed once before training (a teacher-output cache in
-memory) and the step holds them, not the teacher.
+teacher is frozen, so its vectors are computed once before training into an exact teacher
+cache (vldistill.kd.sources.RowCache, ``<run>/teacher-cache/retriever/``), and the step reads
+them from there. There is no online mode: the candidate lists need every fact's teacher vector
+before the first step.
 
 Both train through the engine (:func:`vldistill.train.fit.fit`: Lightning, DDP, resume points,
 logs); a batch is row indices into the texts the step holds (:class:`vldistill.data.batches.Rows`).
@@ -20,16 +22,19 @@ logs); a batch is row indices into the texts the step holds (:class:`vldistill.d
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from vldistill.config import TrainerSettings, TrainSettings
+from vldistill.core.hashing import module_fingerprint
 from vldistill.core.runpaths import RunPaths
 from vldistill.data.batches import RowCollate, Rows
 from vldistill.data.facts import KnowledgeBase
 from vldistill.jobs.kbvqa.recipe import RetrieverDistillSettings
+from vldistill.kd.sources import RowCache, row_cache, row_fingerprint, tensor_fingerprint
 from vldistill.models.fact_index import BM25Retriever
 from vldistill.models.sentence_encoders import SentenceEncoder, minilm_folder
 from vldistill.train.fit import FitResult, fit, mixed_loaders
@@ -109,24 +114,24 @@ class RetrieverKDStep(nn.Module):
     """Embedding distillation (cosine or MSE to the teacher's unit vectors through a learned
     projection) on every text of the batch, plus the KL between the student's and the teacher's
     score distributions over the teacher's top candidate facts for the batch's queries
-    (``batch["rows"]``: indices into queries, then facts)."""
+    (``batch["rows"]``: indices into queries, then facts; the teacher ``source`` answers the
+    same rows)."""
 
     def __init__(self, student: SentenceEncoder, texts: Sequence[str], query_count: int,
-                 kb: KnowledgeBase, target: torch.Tensor, candidates: torch.Tensor,
+                 kb: KnowledgeBase, source: RowCache, candidates: torch.Tensor,
                  settings: RetrieverDistillSettings) -> None:
         super().__init__()
         self.student, self.texts, self.query_count, self.kb = student, list(texts), query_count, kb
-        self.projection = nn.Linear(student.dim, target.shape[1], bias=False)
-        # the teacher's outputs, computed once: plain attributes, not weights
-        self.target, self.candidates, self.settings = target, candidates, settings
-        self.facts_t = target[query_count:]
+        self.teacher = source
+        self.projection = nn.Linear(student.dim, source.dim, bias=False)
+        self.candidates, self.settings = candidates, settings
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         settings, rows = self.settings, batch["rows"].cpu()
         embedded = self.student([self.texts[r] for r in rows.tolist()])           # (B, D_s)
         device = embedded.device
         projected = F.normalize(self.projection(embedded), dim=-1)
-        wanted = self.target[rows].to(device)
+        wanted = self.teacher.teacher_outputs({"rows": rows}).text_embeds.to(device)
         if settings.embedding == "cosine":
             embedding = (1 - (projected * wanted).sum(-1)).mean()
         else:
@@ -142,7 +147,8 @@ class RetrieverKDStep(nn.Module):
             s_unique = self.student([self.kb.texts[int(j)] for j in unique])        # (U, D_s)
             s_scores = (embedded[query_rows.to(device), None, :] *
                         s_unique[slots.to(device)]).sum(-1)
-            t_scores = (self.target[qs, None, :] * self.facts_t[cand]).sum(-1).to(device)
+            facts = self.teacher.rows(cand.flatten() + self.query_count).view(*cand.shape, -1)
+            t_scores = (self.teacher.rows(qs)[:, None, :] * facts).sum(-1).to(device)
             terms["scores"] = F.kl_div(F.log_softmax(s_scores / settings.temperature, -1),
                                        F.log_softmax(t_scores / settings.temperature, -1),
                                        log_target=True, reduction="batchmean")
@@ -155,6 +161,21 @@ class RetrieverKDStep(nn.Module):
     predict = staticmethod(_no_prediction)
 
 
+def retriever_teacher_cache(teacher: SentenceEncoder, texts: Sequence[str],
+                            directory: Path) -> RowCache:
+    """The teacher's unit vectors of ``texts`` (queries, then facts), exact, in ``directory``:
+    built when missing or stale (every rank of a distributed run encodes its share)."""
+    fingerprint = row_fingerprint(module_fingerprint(teacher), tensor_fingerprint(texts),
+                                  "text_embeds", encoder=teacher.name,
+                                  max_length=teacher.max_length)
+    # one shard holds every text (one encode call, as without a cache) unless there are more
+    # than a million; larger sets are split so that several ranks share the work
+    return row_cache(directory, fingerprint, len(texts),
+                     lambda first, last: teacher.encode(list(texts[first:last])),
+                     command="`vldistill run RECIPE` (a stale cache is rebuilt)",
+                     shard_rows=1 << 20)
+
+
 def distil_retriever(student: SentenceEncoder, teacher: SentenceEncoder, kb: KnowledgeBase,
                      queries: Sequence[str], settings: RetrieverDistillSettings, *,
                      paths: RunPaths, trainer: TrainerSettings, seed: int = 0,
@@ -164,10 +185,11 @@ def distil_retriever(student: SentenceEncoder, teacher: SentenceEncoder, kb: Kno
     and the facts, through the engine. The projection (student width -> teacher width) is
     learned along and dropped afterwards: retrieval compares student with student."""
     texts = list(queries) + kb.texts
-    target = torch.from_numpy(teacher.encode(texts))                       # (T, D_t), unit rows
+    source = retriever_teacher_cache(teacher, texts, paths.teacher_cache / "retriever")
+    target = source.all()                                                  # (T, D_t), unit rows
     k = min(settings.candidates, len(kb))
     candidates = (target[:len(queries)] @ target[len(queries):].T).topk(k, dim=1).indices
-    step = RetrieverKDStep(student, texts, len(queries), kb, target, candidates, settings)
+    step = RetrieverKDStep(student, texts, len(queries), kb, source, candidates, settings)
     loaders = mixed_loaders(Rows(len(texts), "rows"), None, RowCollate("rows"), None,
                             batch_size=min(settings.train.batch_size, len(texts)),
                             transfer_fraction=0.0, seed=seed)

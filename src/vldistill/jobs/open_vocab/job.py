@@ -9,8 +9,10 @@
     -> zero-shot classification (seen and held-out combinations), retrieval, size, latency
     -> runs/<name>/ (see vldistill.core.runpaths)
 
-The teacher's image embeddings of the student's training images are computed once (it is
-frozen): a teacher-output cache in memory.
+The teacher's image embeddings of the students' training images come from a teacher source
+(vldistill.kd.sources): by default computed once into an exact cache in
+``<run>/teacher-cache/seed<seed>/`` (``distill.teacher_outputs: online`` runs the teacher on
+every batch instead).
 """
 
 from __future__ import annotations
@@ -26,7 +28,6 @@ from pydantic import BaseModel
 from torch import nn
 
 from vldistill.core.console import console
-from vldistill.core.hashing import module_fingerprint
 from vldistill.core.runpaths import RunPaths
 from vldistill.data.image_text import ImageTextSet
 from vldistill.jobs.base import (
@@ -52,11 +53,11 @@ from vldistill.jobs.open_vocab.recipe import (
     load_open_vocab_recipe,
 )
 from vldistill.jobs.open_vocab.training import (
-    embed_all,
     evaluate,
     latency_ms,
     load_data,
     student_split,
+    teacher_source,
     train_encoder,
 )
 from vldistill.models.open_vocab import image_encoder_parameters
@@ -143,8 +144,9 @@ def train_and_score(recipe: OpenVocabRecipe, paths: RunPaths, resume: bool = Fal
         everything = labelled if transfer is None else ImageTextSet(
             torch.cat([labelled.images, transfer.images]), labelled.captions + transfer.captions,
             labelled.labels + transfer.labels)
-        teacher_embeds = embed_all(teacher, everything.images)
-        teacher_stamp = module_fingerprint(teacher)[:16]
+        source = teacher_source(teacher, everything.images, recipe.distill.teacher_outputs,
+                                paths.teacher_cache / f"seed{seed}")
+        teacher_stamp = source.weights_fingerprint()[:16]
         for name, kd in (("student (no KD)", False), ("student (KD)", True)):
             torch.manual_seed(seed)
             student = build_image_encoder(recipe.student, text_encoder.dim)
@@ -152,7 +154,7 @@ def train_and_score(recipe: OpenVocabRecipe, paths: RunPaths, resume: bool = Fal
             role = f"student-{'kd' if kd else 'nokd'}-seed{seed}"
             fitted = train_encoder(student, text_encoder, labelled, recipe.student.train,
                                    weights, seed, role, paths, recipe.trainer,
-                                   transfer if kd else None, teacher_embeds if kd else None,
+                                   transfer if kd else None, source if kd else None,
                                    save=saver(recipe.student, role), resume=resume,
                                    stamp=f"{stamp}-{teacher_stamp}")
             student = fitted.student

@@ -94,6 +94,9 @@ class OVDistillSettings(Strict):
     l2: float = Field(0.0, ge=0, description="squared L2 to the teacher's image embedding")
     affinity: float = Field(1.0, ge=0, description="KL of image-text score distributions")
     affinity_temperature: float = Field(0.05, gt=0)
+    teacher_outputs: Literal["cache", "online"] = Field(
+        "cache", description="cache: the teacher embeds the students' training images once, "
+        "stored exact (fp32) in <run>/teacher-cache/; online: it runs on every batch")
 
 
 class OVEvalSettings(Strict):

@@ -18,7 +18,16 @@ from vldistill.data.image_text import ImageTextSet, read_folder, read_jsonl, sha
 from vldistill.eval.efficiency import median_seconds
 from vldistill.eval.zero_shot import retrieval, topk_accuracy
 from vldistill.jobs.open_vocab.recipe import OVDataSettings, OVDistillSettings
+from vldistill.core.hashing import module_fingerprint
 from vldistill.kd import image_text_losses as losses
+from vldistill.kd.sources import (
+    OnlineTeacher,
+    TeacherSource,
+    row_cache,
+    row_fingerprint,
+    tensor_fingerprint,
+)
+from vldistill.models.outputs import ModelOutput
 from vldistill.models.text_towers import FrozenTextEncoder
 from vldistill.train.fit import FitResult, SaveFn, fit, mixed_loaders
 
@@ -64,19 +73,18 @@ class ImageTextStep(nn.Module):
     are all positives). ``batch["pool"]`` rows (of every student image, labelled then
     transfer; only with a teacher): cosine and squared L2 to the teacher's image embeddings, and
     the affinity KL between the student's and the teacher's score distributions over the
-    labelled captions. The teacher's embeddings are computed once (it is frozen): they are held
-    here, not the teacher. Image and embedding tables stay on the CPU; a batch's rows move to
-    the student's device."""
+    labelled captions. The teacher's embeddings come from its source (vldistill.kd.sources):
+    the exact cache, or the teacher run online. Image tables stay on the CPU; a batch's rows
+    move to the student's device."""
 
     def __init__(self, model: nn.Module, bank: torch.Tensor, caption_ids: torch.Tensor,
                  labelled_images: torch.Tensor, weights: OVDistillSettings,
                  pool_images: torch.Tensor | None = None,
-                 teacher_embeds: torch.Tensor | None = None) -> None:
+                 teacher: TeacherSource | None = None) -> None:
         super().__init__()
         self.student, self.weights = model, weights
         self.bank, self.caption_ids, self.labelled_images = bank, caption_ids, labelled_images
-        self.pool_images, self.teacher_embeds = pool_images, teacher_embeds
-        self.teacher_bank = teacher_embeds @ bank.T if teacher_embeds is not None else None
+        self.pool_images, self.teacher = pool_images, teacher
 
     def _device(self) -> torch.device:
         return next(self.student.parameters()).device
@@ -89,18 +97,20 @@ class ImageTextStep(nn.Module):
         terms = {"contrastive": losses.contrastive(scores, ids.to(device), self.student.scale())}
         loss = weights.contrastive * terms["contrastive"]
         picks = batch["pool"]
-        if self.teacher_embeds is not None and len(picks):
+        if self.teacher is not None and len(picks):
             images = self.pool_images[picks].to(device)
-            target = self.teacher_embeds[picks].to(device)
+            embeds = self.teacher.teacher_outputs({"rows": picks, "inputs": images}).image_embeds
+            target = embeds.to(device)
             if weights.cosine or weights.l2:
                 embedded = self.student.embed(images)
                 terms["cosine"] = losses.cosine_distill(embedded, target)
                 terms["l2"] = losses.l2_distill(embedded, target)
                 loss = loss + weights.cosine * terms["cosine"] + weights.l2 * terms["l2"]
             if weights.affinity:
+                teacher_scores = embeds @ self.bank.to(embeds.device).T
                 terms["affinity"] = losses.affinity_distill(
                     self.student.scores(images, self.bank.to(device)),
-                    self.teacher_bank[picks].to(device), weights.affinity_temperature)
+                    teacher_scores.to(device), weights.affinity_temperature)
                 loss = loss + weights.affinity * terms["affinity"]
         return {"loss": loss, **terms}
 
@@ -116,10 +126,10 @@ def train_encoder(model: nn.Module, text_encoder: FrozenTextEncoder, labelled: I
                   train: TrainSettings, weights: OVDistillSettings, seed: int, role: str,
                   paths: RunPaths, trainer: TrainerSettings,
                   transfer: ImageTextSet | None = None,
-                  teacher_embeds: torch.Tensor | None = None, save: SaveFn | None = None,
+                  teacher: TeacherSource | None = None, save: SaveFn | None = None,
                   resume: bool = False, stamp: str = "") -> FitResult:
     """Contrastive training of ``model`` on ``labelled`` through the engine (Lightning,
-    resume points, logs); with ``teacher_embeds`` (one row per image of labelled, then
+    resume points, logs); with a ``teacher`` source (answering rows of labelled, then
     transfer), each batch of ``train.batch_size`` labelled rows is paired with as many rows drawn
     from all of them for cosine / L2 / affinity distillation. The affinity bank is the labelled
     captions."""
@@ -127,13 +137,12 @@ def train_encoder(model: nn.Module, text_encoder: FrozenTextEncoder, labelled: I
     bank = text_encoder(bank_captions)                                        # (U, D)
     index = {caption: i for i, caption in enumerate(bank_captions)}
     caption_ids = torch.tensor([index[c] for c in labelled.captions])
-    kd = teacher_embeds is not None
+    kd = teacher is not None
     pool = None
     if kd:
         pool = labelled.images if transfer is None else torch.cat([labelled.images,
                                                                    transfer.images])
-    step = ImageTextStep(model, bank, caption_ids, labelled.images, weights, pool,
-                         teacher_embeds)
+    step = ImageTextStep(model, bank, caption_ids, labelled.images, weights, pool, teacher)
     loaders = mixed_loaders(Rows(len(labelled), "labelled"),
                             Rows(len(pool), "pool") if kd else None,
                             RowCollate("labelled", "pool"), None,
@@ -141,6 +150,29 @@ def train_encoder(model: nn.Module, text_encoder: FrozenTextEncoder, labelled: I
                             transfer_fraction=0.5 if kd else 0.0, seed=seed)
     return fit(step, loaders, None, train, trainer, run_dir=paths.root, role=role, save=save,
                resume=resume, stamp=stamp)
+
+
+def image_embeds_call(model: nn.Module, batch: dict[str, torch.Tensor]) -> ModelOutput:
+    """How an online open-vocabulary teacher answers: its image embeddings of the batch."""
+    embeds = model.embed(batch["inputs"])
+    return ModelOutput(embeds.new_zeros(len(embeds), 0), image_embeds=embeds)
+
+
+def teacher_source(teacher: nn.Module, images: torch.Tensor, mode: str, directory: Path,
+                   batch_size: int = 256) -> TeacherSource:
+    """The students' teacher source over ``images`` (labelled, then transfer rows): the exact
+    cache in ``directory`` (built when missing or stale; every rank of a distributed run
+    embeds its share) or the teacher run online."""
+    if mode == "online":
+        return OnlineTeacher(teacher, image_embeds_call)
+    fingerprint = row_fingerprint(module_fingerprint(teacher), tensor_fingerprint(images),
+                                  "image_embeds", batch_size=batch_size)
+    # shards are whole multiples of the embedding batch, so every image is embedded in the
+    # same batch as in one pass over all of them
+    return row_cache(directory, fingerprint, len(images),
+                     lambda first, last: embed_all(teacher, images[first:last], batch_size),
+                     command="`vldistill run RECIPE` (a stale cache is rebuilt)",
+                     shard_rows=batch_size * 256)
 
 
 @torch.no_grad()

@@ -1,9 +1,10 @@
 """The teacher-output cache in the main job: what to store, where, and when to build it.
 
-``teacher.mode: cache`` makes the KD students read the teacher's outputs from the cache instead
-of running the teacher (vldistill.kd.cache). ``vldistill run`` builds a missing cache (or
-finishes an interrupted build) and refuses a stale or damaged one; ``vldistill cache build``
-(re)builds it explicitly.
+``teacher.mode: cache`` (exact) or ``topk_cache`` (compact) makes the KD students read the
+teacher's outputs from the cache instead of running the teacher (vldistill.kd.cache).
+``vldistill run`` builds a missing cache (or finishes an interrupted build) and refuses a stale
+or damaged one; ``vldistill cache build`` (re)builds it explicitly. In a distributed run every
+rank builds its share of the shards and rank 0 writes the manifest (vldistill.kd.store).
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ from torch import nn
 from vldistill.config import Recipe
 from vldistill.core.console import console
 from vldistill.core.hashing import json_hash, module_fingerprint
-from vldistill.core.ranks import is_global_zero
+from vldistill.core.ranks import rank_and_world
 from vldistill.data.images import data_image_size
 from vldistill.jobs.vqa_kd.workspace import VQAWorkspace
-from vldistill.kd.cache import CachedTeacher, CacheError, CacheSpec, build_cache, data_fingerprint
+from vldistill.kd.cache import CachedTeacher, CacheSpec, build_cache, cached_teacher, data_fingerprint
 from vldistill.kd.step import build_terms
 
 
@@ -50,44 +51,33 @@ def cache_spec(job: VQAWorkspace, teacher: nn.Module) -> CacheSpec:
                        "answer_vocab": json_hash(job.data.answer_vocab.to_json()),
                        "question_vocab": json_hash(job.data.tokenizer.to_json())},
         augmentation=augment.model_dump() if augment.views else {"views": 0},
-        top_k=recipe.teacher.cache.top_k, fields=stored_fields(recipe),
+        top_k=recipe.teacher.cache.top_k if recipe.teacher.mode == "topk_cache" else None,
+        fields=stored_fields(recipe),
         num_classes=len(job.data.answer_vocab))
 
 
 def build(job: VQAWorkspace, teacher: nn.Module, spec: CacheSpec | None = None) -> dict:
-    """Build (or finish, or rebuild for new settings) the cache; returns its manifest."""
+    """Build (or finish, or rebuild for new settings) the cache; returns its manifest. Every
+    rank of a distributed run builds its share."""
     spec = spec or cache_spec(job, teacher)
     directory = cache_dir(job)
     settings = job.recipe.teacher.cache
+    rank, world = rank_and_world()
     start = time.perf_counter()
-    with Progress(TextColumn("teacher cache"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=console, transient=True,
+    with Progress(TextColumn(f"teacher cache ({spec.kind})"), BarColumn(),
+                  MofNCompleteColumn(), TimeElapsedColumn(), console=console, transient=True,
                   disable=not job.recipe.trainer.progress_bar) as progress:
         task = progress.add_task("build", total=None)
         manifest = build_cache(
             directory, teacher, job.base_student_datasets(), job.collate, spec,
             job.recipe.data.augment, batch_images=job.recipe.eval.batch_images,
-            shard_items=settings.shard_items,
+            shard_items=settings.shard_items, rank=rank, world=world,
             progress=lambda done, total: progress.update(task, completed=done, total=total))
-    console.print(f"teacher cache: {manifest['rows']} rows ({manifest['views']} view(s) x "
-                  f"{manifest['questions']} questions) in {directory}, built in "
-                  f"{time.perf_counter() - start:.1f} s")
+    shared = f", {world} ranks" if world > 1 else ""
+    console.print(f"teacher cache ({spec.kind}): {manifest['rows']} rows ({manifest['views']} "
+                  f"view(s) x {manifest['questions']} questions) in {directory}, built in "
+                  f"{time.perf_counter() - start:.1f} s{shared}")
     return manifest
-
-
-def wait_for_build(manifest_path: Path, timeout_s: float = 24 * 3600.0,
-                   poll_s: float = 2.0) -> None:
-    """Other ranks wait for rank 0's build (no process group exists yet at this point)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if json.loads(manifest_path.read_text()).get("complete"):
-                return
-        except (OSError, ValueError):
-            pass                            # not written yet
-        time.sleep(poll_s)
-    raise CacheError(f"gave up after {timeout_s:.0f} s waiting for rank 0 to build the teacher "
-                     f"cache ({manifest_path} never became complete).")
 
 
 def open_cache(job: VQAWorkspace, teacher: nn.Module, recipe_hint: str = "RECIPE") -> CachedTeacher:
@@ -101,11 +91,8 @@ def open_cache(job: VQAWorkspace, teacher: nn.Module, recipe_hint: str = "RECIPE
         try:
             complete = bool(json.loads(manifest_path.read_text()).get("complete"))
         except ValueError:
-            complete = True        # let CachedTeacher report the damage
+            complete = True        # let the reader report the damage
     if not complete:
-        if is_global_zero():
-            build(job, teacher, spec)
-        else:
-            wait_for_build(manifest_path)
-    return CachedTeacher(directory, spec, job.base_student_datasets(), rebuild_hint=recipe_hint,
-                         verify=job.recipe.teacher.cache.verify)
+        build(job, teacher, spec)
+    return cached_teacher(directory, spec, job.base_student_datasets(), rebuild_hint=recipe_hint,
+                          verify=job.recipe.teacher.cache.verify)

@@ -35,6 +35,7 @@ from vldistill.jobs.vqa_kd.workspace import (
     task_terms,
     used_modalities,
 )
+from vldistill.kd.sources import OnlineTeacher, TeacherSource
 from vldistill.kd.step import DistillationStep
 from vldistill.models import build_from_checkpoint
 from vldistill.models.checkpoint import load_checkpoint
@@ -68,7 +69,7 @@ def train_teacher(job: VQAWorkspace) -> tuple[ModelRun, nn.Module]:
     return run, result.student
 
 
-def train_student(job: VQAWorkspace, teacher: nn.Module | None, seed: int,
+def train_student(job: VQAWorkspace, teacher: TeacherSource | None, seed: int,
                   phase: str | None = None, modality: str | None = None
                   ) -> tuple[ModelRun, nn.Module]:
     """A student with KD (teacher given: labelled + transfer set, in the recipe's phases when
@@ -143,9 +144,9 @@ def run_recipe(recipe: Recipe, phase: str | None = None, resume: bool = False,
     teacher, teacher_model = train_teacher(job)
     metric = job.metric_name
     console.print(f"teacher: val {metric} {teacher.predictions.metrics[metric]:.2f}")
-    kd_teacher: nn.Module = teacher_model
-    if recipe.teacher.mode == "cache":
-        kd_teacher = open_cache(job, teacher_model, recipe_hint)
+    # the KD students' teacher source: the model online, or its stored outputs
+    kd_teacher: TeacherSource = (OnlineTeacher(teacher_model) if recipe.teacher.mode == "online"
+                                 else open_cache(job, teacher_model, recipe_hint))
     baseline = recipe.distill.baseline and phase is None
     variants = [("student (no KD)", None, None)] if baseline else []
     if phase is None:

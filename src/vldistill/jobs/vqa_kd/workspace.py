@@ -30,6 +30,7 @@ from vldistill.eval.evaluators import Predictions, build_evaluator, predict
 from vldistill.jobs.base import recipe_data
 from vldistill.jobs.vqa_kd.data import RunData
 from vldistill.kd.losses import VQABCELoss
+from vldistill.kd.sources import OnlineTeacher, TeacherSource
 from vldistill.kd.step import DistillationStep, WeightedTerm, build_terms
 from vldistill.models import MODELS, build_model
 from vldistill.models.checkpoint import save_model
@@ -195,11 +196,12 @@ class VQAWorkspace:
         base = self.stamps["teacher" if role == "teacher" else "student"]
         if teacher is None:
             return base
+        if isinstance(teacher, OnlineTeacher):
+            teacher = teacher.model               # one memo entry per teacher model
         key = id(teacher)
         if key not in self._teacher_stamps:
-            manifest = getattr(teacher, "manifest", None)     # a CachedTeacher
-            self._teacher_stamps[key] = (manifest["fingerprint"]["teacher_weights"]
-                                         if manifest is not None
+            self._teacher_stamps[key] = (teacher.weights_fingerprint()
+                                         if isinstance(teacher, TeacherSource)
                                          else module_fingerprint(teacher))[:16]
         return f"{base}-{self._teacher_stamps[key]}"
 

@@ -1,0 +1,190 @@
+"""Where a distillation loss gets the teacher's outputs: a teacher source.
+
+Every step whose loss reads a teacher (the VQA and depth students' DistillationStep, the
+open-vocabulary student, the distilled retriever) asks its source for the outputs of a batch,
+``source.teacher_outputs(batch) -> ModelOutput``, and never calls the teacher itself:
+
+- :class:`OnlineTeacher` runs the frozen teacher on each batch: any augmentation, any output
+  (per-image grids, answer-token logits), the teacher's full cost at every step;
+- :class:`~vldistill.kd.cache.CachedTeacher` reads the exact cache (every logit and feature in
+  fp32, memory-mapped, fingerprinted) of a VQA or classification teacher;
+- :class:`~vldistill.kd.cache.TopKCachedTeacher` reads the compact cache (top-k logits and one
+  fill value, fp16 features);
+- :class:`RowCache` is the exact cache of an embedding teacher (an image encoder, a sentence
+  encoder): one fp32 vector per training row, looked up by ``batch["rows"]``.
+
+Each source names its ``kind`` (``online``, ``cache``, ``topk-cache``) and the fingerprint of
+the teacher's weights it answers for (resume stamps use it: a student never resumes against
+another teacher). The caches are built by every rank of a distributed run, each its share of
+the shards (vldistill.kd.store).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+from torch import nn
+
+from vldistill.core.hashing import module_fingerprint
+from vldistill.core.ranks import rank_and_world
+from vldistill.core.versions import __version__
+from vldistill.kd.store import FORMAT, build_store, open_store
+from vldistill.models.outputs import ModelOutput, call_model
+
+KINDS = ("online", "cache", "topk-cache")
+
+
+@runtime_checkable
+class TeacherSource(Protocol):
+    """The teacher's outputs for a batch."""
+
+    kind: str
+
+    def teacher_outputs(self, batch: Mapping[str, Any]) -> ModelOutput: ...
+
+    def weights_fingerprint(self) -> str: ...
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    """Freeze a teacher: no gradients and eval mode (its source keeps it in eval mode)."""
+    model.requires_grad_(False)
+    return model.eval()
+
+
+def default_call(model: nn.Module, batch: Mapping[str, Any]) -> ModelOutput:
+    return call_model(model, batch.get("teacher_inputs", batch["inputs"]))
+
+
+class OnlineTeacher(nn.Module):
+    """Runs the frozen ``model`` on every batch (``call(model, batch)``; by default on the
+    batch's ``teacher_inputs``, else its ``inputs``), without gradients."""
+
+    kind = "online"
+
+    def __init__(self, model: nn.Module,
+                 call: Callable[[nn.Module, Mapping[str, Any]], ModelOutput] = default_call
+                 ) -> None:
+        super().__init__()
+        self.model, self.call = freeze(model), call
+        self._fingerprint: str | None = None
+
+    def train(self, mode: bool = True) -> OnlineTeacher:
+        super().train(mode)
+        self.model.eval()          # frozen: BatchNorm / dropout stay in inference mode
+        return self
+
+    def teacher_outputs(self, batch: Mapping[str, Any]) -> ModelOutput:
+        with torch.no_grad():
+            return self.call(self.model, batch)
+
+    def weights_fingerprint(self) -> str:
+        if self._fingerprint is None:
+            self._fingerprint = module_fingerprint(self.model)
+        return self._fingerprint
+
+    def forward(self, *args, **kwargs):
+        raise TypeError("a teacher source answers for a whole batch: call "
+                        "teacher_outputs(batch)")
+
+
+def as_source(teacher: nn.Module | TeacherSource) -> TeacherSource:
+    """A teacher source as it is; a plain teacher model runs online."""
+    return teacher if isinstance(teacher, TeacherSource) else OnlineTeacher(teacher)
+
+
+# --- the exact cache of an embedding teacher ----------------------------------------------
+
+
+def tensor_fingerprint(*parts: torch.Tensor | np.ndarray | Sequence[str]) -> str:
+    """SHA-256 over tensors' bytes (and shapes) or lists of strings, in order: what an
+    embedding teacher reads of its training rows."""
+    digest = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, (torch.Tensor, np.ndarray)):
+            array = np.ascontiguousarray(part.numpy() if isinstance(part, torch.Tensor) else part)
+            digest.update(f"{array.dtype}{array.shape}".encode())
+            digest.update(array.tobytes())
+        else:
+            for text in part:
+                digest.update(text.encode())
+                digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def row_fingerprint(teacher: str, data: str, field: str, **settings: Any) -> dict[str, Any]:
+    return {"teacher_weights": teacher, "data": data, "field": field, "dtype": "float32",
+            **settings, "vldistill_version": __version__, "format": FORMAT}
+
+
+class RowCache(nn.Module):
+    """Stored teacher vectors, one fp32 row per training row, memory-mapped; answers a batch's
+    ``rows`` with ``ModelOutput(<field>=...)`` (empty logits). Exact: the vectors are the ones
+    the teacher computed, not rounded."""
+
+    kind = "cache"
+
+    def __init__(self, directory: Path, fingerprint: Mapping[str, Any], command: str, *,
+                 verify: bool = True) -> None:
+        super().__init__()
+        self.directory, self.fingerprint = Path(directory), dict(fingerprint)
+        self.manifest, fields = open_store(self.directory, self.fingerprint, command,
+                                           verify=verify)
+        self.field = self.fingerprint["field"]
+        self.vectors = fields["vectors"]
+
+    def __len__(self) -> int:
+        return len(self.vectors)
+
+    @property
+    def dim(self) -> int:
+        return int(self.vectors.arrays[0].shape[1])
+
+    def weights_fingerprint(self) -> str:
+        return self.fingerprint["teacher_weights"]
+
+    def rows(self, rows: torch.Tensor) -> torch.Tensor:
+        """(len(rows), D) fp32 on the CPU."""
+        index = np.asarray(rows.cpu(), dtype=np.int64)
+        return torch.from_numpy(np.ascontiguousarray(self.vectors[index]))
+
+    def all(self) -> torch.Tensor:
+        return torch.from_numpy(np.array(self.vectors.all()))              # a writable copy
+
+    def teacher_outputs(self, batch: Mapping[str, Any]) -> ModelOutput:
+        vectors = self.rows(batch["rows"])
+        return ModelOutput(vectors.new_zeros(len(vectors), 0), **{self.field: vectors})
+
+    def forward(self, *args, **kwargs):
+        raise TypeError("a teacher source answers for a whole batch: call "
+                        "teacher_outputs(batch)")
+
+
+def row_cache(directory: Path, fingerprint: Mapping[str, Any], count: int,
+              encode: Callable[[int, int], torch.Tensor | np.ndarray], *,
+              command: str, shard_rows: int = 65536,
+              progress: Callable[[int, int], None] | None = None) -> RowCache:
+    """Open the row cache of ``fingerprint`` in ``directory``, building it first when it is
+    missing, unfinished or stale: ``encode(first, last)`` gives the teacher's vectors of rows
+    ``first..last-1``. In a distributed run every rank encodes its share of the shards."""
+    rank, world = rank_and_world()
+    units = [{"first_row": first, "rows_in_unit": min(shard_rows, count - first)}
+             for first in range(0, count, shard_rows)]
+
+    def compute(unit: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        first = unit["first_row"]
+        vectors = encode(first, first + unit["rows_in_unit"])
+        array = vectors.detach().cpu().numpy() if isinstance(vectors, torch.Tensor) else vectors
+        return {"vectors": np.ascontiguousarray(array, dtype=np.float32)}
+
+    try:
+        return RowCache(directory, fingerprint, command)
+    except ValueError:
+        pass                          # missing, unfinished, stale or damaged: (re)build it
+    build_store(directory, fingerprint, units, compute, header={"rows": count}, rank=rank,
+                world=world, progress=progress)
+    return RowCache(directory, fingerprint, command)
