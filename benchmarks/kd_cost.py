@@ -21,6 +21,7 @@ student's transfer set is cut to 4,000 images to keep the cache builds short).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import time
 from pathlib import Path
@@ -36,7 +37,7 @@ from vldistill.jobs.vqa_kd.cache import cache_spec
 from vldistill.jobs.vqa_kd.data import prepare_data
 from vldistill.jobs.vqa_kd.workspace import VQAWorkspace
 from vldistill.kd import DistillationStep, KDLoss, VQABCELoss, WeightedTerm
-from vldistill.kd.cache import CachedTeacher, build_cache
+from vldistill.kd.cache import build_cache, cached_teacher
 from vldistill.models import build_model, count_parameters
 
 
@@ -107,12 +108,13 @@ def main() -> None:
     for name, params in teachers.items():
         torch.manual_seed(0)
         teacher = build_model(recipe.teacher.model.name, params, **job.sizes).eval()
-        spec = cache_spec(job, teacher)
+        # the compact top-k cache (teacher.mode: topk_cache), whatever the recipe's mode
+        spec = dataclasses.replace(cache_spec(job, teacher), top_k=recipe.teacher.cache.top_k)
         directory = args.out / f"cache-{name}"
         manifest = build_cache(directory, teacher, datasets, job.collate, spec,
                                recipe.data.augment, batch_images=recipe.eval.batch_images,
                                shard_items=recipe.teacher.cache.shard_items)
-        cached = CachedTeacher(directory, spec, datasets)
+        cached = cached_teacher(directory, spec, datasets)
         held = HeldOutputs(teacher, batches)
         steps = {mode: make_step(job, t) for mode, t in
                  (("a", None), ("b", teacher), ("c", cached), ("d", held))}

@@ -29,7 +29,7 @@ def job(tmp_path_factory):
 
     recipe = load_recipe(Path(__file__).resolve().parents[2] / "recipes" / "tiny.yaml",
                          ["distill.terms=[{loss: kd, temperature: 1.0}, {loss: contrastive},"
-                          " {loss: vqa_bce}]"])
+                          " {loss: vqa_bce}]", "teacher.mode=topk_cache"])
     run_dir = tmp_path_factory.mktemp("run")
     return VQAWorkspace(recipe, prepare_data(recipe.data, 0), RunPaths(run_dir))
 
@@ -304,3 +304,36 @@ def test_answer_token_logits_are_refused_with_the_way_out():
                          features={"answer_token_logits": torch.zeros(3, 2, 50)})
     with pytest.raises(CacheError, match=r"logits per answer token .*\(teacher.mode: online\)"):
         _teacher_fields(output, ["answer_token_logits"])
+
+
+def test_the_exact_cache_gives_the_online_losses(tmp_path, job, teacher):
+    """teacher.mode: cache stores every logit and feature in fp32: the losses are the online
+    ones to float rounding, for any temperature (the top-k cache is within 2e-3 above)."""
+    from vldistill.kd import DKDLoss
+    from vldistill.kd.cache import CachedTeacher, TopKCachedTeacher
+
+    spec = spec_for(job, teacher, top_k=None)
+    assert spec.kind == "cache" and spec_for(job, teacher).kind == "topk-cache"
+    build(tmp_path, job, teacher, spec, shard_items=50)
+    cached = cached_teacher(tmp_path, spec, job.base_student_datasets())
+    assert type(cached) is CachedTeacher and cached.kind == "cache"
+    assert cached.weights_fingerprint() == module_fingerprint(teacher)
+    student = build_model("vqa_attention", {"width": 4, "word_dim": 4, "mlp_dim": 8},
+                          **job.sizes)
+    terms = [WeightedTerm("kd", 1.0, KDLoss(4.0)), WeightedTerm("dkd", 1.0, DKDLoss()),
+             WeightedTerm("c", 1.0, ContrastiveLoss())]
+    batch = batch_of(job.base_student_datasets(), job.collate, [1, 2, 30, 51, 100])
+    online_step = DistillationStep(student, terms, teacher=teacher)
+    online_step.materialize(batch)
+    online, from_cache = online_step(batch), DistillationStep(student, terms, cached)(batch)
+    for name in ("kd", "dkd", "c", "loss"):
+        assert from_cache[name].item() == pytest.approx(online[name].item(), rel=1e-5,
+                                                        abs=1e-7), name
+    with pytest.raises(ValueError, match="reads a cache, the spec describes a topk-cache"):
+        CachedTeacher(tmp_path, spec_for(job, teacher), job.base_student_datasets())
+    topk = spec_for(job, teacher, top_k=4)
+    build(tmp_path / "topk", job, teacher, topk)
+    assert type(cached_teacher(tmp_path / "topk", topk, job.base_student_datasets())) is \
+        TopKCachedTeacher
+    # the exact cache's rows are 4-byte logits; the top-k ones 2 + 2 bytes per kept logit
+    assert cached.fields["logits"].arrays[0].dtype == np.float32

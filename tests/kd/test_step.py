@@ -79,3 +79,26 @@ def test_teacher_runs_without_autograd_even_if_its_parameters_require_grad():
     teacher.requires_grad_(True)          # a user un-freezes it by mistake
     output = step.teacher_output(make_batch())
     assert output.logits.grad_fn is None  # still no graph: the teacher runs under no_grad
+
+
+def test_a_plain_teacher_runs_online_through_its_source():
+    """A teacher model is wrapped in an OnlineTeacher: the step asks it for outputs, it reads
+    the batch's teacher_inputs when there are any, and it names the teacher's weights."""
+    from vldistill.core.hashing import module_fingerprint
+    from vldistill.kd import OnlineTeacher, TeacherSource
+
+    teacher = Net(0)
+    step = DistillationStep(Net(1), [WeightedTerm("kd", 1.0, KDLoss())], teacher=teacher)
+    assert isinstance(step.teacher, OnlineTeacher) and isinstance(step.teacher, TeacherSource)
+    assert step.teacher.kind == "online" and step.teacher.model is teacher
+    assert step.teacher.weights_fingerprint() == module_fingerprint(teacher)
+    batch = make_batch()
+    batch["teacher_inputs"] = {"x": batch["inputs"]["x"] * 2}
+    with torch.no_grad():
+        expected = teacher(batch["teacher_inputs"]["x"]).logits
+    assert torch.equal(step.teacher_output(batch).logits, expected)
+    # a source given as it is is used as it is
+    assert DistillationStep(Net(1), [WeightedTerm("kd", 1.0, KDLoss())],
+                            teacher=step.teacher).teacher is step.teacher
+    with pytest.raises(TypeError, match="answers for a whole batch"):
+        step.teacher(batch["inputs"]["x"])

@@ -10,7 +10,8 @@
         accuracy_vs_cost.png     accuracy against parameters and latency
         logs/<role>/             TensorBoard events and metrics.csv of each trained model
         checkpoints/             <role>-last|best.safetensors, resume points, done records
-        teacher-cache/           the teacher-output cache (unless the recipe names another)
+        teacher-cache/           the teacher-output cache (unless the recipe names another);
+                                 teacher-cache/<part>/ when a run has several
 
 No other module joins path strings for a run folder: code asks :class:`RunPaths`.
 """
@@ -93,6 +94,10 @@ class RunPaths:
     @property
     def teacher_cache(self) -> Path:
         return self.root / "teacher-cache"
+
+    def teacher_cache_of(self, part: str) -> Path:
+        """``teacher-cache/<part>/``: one of several caches of a run (a seed's, a model's)."""
+        return self.teacher_cache / part
 
     def weights(self, role: str, which: str = "last") -> Path:
         """``checkpoints/<role>-<which>.safetensors`` (which: last | best), or

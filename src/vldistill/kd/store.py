@@ -214,14 +214,23 @@ def _gather_parts(directory: Path, fingerprint: Mapping[str, Any],
 
 def wait_for_manifest(directory: Path, fingerprint: Mapping[str, Any] | None = None,
                       timeout_s: float = 24 * 3600.0, poll_s: float = 1.0) -> dict[str, Any]:
-    """Wait for rank 0's complete manifest (of ``fingerprint``, when given)."""
+    """Wait for rank 0's complete manifest (of ``fingerprint``, when given). A manifest of
+    another fingerprint completed while this rank waits means the ranks disagree about what
+    is cached (another teacher on rank 0): refused, naming the fields."""
     path = Path(directory) / "manifest.json"
+    started = time.time()
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         manifest = _read_json(path)
-        if manifest is not None and manifest.get("complete") and (
-                fingerprint is None or manifest.get("fingerprint") == fingerprint):
-            return manifest
+        if manifest is not None and manifest.get("complete"):
+            if fingerprint is None or manifest.get("fingerprint") == fingerprint:
+                return manifest
+            if path.stat().st_mtime >= started:
+                differences = nested_differences(manifest.get("fingerprint"), dict(fingerprint))
+                raise StoreError(
+                    f"rank 0 completed {path} for other settings than this rank's (they differ "
+                    f"at {', '.join(differences)}): the ranks disagree about the teacher or "
+                    "the data. Every rank must hold the same teacher weights and data.")
         time.sleep(poll_s)
     raise StoreError(f"gave up after {timeout_s:.0f} s waiting for rank 0 to complete "
                      f"{path}.")

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch.distributed as dist
 from lightning.pytorch.callbacks import Callback, Checkpoint, EarlyStopping
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch import nn
@@ -207,6 +208,16 @@ def keep_earlier_metrics(paths: RunPaths, role: str) -> None:
         current.rename(current.with_name(f"metrics.before-resume-{count}.csv"))
 
 
+def same_state_on_every_rank(model: nn.Module) -> None:
+    """DDP keeps the parameters equal across ranks, but not the buffers each rank updated in
+    its last forward pass (BatchNorm's running statistics): every rank takes rank 0's state,
+    the one written to disk, so a model used after its fit (a teacher whose outputs are cached,
+    a model scored) is the same model everywhere."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        for tensor in model.state_dict().values():
+            dist.broadcast(tensor, src=0)
+
+
 def fit(step: TrainingStep, data: LoaderModule, evaluator: Evaluator | None, train: TrainSettings,
         settings: TrainerSettings, *, run_dir: Path, role: str, save: SaveFn | None = None,
         resume: bool = False, stamp: str = "", callbacks: Sequence[Callback] = ()
@@ -265,6 +276,7 @@ def fit(step: TrainingStep, data: LoaderModule, evaluator: Evaluator | None, tra
                 weights_only=True)
     # the final state is a resume point too: a later --resume loads it instead of training
     trainer.save_checkpoint(checkpoint)
+    same_state_on_every_rank(step.student)
     wall = points.elapsed()
     metrics: dict[str, Any] = {k: float(v) for k, v in trainer.callback_metrics.items()}
     if trainer.is_global_zero:

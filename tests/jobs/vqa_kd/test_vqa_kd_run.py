@@ -79,16 +79,25 @@ def test_report_markdown_quotes_the_table(tiny_run):
 
 
 def test_ddp_two_processes_on_cpu(tmp_path, tiny_recipe_path):
-    """The path users take across GPUs and nodes: Lightning DDP, 2 processes over gloo."""
+    """The path users take across GPUs and nodes: Lightning DDP, 2 processes over gloo. The
+    KD students read the exact teacher cache, which both ranks build: each its share of the
+    shards (120 items in shards of 40: rank 0 the first and third, rank 1 the second), rank 0
+    the manifest."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     command = [sys.executable, "-m", "vldistill", "run", str(tiny_recipe_path),
                "--set", "trainer.devices=2", "--set", "trainer.strategy=ddp",
+               "--set", "teacher.mode=cache", "--set", "teacher.cache.shard_items=40",
                "--set", f"output_dir={tmp_path}", "--set", "name=ddp"]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     results = json.loads((tmp_path / "ddp" / "results.json").read_text())
     assert results["world_size"] == 2
     assert "main job wall time" in done.stdout
+    cache = tmp_path / "ddp" / "teacher-cache"
+    manifest = json.loads((cache / "manifest.json").read_text())
+    assert manifest["complete"] and manifest["ranks"] == 2
+    assert [shard["rank"] for shard in manifest["shards"]] == [0, 1, 0]
+    assert not list(cache.glob("part-*.json"))                 # the ranks' records folded in
 
 
 def test_vqa_source_reads_an_export_and_trains_identically(tmp_path, tiny_recipe_path):

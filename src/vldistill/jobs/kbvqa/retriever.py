@@ -185,7 +185,7 @@ def distil_retriever(student: SentenceEncoder, teacher: SentenceEncoder, kb: Kno
     and the facts, through the engine. The projection (student width -> teacher width) is
     learned along and dropped afterwards: retrieval compares student with student."""
     texts = list(queries) + kb.texts
-    source = retriever_teacher_cache(teacher, texts, paths.teacher_cache / "retriever")
+    source = retriever_teacher_cache(teacher, texts, paths.teacher_cache_of("retriever"))
     target = source.all()                                                  # (T, D_t), unit rows
     k = min(settings.candidates, len(kb))
     candidates = (target[:len(queries)] @ target[len(queries):].T).topk(k, dim=1).indices

@@ -145,7 +145,7 @@ def train_and_score(recipe: OpenVocabRecipe, paths: RunPaths, resume: bool = Fal
             torch.cat([labelled.images, transfer.images]), labelled.captions + transfer.captions,
             labelled.labels + transfer.labels)
         source = teacher_source(teacher, everything.images, recipe.distill.teacher_outputs,
-                                paths.teacher_cache / f"seed{seed}")
+                                paths.teacher_cache_of(f"seed{seed}"))
         teacher_stamp = source.weights_fingerprint()[:16]
         for name, kd in (("student (no KD)", False), ("student (KD)", True)):
             torch.manual_seed(seed)
