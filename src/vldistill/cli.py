@@ -74,7 +74,7 @@ def run(recipe: RecipeArg = None, set_: SetOption = None,
                               "from the compact top-k cache; same as --set "
                               "teacher.mode=...")] = None) -> None:
     """Run a recipe: the job its `job:` names (vqa_kd by default; kv_prefix, kbvqa,
-    open_vocab), then its evaluation and report in runs/<name>/."""
+    open_vocab, classification), then its evaluation and report in runs/<name>/."""
 
     from vldistill.core.ranks import is_global_zero
     from vldistill.jobs.base import RunOptions, execute

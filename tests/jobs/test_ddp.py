@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.jobs.classification.test_classification import TINY as CLASSIFICATION_TINY
 from tests.jobs.kbvqa.test_kbvqa_job import TINY as KBVQA_TINY
 from tests.jobs.kv_prefix.test_kv_prefix_run import TINY as KV_PREFIX_TINY
 
@@ -47,6 +48,18 @@ def run_ddp(recipe: str, overrides: list[str], out: Path) -> dict:
 def test_two_ddp_processes_run_the_job_and_rank_zero_alone_reports(recipe, overrides,
                                                                    tmp_path):
     run_ddp(recipe, overrides, tmp_path)
+
+
+def test_two_ddp_processes_classify_and_share_the_teacher_cache(tmp_path):
+    """The classification job on 2 processes: the teacher's outputs over 240 training images
+    are cached in shards of 64 images, rank 0 computing shards 0 and 2, rank 1 shards 1 and
+    3; the KD student reads them on both ranks."""
+    results = run_ddp("classification.yaml", [*CLASSIFICATION_TINY, "eval.batch_size=64",
+                                              "teacher.cache.shard_items=64"], tmp_path)
+    assert results["teacher_source"] == "cache"
+    assert all(0 <= row["accuracy"]["mean"] <= 100 for row in results["rows"])
+    manifest = json.loads((tmp_path / "ddp" / "teacher-cache" / "manifest.json").read_text())
+    assert [shard["rank"] for shard in manifest["shards"]] == [0, 1, 0, 1]
 
 
 def test_two_ddp_processes_train_every_kbvqa_model(tmp_path):

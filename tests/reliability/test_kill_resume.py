@@ -66,6 +66,21 @@ def test_the_kbvqa_job_killed_at_random_moments_resumes_to_the_same_results(tmp_
     assert_every_kill_resumed_identically(wall, points)
 
 
+@pytest.mark.slow
+def test_the_classification_job_killed_at_random_moments_resumes_to_the_same_results(
+        tmp_path) -> None:
+    """Killed while training, building the teacher cache or writing a checkpoint, the
+    classification job resumes to the same accuracies."""
+    from tests.jobs.classification.test_classification import TINY
+
+    recipe = ROOT / "recipes" / "classification.yaml"
+    overrides = [*TINY, "teacher.train={max_steps: 40, batch_size: 32, val_every_n_steps: 20, "
+                 "checkpoint_every_n_steps: 5}", "student.train={max_steps: 30, batch_size: 16, "
+                 "val_every_n_steps: 10, checkpoint_every_n_steps: 5}"]
+    wall, points = kill_and_resume(recipe, tmp_path, points=2, seed=11, overrides=overrides)
+    assert_every_kill_resumed_identically(wall, points)
+
+
 def test_results_are_compared_by_every_number_but_measured_times():
     from vldistill.tools.crashtest import compare, flatten
 

@@ -46,11 +46,34 @@ class ClassificationDataset(Dataset):
                 "label": int(self.labels[index]) if labelled else -1, "labelled": labelled}
 
 
+class RowSubset(Dataset):
+    """The images ``rows`` of ``dataset``, each item carrying its row (the index a teacher
+    cache answers by); ``labelled=False`` hides the labels (a transfer set)."""
+
+    def __init__(self, dataset: ClassificationDataset, rows: Sequence[int],
+                 labelled: bool = True) -> None:
+        if labelled and dataset.labels is None:
+            raise DataError("a labelled subset needs a dataset with labels")
+        self.dataset, self.rows, self.labelled = dataset, [int(r) for r in rows], labelled
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        row = self.rows[index]
+        label = int(self.dataset.labels[row]) if self.labelled else -1
+        return {"image": self.dataset.images[row], "label": label, "labelled": self.labelled,
+                "row": row}
+
+
 def collate_classification(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
     labels = torch.tensor([item["label"] for item in items], dtype=torch.long)
     labelled = torch.tensor([item["labelled"] for item in items])
-    return {"inputs": (torch.stack([item["image"] for item in items]),),
-            "targets": labels.clamp(min=0), "labelled": labelled}
+    batch = {"inputs": (torch.stack([item["image"] for item in items]),),
+             "targets": labels.clamp(min=0), "labelled": labelled}
+    if "row" in items[0]:
+        batch["rows"] = torch.tensor([item["row"] for item in items], dtype=torch.long)
+    return batch
 
 
 def image_folder(root: str | Path, image_size: int = 64, labelled: bool = True

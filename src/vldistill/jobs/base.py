@@ -1,7 +1,7 @@
 """The Job contract and the run folder every job shares.
 
 A job is one kind of run (VQA distillation, KV-prefix modulation, knowledge-based VQA,
-open-vocabulary distillation). It names its recipe schema and runs a validated recipe; the
+open-vocabulary distillation, image classification). It names its recipe schema and runs a validated recipe; the
 engine around it (this module, :mod:`vldistill.train`, :mod:`vldistill.report`) opens the run
 folder, trains, and writes the same files for every job:
 

@@ -8,13 +8,14 @@ from pathlib import Path
 from vldistill.config import recipe_job
 from vldistill.core.errors import RecipeError
 from vldistill.jobs.base import Job
+from vldistill.jobs.classification.job import ClassificationJob
 from vldistill.jobs.kbvqa.job import KBVQAJob
 from vldistill.jobs.kv_prefix.job import KVPrefixJob
 from vldistill.jobs.open_vocab.job import OpenVocabJob
 from vldistill.jobs.vqa_kd.job import VQAKDJob
 
 JOBS: dict[str, Job] = {job.name: job for job in (VQAKDJob(), KVPrefixJob(), KBVQAJob(),
-                                                  OpenVocabJob())}
+                                                  OpenVocabJob(), ClassificationJob())}
 DEFAULT_JOB = VQAKDJob.name
 
 

@@ -122,9 +122,10 @@ def row_fingerprint(teacher: str, data: str, field: str, **settings: Any) -> dic
 
 
 class RowCache(nn.Module):
-    """Stored teacher vectors, one fp32 row per training row, memory-mapped; answers a batch's
-    ``rows`` with ``ModelOutput(<field>=...)`` (empty logits). Exact: the vectors are the ones
-    the teacher computed, not rounded."""
+    """Stored teacher outputs, fp32 rows, one per training row, memory-mapped; answers a
+    batch's ``rows`` with a ModelOutput of its fields (``logits`` when stored, else empty;
+    ``image_embeds``, ``text_embeds``). Exact: the values the teacher computed, not rounded.
+    ``fingerprint["field"]`` names the main field (what :meth:`rows` and :meth:`all` read)."""
 
     kind = "cache"
 
@@ -132,54 +133,64 @@ class RowCache(nn.Module):
                  verify: bool = True) -> None:
         super().__init__()
         self.directory, self.fingerprint = Path(directory), dict(fingerprint)
-        self.manifest, fields = open_store(self.directory, self.fingerprint, command,
-                                           verify=verify)
+        self.manifest, self.fields = open_store(self.directory, self.fingerprint, command,
+                                                verify=verify)
         self.field = self.fingerprint["field"]
-        self.vectors = fields["vectors"]
 
     def __len__(self) -> int:
-        return len(self.vectors)
+        return len(self.fields[self.field])
 
     @property
     def dim(self) -> int:
-        return int(self.vectors.arrays[0].shape[1])
+        return int(self.fields[self.field].arrays[0].shape[1])
 
     def weights_fingerprint(self) -> str:
         return self.fingerprint["teacher_weights"]
 
-    def rows(self, rows: torch.Tensor) -> torch.Tensor:
-        """(len(rows), D) fp32 on the CPU."""
+    def rows(self, rows: torch.Tensor, field: str | None = None) -> torch.Tensor:
+        """(len(rows), D) fp32 on the CPU, of ``field`` (default: the main one)."""
         index = np.asarray(rows.cpu(), dtype=np.int64)
-        return torch.from_numpy(np.ascontiguousarray(self.vectors[index]))
+        return torch.from_numpy(np.ascontiguousarray(self.fields[field or self.field][index]))
 
     def all(self) -> torch.Tensor:
-        return torch.from_numpy(np.array(self.vectors.all()))              # a writable copy
+        return torch.from_numpy(np.array(self.fields[self.field].all()))      # a writable copy
 
     def teacher_outputs(self, batch: Mapping[str, Any]) -> ModelOutput:
-        vectors = self.rows(batch["rows"])
-        return ModelOutput(vectors.new_zeros(len(vectors), 0), **{self.field: vectors})
+        stored = {name: self.rows(batch["rows"], name) for name in self.fields}
+        logits = stored.pop("logits", None)
+        if logits is None:
+            logits = next(iter(stored.values())).new_zeros(len(batch["rows"]), 0)
+        return ModelOutput(logits, stored.pop("image_embeds", None),
+                           stored.pop("text_embeds", None), stored)
 
     def forward(self, *args, **kwargs):
         raise TypeError("a teacher source answers for a whole batch: call "
                         "teacher_outputs(batch)")
 
 
+Encoded = torch.Tensor | np.ndarray | Mapping[str, torch.Tensor | np.ndarray]
+
+
 def row_cache(directory: Path, fingerprint: Mapping[str, Any], count: int,
-              encode: Callable[[int, int], torch.Tensor | np.ndarray], *,
+              encode: Callable[[int, int], Encoded], *,
               command: str, shard_rows: int = 65536,
               progress: Callable[[int, int], None] | None = None) -> RowCache:
     """Open the row cache of ``fingerprint`` in ``directory``, building it first when it is
-    missing, unfinished or stale: ``encode(first, last)`` gives the teacher's vectors of rows
-    ``first..last-1``. In a distributed run every rank encodes its share of the shards."""
+    missing, unfinished or stale: ``encode(first, last)`` gives the teacher's outputs for rows
+    ``first..last-1``: one tensor (stored as ``fingerprint["field"]``) or a dict of them by
+    field name. In a distributed run every rank encodes its share of the shards."""
     rank, world = rank_and_world()
     units = [{"first_row": first, "rows_in_unit": min(shard_rows, count - first)}
              for first in range(0, count, shard_rows)]
 
     def compute(unit: Mapping[str, Any]) -> dict[str, np.ndarray]:
         first = unit["first_row"]
-        vectors = encode(first, first + unit["rows_in_unit"])
-        array = vectors.detach().cpu().numpy() if isinstance(vectors, torch.Tensor) else vectors
-        return {"vectors": np.ascontiguousarray(array, dtype=np.float32)}
+        encoded = encode(first, first + unit["rows_in_unit"])
+        if not isinstance(encoded, Mapping):
+            encoded = {fingerprint["field"]: encoded}
+        return {name: np.ascontiguousarray(
+                    value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else value,
+                    dtype=np.float32) for name, value in encoded.items()}
 
     try:
         return RowCache(directory, fingerprint, command)

@@ -20,7 +20,8 @@ def summarise(values: list[float]) -> dict[str, Any]:
 
 
 # the metric key a recipe's eval.metric reports, and its label in tables and plots
-METRICS = {"vqa": ("vqa_accuracy", "VQA acc."), "vizwiz": ("vizwiz_accuracy", "VizWiz acc.")}
+METRICS = {"vqa": ("vqa_accuracy", "VQA acc."), "vizwiz": ("vizwiz_accuracy", "VizWiz acc."),
+           "classification": ("accuracy", "top-1 acc.")}
 EXTRA_METRICS = ("unanswerable_ap", "unanswerable_f1")     # reported when the evaluator has them
 
 
@@ -99,6 +100,8 @@ HEADER = ["model", "VQA acc. val % (mean ± std [min–max])", "params", "latenc
 def header(results: dict[str, Any]) -> list[str]:
     """The table's columns: the run's metric first, then answerability when it was measured."""
     columns = [HEADER[0], f"{metric_label(results)} val % (mean ± std [min–max])", *HEADER[2:]]
+    if metric_key(results) == "accuracy":                  # one example is one image
+        columns[columns.index("throughput q/s")] = "throughput img/s"
     if any("unanswerable_ap" in row for row in results["rows"]):
         columns[2:2] = ["unanswerable AP %", "unanswerable F1 %"]
     if _has_trainable(results):

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
@@ -20,6 +20,7 @@ from vldistill.config import (
     load_recipe_as,
 )
 from vldistill.data.shapesworld import ShapesWorldSettings
+from vldistill.kd.step import build_terms
 from vldistill.models.classifier import KINDS
 
 EXAMPLE = "recipes/classification.yaml"
@@ -67,6 +68,7 @@ class ClsTeacherCache(Strict):
 
 
 class ClsTeacherSettings(Strict):
+    merged: ClassVar[tuple[str, ...]] = ("train",)
     model: ClassifierSettings = Field(default_factory=lambda: ClassifierSettings(
         widths=[32, 64, 128]))
     train: TrainSettings = Field(default_factory=lambda: TrainSettings(
@@ -81,6 +83,7 @@ class ClsTeacherSettings(Strict):
 
 
 class ClsStudentSettings(Strict):
+    merged: ClassVar[tuple[str, ...]] = ("train",)
     model: ClassifierSettings = Field(default_factory=ClassifierSettings)
     train: TrainSettings = Field(default_factory=lambda: TrainSettings(
         max_steps=1000, batch_size=64, val_every_n_steps=250,
@@ -88,7 +91,7 @@ class ClsStudentSettings(Strict):
 
 
 def _default_terms() -> list[LossTermSettings]:
-    return [LossTermSettings(loss="cross_entropy", weight=0.5),
+    return [LossTermSettings(loss="ce", weight=0.5),
             LossTermSettings(loss="kd", weight=0.5, temperature=2.0)]
 
 
@@ -122,8 +125,6 @@ class ClassificationRecipe(Strict):
 
     @model_validator(mode="after")
     def _terms(self) -> ClassificationRecipe:
-        from vldistill.kd.step import build_terms
-
         terms = build_terms(self.distill.terms)
         if not any(t.term.needs_teacher for t in terms):
             raise ValueError("distill.terms has no term that reads the teacher (kd, dkd, loca, "
