@@ -127,6 +127,7 @@ def test_predict_names_an_undecodable_image(vilt, tmp_path):
 
 @pytest.mark.filterwarnings("ignore:.*longer than this ViLT's text limit")
 @pytest.mark.filterwarnings("ignore:.*answer head is new")
+@pytest.mark.slow
 def test_bench_latency_over_checkpoints_and_exports(tmp_path, tiny_recipe_path, make_tiny_vilt):
     """A ViLT teacher and the built-in student from the main job, the teacher exported to ONNX
     fp32 and int8: every model answers the same questions in its own process, scored by the

@@ -1,28 +1,30 @@
-"""The teacher-output cache: run the teacher once, then distil at the student's own cost.
+"""The teacher-output cache of a VQA (or depth) teacher: run the teacher once, then distil at
+the student's own cost. Two formats, two teacher sources (vldistill.kd.sources):
 
-Layout of a cache folder::
+- exact (``teacher.mode: cache``, :class:`CachedTeacher`): every logit and feature in fp32;
+- top-k (``teacher.mode: topk_cache``, :class:`TopKCachedTeacher`): per row the top-k logits
+  (fp16), their indices (int16/32) and one fill logit for the other answers (fp32,
+  vldistill.kd.topk), features in fp16; dense logits are rebuilt on read, so the logit losses
+  are unchanged.
 
-    manifest.json                 fingerprint, field shapes and dtypes, shards with checksums
-    views.npy                     (K, items, 4) augmentation parameters of every view (K >= 1)
-    shard-00000.logits.npy ...    rows of one shard, one record each: top-k values (k,) fp16,
-                                  their indices (k,) int16/32 and the fill logit of the other
-                                  answers, fp32 (vldistill.kd.topk)
-    shard-00000.feature.<name>.npy   (R, D) fp16, one per feature the losses read
+Layout of a cache folder (a store, vldistill.kd.store)::
+
+    manifest.json                    fingerprint, shards with their files' sizes and SHA-256
+    views.npy                        (K, items, 4) augmentation parameters of every view (K >= 1)
+    shard-00000.logits.npy ...       the logits of one shard's rows (either format)
+    shard-00000.feature.<name>.npy   (R, D), one per feature the losses read
 
 A row is one question seen through one view. Rows are view-major: ``row = view * questions +
 question_row``, questions in the order of the training items (labelled set, then transfer set).
 Shards are memory-mapped on read, so each process (each DDP rank) reads only the pages of its own
-samples.
+samples, and built by every rank of a distributed run, each its share.
 
-Safety: every file is written to a temporary name, fsynced and renamed; the manifest is
-rewritten after each finished shard, so an interrupted build resumes at the first missing shard.
-A cache is opened only when its fingerprint equals what this recipe would build (teacher
-weights, preprocessing, data ids and content, augmentation, k, fields, dtypes, vldistill
-version) and every file has its recorded size and SHA-256; otherwise :class:`CacheError` says
-which field differs or which file is damaged, and the command that rebuilds it.
-
-Logits are stored as top-k plus one fill value for the rest (:mod:`vldistill.kd.topk`),
-so the unchanged logit losses read dense logits rebuilt from them.
+Safety: every file is written to a temporary name, fsynced and renamed; finished shards are
+recorded as they finish, so an interrupted build resumes at the first missing shard. A cache is
+opened only when its fingerprint equals what this recipe would build (teacher weights,
+preprocessing, data ids and content, augmentation, k, fields, dtypes, vldistill version) and
+every file has its recorded size and SHA-256; otherwise :class:`CacheError` says which field
+differs or which file is damaged, and the command that rebuilds it.
 """
 
 from __future__ import annotations

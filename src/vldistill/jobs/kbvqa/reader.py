@@ -18,9 +18,11 @@ from vldistill.core.runpaths import RunPaths
 from vldistill.data.batches import RowCollate, Rows, common_answer
 from vldistill.eval.squad import exact_match, f1_score
 from vldistill.eval.vqa_accuracy import vqa_accuracy
+from vldistill.kd.sources import OnlineTeacher
 from vldistill.kd.token_losses import token_kd
 from vldistill.models.checkpoint import read_weights, write_weights
 from vldistill.models.fid_reader import FiDReader, answer_nll
+from vldistill.models.outputs import ModelOutput
 from vldistill.train.fit import FitResult, fit, mixed_loaders
 
 
@@ -38,6 +40,12 @@ def reader_inputs(samples: Sequence[Any], captions: dict, contexts: Sequence[Seq
 FORMAT = "vldistill-fid-reader"
 
 
+def reader_logits(model: nn.Module, batch: dict[str, Any]) -> ModelOutput:
+    """How a teacher reader answers: its answer-token logits (N, L, V) for the batch."""
+    logits, _ = model(*batch["inputs"])
+    return ModelOutput(logits)
+
+
 class ReaderStep(nn.Module):
     """Answer NLL on (question, image text, n facts) -> most common answer; with a frozen
     ``teacher`` reader, ``(1 - w) * NLL + w * T^2 * KL`` on the answer tokens (token-level KD,
@@ -53,18 +61,12 @@ class ReaderStep(nn.Module):
             raise ValueError(f"reader kd_weight must lie in [0, 1], got {kd_weight}")
         if len(samples) != len(contexts):
             raise ValueError(f"{len(samples)} samples but {len(contexts)} context lists")
-        self.student, self.teacher = reader, teacher
-        if teacher is not None:
-            teacher.requires_grad_(False).eval()
+        self.student = reader
+        # the large reader's token logits, run on every batch (vldistill.kd.sources)
+        self.teacher = OnlineTeacher(teacher, reader_logits) if teacher is not None else None
         self.samples, self.contexts, self.captions = list(samples), list(contexts), captions
         self.kd_weight, self.temperature, self.with_image = kd_weight, temperature, with_image
         self.held_out = (list(held_out[0]), list(held_out[1]))
-
-    def train(self, mode: bool = True) -> ReaderStep:
-        super().train(mode)
-        if self.teacher is not None:
-            self.teacher.eval()          # frozen: dropout stays off
-        return self
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         rows = batch["rows"].tolist()
@@ -74,8 +76,7 @@ class ReaderStep(nn.Module):
         nll = answer_nll(logits, labels)
         if self.teacher is None or self.kd_weight == 0:
             return {"loss": nll, "nll": nll.detach()}
-        with torch.no_grad():
-            teacher_logits, _ = self.teacher(*inputs)
+        teacher_logits = self.teacher.teacher_outputs({"inputs": inputs}).logits
         kd = token_kd(logits, teacher_logits, labels, self.temperature)
         loss = (1 - self.kd_weight) * nll + self.kd_weight * kd
         return {"loss": loss, "nll": nll.detach(), "token_kd": kd.detach()}
