@@ -163,7 +163,7 @@ def plot(results: dict[str, Any], path: Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import NullFormatter
+    from matplotlib.ticker import FormatStrFormatter, NullFormatter
 
     figure, axes = plt.subplots(1, 2, figsize=(10, 4))
     for row in results["rows"]:
@@ -176,6 +176,9 @@ def plot(results: dict[str, Any], path: Path) -> Path:
         axis.set_xscale("log")
         axis.xaxis.set_minor_formatter(NullFormatter())
         axis.margins(x=0.15, y=0.1)
+        low, high = axis.get_xlim()
+        if high / low < 10:          # within one decade no major tick shows: label the minor ones
+            axis.xaxis.set_minor_formatter(FormatStrFormatter("%g"))
         axis.set_xlabel(label)
         axis.set_ylabel(f"{metric_label(results)}, val (%)")
         axis.grid(alpha=0.3)

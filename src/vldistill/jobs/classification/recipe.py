@@ -84,7 +84,8 @@ class ClsTeacherSettings(Strict):
 
 class ClsStudentSettings(Strict):
     merged: ClassVar[tuple[str, ...]] = ("train",)
-    model: ClassifierSettings = Field(default_factory=ClassifierSettings)
+    model: ClassifierSettings = Field(default_factory=lambda: ClassifierSettings(
+        widths=[8, 16, 32]))
     train: TrainSettings = Field(default_factory=lambda: TrainSettings(
         max_steps=1000, batch_size=64, val_every_n_steps=250,
         optim=OptimSettings(lr=2e-3, schedule="cosine", warmup_steps=50)))
@@ -92,7 +93,7 @@ class ClsStudentSettings(Strict):
 
 def _default_terms() -> list[LossTermSettings]:
     return [LossTermSettings(loss="ce", weight=0.5),
-            LossTermSettings(loss="kd", weight=0.5, temperature=2.0)]
+            LossTermSettings(loss="kd", weight=0.5, temperature=4.0)]
 
 
 class ClsDistillSettings(Strict):
