@@ -81,6 +81,20 @@ def test_the_classification_job_killed_at_random_moments_resumes_to_the_same_res
     assert_every_kill_resumed_identically(wall, points)
 
 
+@pytest.mark.slow
+def test_the_kv_prefix_job_killed_at_random_moments_resumes_to_the_same_results(
+        tmp_path) -> None:
+    """Killed while training the base or a prefix variant, the KV-prefix job resumes to the same
+    scores for every variant."""
+    from tests.jobs.kv_prefix.test_kv_prefix_run import TINY
+
+    recipe = ROOT / "recipes" / "kv_prefix.yaml"
+    overrides = [*TINY, "teacher.train.max_steps=40", "teacher.train.checkpoint_every_n_steps=5",
+                 "student.train.max_steps=20", "student.train.checkpoint_every_n_steps=5"]
+    wall, points = kill_and_resume(recipe, tmp_path, points=2, seed=13, overrides=overrides)
+    assert_every_kill_resumed_identically(wall, points)
+
+
 def test_results_are_compared_by_every_number_but_measured_times():
     from vldistill.tools.crashtest import compare, flatten
 

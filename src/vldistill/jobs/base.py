@@ -1,9 +1,9 @@
 """The Job contract and the run folder every job shares.
 
 A job is one kind of run (VQA distillation, KV-prefix modulation, knowledge-based VQA,
-open-vocabulary distillation, image classification). It names its recipe schema and runs a validated recipe; the
-engine around it (this module, :mod:`vldistill.train`, :mod:`vldistill.report`) opens the run
-folder, trains, and writes the same files for every job:
+open-vocabulary distillation, image classification). It names its recipe schema and runs a
+validated recipe; the engine around it (this module, :mod:`vldistill.train`,
+:mod:`vldistill.report`) opens the run folder, trains, and writes the same files for every job:
 
     open_run_folder()   recipe.yaml (resolved) and versions.json, written by rank 0; with
                         --resume, a check that the folder was started with this recipe

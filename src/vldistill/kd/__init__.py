@@ -44,11 +44,12 @@ from vldistill.kd.step import DistillationStep, WeightedTerm
 from vldistill.kd.token_losses import AnswerTokenCELoss, AnswerTokenKDLoss, token_kd_loss
 from vldistill.models.outputs import call_model
 
-__all__ = ["LOSSES", "AnswerTokenCELoss", "AnswerTokenKDLoss", "CLIPAffinityLoss", "ContrastiveLoss", "CrossEntropyLoss", "DKDLoss",
-           "DistillationStep", "FeatureLoss", "OnlineTeacher", "TeacherSource", "as_source", "KDLoss", "LoCaLoss", "LossTerm", "RelationalLoss",
-           "UnknownFeatureError", "VQABCELoss", "WeightedTerm", "available_features",
-           "build_loss", "call_model", "clip_affinity_loss", "cross_entropy_loss", "dkd_loss",
-           "dkd_parts", "freeze", "hard_targets", "hint_loss", "info_nce_loss", "kd_loss",
-           "loca_calibrate", "loca_loss", "loss_parameters", "rkd_angle_loss",
-           "rkd_distance_loss", "select_feature", "similarity_preserving_loss", "token_kd_loss",
-           "vqa_bce_loss"]
+__all__ = ["LOSSES", "AnswerTokenCELoss", "AnswerTokenKDLoss", "as_source", "available_features",
+           "build_loss", "call_model", "clip_affinity_loss", "CLIPAffinityLoss",
+           "ContrastiveLoss", "cross_entropy_loss", "CrossEntropyLoss", "DistillationStep",
+           "dkd_loss", "dkd_parts", "DKDLoss", "FeatureLoss", "freeze", "hard_targets",
+           "hint_loss", "info_nce_loss", "kd_loss", "KDLoss", "loca_calibrate", "loca_loss",
+           "LoCaLoss", "loss_parameters", "LossTerm", "OnlineTeacher", "RelationalLoss",
+           "rkd_angle_loss", "rkd_distance_loss", "select_feature", "similarity_preserving_loss",
+           "TeacherSource", "token_kd_loss", "UnknownFeatureError", "vqa_bce_loss", "VQABCELoss",
+           "WeightedTerm"]

@@ -40,7 +40,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from vldistill.core.hashing import nested_differences
 from vldistill.core.versions import __version__
 from vldistill.data.augment import AugmentSettings, apply_view, view_parameters
 from vldistill.kd.feature_losses import select_feature

@@ -41,6 +41,7 @@ def tiny_run(tmp_path_factory):
 
 def test_the_run_writes_every_file_and_its_headline(tiny_run):
     root, output = tiny_run
+    assert "KD gain over the no-KD student" in output          # the console's summary
     paths = check_run_folder(root, "classification", curves=True)
     results = json.loads(paths.results.read_text())
     assert [row["model"] for row in results["rows"]] == ["teacher", "student (no KD)",
@@ -67,7 +68,7 @@ def test_the_exact_cache_gives_the_online_losses_on_a_mixed_batch(tiny_run):
     """The KD student's first batch (labelled and transfer rows) scores the same from the
     cache as from the teacher run online: the rows are training-set indices."""
     from vldistill.data.classification import RowSubset, collate_classification
-    from vldistill.jobs.classification.job import load_data, teacher_source, Trainer
+    from vldistill.jobs.classification.job import Trainer, load_data, teacher_source
     from vldistill.kd.sources import OnlineTeacher, RowCache
     from vldistill.kd.step import DistillationStep, build_terms
     from vldistill.models.classifier import build_classifier, load_classifier

@@ -12,13 +12,13 @@ from torch import nn
 
 from vldistill.config import TrainerSettings, TrainSettings
 from vldistill.core.errors import DataError
+from vldistill.core.hashing import module_fingerprint
 from vldistill.core.runpaths import RunPaths
 from vldistill.data.batches import RowCollate, Rows
 from vldistill.data.image_text import ImageTextSet, read_folder, read_jsonl, shapesworld_sets
 from vldistill.eval.efficiency import median_seconds
 from vldistill.eval.zero_shot import retrieval, topk_accuracy
 from vldistill.jobs.open_vocab.recipe import OVDataSettings, OVDistillSettings
-from vldistill.core.hashing import module_fingerprint
 from vldistill.kd import image_text_losses as losses
 from vldistill.kd.sources import (
     OnlineTeacher,

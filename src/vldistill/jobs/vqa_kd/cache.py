@@ -22,7 +22,13 @@ from vldistill.core.hashing import json_hash, module_fingerprint
 from vldistill.core.ranks import rank_and_world
 from vldistill.data.images import data_image_size
 from vldistill.jobs.vqa_kd.workspace import VQAWorkspace
-from vldistill.kd.cache import CachedTeacher, CacheSpec, build_cache, cached_teacher, data_fingerprint
+from vldistill.kd.cache import (
+    CachedTeacher,
+    CacheSpec,
+    build_cache,
+    cached_teacher,
+    data_fingerprint,
+)
 from vldistill.kd.step import build_terms
 
 
