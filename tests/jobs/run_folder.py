@@ -9,7 +9,7 @@ import yaml
 
 from vldistill.core.runpaths import RunPaths
 
-EVERY_JOB = ("recipe", "versions", "results", "report")
+EVERY_JOB = ("recipe", "versions", "results", "report", "accuracy_vs_cost")
 
 
 def check_run_folder(root: Path, job: str, curves: bool) -> RunPaths:

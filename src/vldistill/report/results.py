@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import statistics
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -157,37 +158,76 @@ def gain_line(results: dict[str, Any]) -> str:
             f"(per seed {per_seed}; seeds {results['seeds']}). {verdict}.")
 
 
-def plot(results: dict[str, Any], path: Path) -> Path:
-    """Accuracy against parameters and against latency, error bars = min..max over seeds."""
+@dataclass(frozen=True)
+class Point:
+    """One model in a cost panel: its score (error bar ``low``..``high``) at cost ``x``."""
+
+    label: str
+    x: float
+    y: float
+    low: float | None = None
+    high: float | None = None
+
+
+@dataclass(frozen=True)
+class Panel:
+    xlabel: str
+    ylabel: str
+    points: list[Point]
+
+
+def plot_panels(panels: list[Panel], path: Path, title: str) -> Path:
+    """Score against cost, one log-x panel each (every job's accuracy_vs_cost.png). A point
+    without a positive cost (BM25 has no parameters) is left off its panel."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import FormatStrFormatter, NullFormatter
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-    figure, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for row in results["rows"]:
-        accuracy = row[metric_key(results)]
-        error = [[accuracy["mean"] - accuracy["min"]], [accuracy["max"] - accuracy["mean"]]]
-        for axis, x in zip(axes, (row["parameters"], row["latency_ms"])):
-            axis.errorbar([x], [accuracy["mean"]], yerr=error, fmt="o", capsize=4,
-                          label=row["model"])
-    for axis, label in zip(axes, ("parameters", "latency at batch 1, CPU (ms)")):
+    figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
+    for axis, panel in zip(axes[0], panels):
+        for point in (p for p in panel.points if p.x and p.x > 0):
+            error = None if point.low is None else [[point.y - point.low],
+                                                    [point.high - point.y]]
+            axis.errorbar([point.x], [point.y], yerr=error, fmt="o", capsize=4,
+                          label=point.label)
         axis.set_xscale("log")
         axis.xaxis.set_minor_formatter(NullFormatter())
         axis.margins(x=0.15, y=0.1)
         low, high = axis.get_xlim()
-        if high / low < 10:          # within one decade no major tick shows: label the minor ones
-            axis.xaxis.set_minor_formatter(FormatStrFormatter("%g"))
-        axis.set_xlabel(label)
-        axis.set_ylabel(f"{metric_label(results)}, val (%)")
+        if high / low < 10:          # within one decade no major tick shows: label 2x and 5x
+            axis.xaxis.set_minor_locator(LogLocator(base=10, subs=(2.0, 5.0)))
+            axis.xaxis.set_minor_formatter(FuncFormatter(lambda x, _: _short(x)))
+        axis.set_xlabel(panel.xlabel)
+        axis.set_ylabel(panel.ylabel)
         axis.grid(alpha=0.3)
-    axes[0].legend(loc="lower right")
-    figure.suptitle(f"vldistill run {results['recipe']}: accuracy vs size and latency")
+        axis.legend(loc="best", fontsize=8)
+    figure.suptitle(title)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
     return path
+
+
+def _short(x: float) -> str:
+    """A tick label: 2k, 500k, 20M, 0.5."""
+    for size, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if x >= size:
+            return f"{x / size:g}{suffix}"
+    return f"{x:g}"
+
+
+def plot(results: dict[str, Any], path: Path) -> Path:
+    """Accuracy against parameters and against latency, error bars = min..max over seeds."""
+    def points(cost: str) -> list[Point]:
+        return [Point(row["model"], row[cost], row[metric_key(results)]["mean"],
+                      row[metric_key(results)]["min"], row[metric_key(results)]["max"])
+                for row in results["rows"]]
+    ylabel = f"{metric_label(results)}, val (%)"
+    return plot_panels([Panel("parameters", ylabel, points("parameters")),
+                        Panel("latency at batch 1, CPU (ms)", ylabel, points("latency_ms"))],
+                       path, f"vldistill run {results['recipe']}: accuracy vs size and latency")
 
 
 def per_type_table(results: dict[str, Any]) -> str:

@@ -58,6 +58,7 @@ from vldistill.jobs.kbvqa.retriever import distil_retriever, small_encoder, trai
 from vldistill.models.fact_index import BM25Retriever, DenseRetriever, Retriever
 from vldistill.models.fid_reader import FiDReader
 from vldistill.models.sentence_encoders import SentenceEncoder, load_encoder
+from vldistill.report.results import Panel, Point, plot_panels
 
 
 def load_kb_data(settings: KBDataSettings):
@@ -126,7 +127,11 @@ class KBVQAJob:
                       f"{recipe.retriever.kind}, output {paths.root}")
         results = train_and_score(recipe, paths, options.resume)
         results["wall_time_s"] = time.perf_counter() - start
-        return JobRun(paths, results, report(results), summary(results))
+        text = report(results)
+        image = cost_plot(results, paths) if is_global_zero() else None
+        if image is not None:
+            text += f"\n\n![accuracy against cost]({image.name})"
+        return JobRun(paths, results, text, summary(results))
 
 
 class Retrievers:
@@ -420,6 +425,32 @@ def headline(results: dict[str, Any]) -> list[str]:
 def summary(results: dict[str, Any]) -> list[str]:
     parts = (retrieval_table(results), reader_table(results), "\n".join(headline(results)))
     return ["\n\n".join(part for part in parts if part)]
+
+
+def cost_plot(results: dict[str, Any], paths: RunPaths) -> Path | None:
+    """accuracy_vs_cost.png: each retriever's recall@5 against its time per query and its
+    parameters (BM25 has none), and each reader's VQA accuracy against its parameters."""
+    # retrievers are scored only where the data names gold facts; readers only when trained
+    retrievers = {kind: row for kind, row in (results.get("retrieval") or {}).items()
+                  if "R@5" in row}
+    readers = {name: row for name, row in (results.get("readers") or {}).items()
+               if "VQA" in row}
+    panels = []
+    if retrievers:
+        def points(cost) -> list[Point]:
+            return [Point(NAMES[kind], cost(row), row["R@5"]) for kind, row in retrievers.items()]
+        panels += [Panel("time per query (ms)", "retriever recall@5 (%)",
+                         points(lambda row: 1000.0 / row["queries_per_s"])),
+                   Panel("retriever parameters", "retriever recall@5 (%)",
+                         points(lambda row: row["params"]))]
+    if readers:
+        panels.append(Panel("reader parameters", "reader VQA accuracy (%)",
+                            [Point(name, row["params"], row["VQA"])
+                             for name, row in readers.items()]))
+    if not panels:
+        return None
+    return plot_panels(panels, paths.accuracy_vs_cost,
+                       f"vldistill run {results['recipe']}: accuracy vs cost")
 
 
 def report(results: dict[str, Any]) -> str:

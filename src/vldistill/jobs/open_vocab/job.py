@@ -28,6 +28,7 @@ from pydantic import BaseModel
 from torch import nn
 
 from vldistill.core.console import console
+from vldistill.core.ranks import is_global_zero
 from vldistill.core.runpaths import RunPaths
 from vldistill.data.image_text import ImageTextSet
 from vldistill.jobs.base import (
@@ -62,6 +63,7 @@ from vldistill.jobs.open_vocab.training import (
 )
 from vldistill.models.open_vocab import image_encoder_parameters
 from vldistill.models.text_towers import load_text_encoder
+from vldistill.report.results import Panel, Point, plot_panels
 from vldistill.train.fit import SaveFn
 
 # -- the job
@@ -95,6 +97,8 @@ class OpenVocabJob:
         results = train_and_score(recipe, paths, options.resume)
         results["wall_time_s"] = time.perf_counter() - start
         text = report(results)
+        if is_global_zero():
+            text += f"\n\n![accuracy against size and latency]({cost_plot(results, paths).name})"
         summary = [markdown_table(results)] + ([line] if (line := goal_line(results)) else [])
         return JobRun(paths, results, text, summary)
 
@@ -231,6 +235,22 @@ def goal_line(results: dict[str, Any]) -> str:
     return (f"KD student: {kept:.1f} % of the teacher's held-out zero-shot top-1 with "
             f"1/{size:.1f} of its image-encoder parameters; without KD {nokd[key]:.2f}, with KD "
             f"{kd[key]:.2f}. Goal (>= 90 %, <= 1/10, beats no-KD): {'met' if met else 'NOT met'}.")
+
+
+def cost_plot(results: dict[str, Any], paths: RunPaths) -> Path:
+    """accuracy_vs_cost.png: the headline score (held-out zero-shot top-1 when there are
+    held-out classes) against image-encoder parameters and latency, ± std over seeds."""
+    key = next(k for k in ("zero_shot_top1/heldout", "zero_shot_top1/all", "i2t_R@1")
+               if all(k in row for row in results["rows"]))
+
+    def points(cost: str) -> list[Point]:
+        return [Point(row["model"], row[cost], row[key], row[key] - row.get(f"{key}_std", 0),
+                      row[key] + row.get(f"{key}_std", 0)) for row in results["rows"]]
+    label = f"{key.replace('zero_shot_top1/', 'zero-shot top-1, ')} (%)"
+    return plot_panels([Panel("image-encoder parameters", label, points("parameters")),
+                        Panel("latency at batch 1, CPU (ms)", label, points("latency_ms"))],
+                       paths.accuracy_vs_cost,
+                       f"vldistill run {results['recipe']}: accuracy vs size and latency")
 
 
 def report(results: dict[str, Any]) -> str:
