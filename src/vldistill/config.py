@@ -419,6 +419,13 @@ class DataSettings(Strict):
         return self
 
 
+class ImageEvalSettings(Strict):
+    """How an image model is scored after training (open-vocabulary and classification jobs)."""
+
+    batch_size: int = Field(256, ge=1)
+    latency_repeats: int = Field(30, ge=1)
+
+
 class TrainerSettings(Strict):
     """Lightning Trainer settings shared by every training run of the recipe."""
 

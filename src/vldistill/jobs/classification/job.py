@@ -162,7 +162,7 @@ class Trainer:
         return lambda path, model: save_classifier(path, model, settings_data,
                                                    self.data.classes, self.data.image_size)
 
-    def fit(self, role: str, model: nn.Module, settings: ClassifierSettings, step: nn.Module,
+    def fit(self, role: str, settings: ClassifierSettings, step: nn.Module,
             train_rows: list[int], transfer_rows: list[int] | None, seed: int,
             train_settings, stamp: str) -> FitResult:
         labelled = RowSubset(self.data.train, train_rows)
@@ -175,6 +175,11 @@ class Trainer:
         return fit(step, loaders, ClassificationEvaluator(), train_settings,
                    self.recipe.trainer, run_dir=self.paths.root, role=role,
                    save=self.saver(settings), resume=self.resume, stamp=stamp)
+
+
+def task_step(model: nn.Module) -> DistillationStep:
+    """Cross-entropy on the labels alone: the teacher's and the no-KD student's objective."""
+    return DistillationStep(model, [WeightedTerm("ce", 1.0, CrossEntropyLoss())])
 
 
 def train_teacher(job: Trainer) -> tuple[nn.Module, float]:
@@ -197,17 +202,15 @@ def train_teacher(job: Trainer) -> tuple[nn.Module, float]:
     model = build_classifier(recipe.teacher.model.model_dump(mode="json"), len(data.classes))
     console.print(f"[bold]teacher[/]: training on {len(data.train)} labelled images, "
                   f"{recipe.teacher.train.max_steps} steps")
-    step = DistillationStep(model, [WeightedTerm("ce", 1.0, CrossEntropyLoss())])
-    fitted = job.fit("teacher", model, recipe.teacher.model, step,
+    fitted = job.fit("teacher", recipe.teacher.model, task_step(model),
                      list(range(len(data.train))), None, seed, recipe.teacher.train,
                      f"{job.stamp}-teacher")
     return fitted.student.eval(), fitted.wall_time_s
 
 
 @torch.no_grad()
-def teacher_outputs(model: nn.Module, images: torch.Tensor, batch_size: int
-                    ) -> dict[str, torch.Tensor]:
-    """The teacher's logits and pooled features of ``images``, in batches, eval mode."""
+def outputs(model: nn.Module, images: torch.Tensor, batch_size: int) -> dict[str, torch.Tensor]:
+    """A classifier's logits and pooled features of ``images``, in batches, eval mode."""
     model.eval()
     parts = [model(images[i:i + batch_size]) for i in range(0, len(images), batch_size)]
     return {"logits": torch.cat([p.logits for p in parts]),
@@ -228,7 +231,7 @@ def teacher_source(job: Trainer, teacher: nn.Module) -> TeacherSource:
     shard = max(batch, recipe.teacher.cache.shard_items // batch * batch)
     start = time.perf_counter()
     source = row_cache(directory, fingerprint, len(images),
-                       lambda first, last: teacher_outputs(teacher, images[first:last], batch),
+                       lambda first, last: outputs(teacher, images[first:last], batch),
                        command="`vldistill run RECIPE` (a stale cache is rebuilt)",
                        shard_rows=shard)
     console.print(f"teacher cache: {len(source)} images' logits and features in {directory} "
@@ -240,10 +243,8 @@ def teacher_source(job: Trainer, teacher: nn.Module) -> TeacherSource:
 def score(model: nn.Module, data: ClsData, batch_size: int,
           teacher_predictions: torch.Tensor | None) -> tuple[dict[str, float], torch.Tensor]:
     """(top-1 / top-5 accuracy and agreement with the teacher on val, the predictions)."""
-    model.eval()
-    images, labels = data.val.images, data.val.labels
-    logits = torch.cat([model(images[i:i + batch_size]).logits
-                        for i in range(0, len(images), batch_size)])
+    logits = outputs(model, data.val.images, batch_size)["logits"]
+    labels = data.val.labels
     accuracy = topk_accuracy(logits, labels, (1, min(5, logits.shape[1])))
     predictions = logits.argmax(dim=1)
     metrics = {"accuracy": accuracy[1], "top5_accuracy": accuracy[min(5, logits.shape[1])]}
@@ -279,10 +280,8 @@ def train_and_score(recipe: ClassificationRecipe, paths: RunPaths, resume: bool 
             L.seed_everything(seed, verbose=False)
             model = build_classifier(recipe.student.model.model_dump(mode="json"),
                                      len(data.classes))
-            step = (DistillationStep(model, terms, teacher=source) if kd else
-                    DistillationStep(model, [WeightedTerm("ce", 1.0,
-                                                          CrossEntropyLoss())]))
-            fitted = job.fit(role, model, recipe.student.model, step, labelled,
+            step = DistillationStep(model, terms, teacher=source) if kd else task_step(model)
+            fitted = job.fit(role, recipe.student.model, step, labelled,
                              transfer if kd else None, seed, recipe.student.train,
                              kd_stamp if kd else job.stamp)
             metrics, _ = score(fitted.student, data, batch, teacher_predictions)

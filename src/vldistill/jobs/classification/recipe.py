@@ -6,11 +6,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
 from vldistill.config import (
+    ImageEvalSettings,
     LossTermSettings,
     OptimSettings,
     RunName,
@@ -105,11 +106,6 @@ class ClsDistillSettings(Strict):
     baseline: bool = Field(True, description="also train the student without distillation")
 
 
-class ClsEvalSettings(Strict):
-    batch_size: int = Field(256, ge=1)
-    latency_repeats: int = Field(30, ge=1)
-
-
 class ClassificationRecipe(Strict):
     job: Literal["classification"] = Field("classification", description="marks a "
                                            "classification recipe (`vldistill run` dispatches "
@@ -121,7 +117,7 @@ class ClassificationRecipe(Strict):
     teacher: ClsTeacherSettings = Field(default_factory=ClsTeacherSettings)
     student: ClsStudentSettings = Field(default_factory=ClsStudentSettings)
     distill: ClsDistillSettings = Field(default_factory=ClsDistillSettings)
-    eval: ClsEvalSettings = Field(default_factory=ClsEvalSettings)
+    eval: ImageEvalSettings = Field(default_factory=ImageEvalSettings)
     trainer: TrainerSettings = Field(default_factory=TrainerSettings)
 
     @model_validator(mode="after")
@@ -141,7 +137,3 @@ def load_classification_recipe(path: Path | None, overrides: Sequence[str] = ()
                                ) -> ClassificationRecipe:
     """A classification recipe from YAML (None: the built-in default), with --set overrides."""
     return load_recipe_as(ClassificationRecipe, path, overrides, EXAMPLE)
-
-
-def teacher_settings(recipe: ClassificationRecipe) -> dict[str, Any]:
-    return recipe.teacher.model.model_dump(mode="json")

@@ -10,6 +10,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, model_validator
 
 from vldistill.config import (
+    ImageEvalSettings,
     OptimSettings,
     RunName,
     Strict,
@@ -99,11 +100,6 @@ class OVDistillSettings(Strict):
         "stored exact (fp32) in <run>/teacher-cache/; online: it runs on every batch")
 
 
-class OVEvalSettings(Strict):
-    batch_size: int = Field(256, ge=1)
-    latency_repeats: int = Field(30, ge=1)
-
-
 class OpenVocabRecipe(Strict):
     job: Literal["open_vocab"] = Field("open_vocab", description="marks an open-vocabulary "
                                         "recipe (`vldistill run` dispatches on it)")
@@ -118,7 +114,7 @@ class OpenVocabRecipe(Strict):
                                             "checkpoint) instead of training one")
     student: ImageEncoderSettings = Field(default_factory=ImageEncoderSettings)
     distill: OVDistillSettings = Field(default_factory=OVDistillSettings)
-    eval: OVEvalSettings = Field(default_factory=OVEvalSettings)
+    eval: ImageEvalSettings = Field(default_factory=ImageEvalSettings)
     trainer: TrainerSettings = Field(default_factory=TrainerSettings)
 
     @model_validator(mode="after")
