@@ -198,4 +198,6 @@ def row_cache(directory: Path, fingerprint: Mapping[str, Any], count: int,
         pass                          # missing, unfinished, stale or damaged: (re)build it
     build_store(directory, fingerprint, units, compute, header={"rows": count}, rank=rank,
                 world=world, progress=progress)
-    return RowCache(directory, fingerprint, command)
+    # just built: every shard was hashed as it was written and rank 0 checked the others'
+    # before the manifest, so opening checks sizes only
+    return RowCache(directory, fingerprint, command, verify=False)

@@ -203,8 +203,9 @@ def _gather_parts(directory: Path, fingerprint: Mapping[str, Any],
             raise StoreError(f"gave up after {timeout_s:.0f} s waiting for the other ranks' "
                              f"shards in {directory}: units {missing[:10]} never arrived.")
         time.sleep(poll_s)
-    damaged = [n for n, shard in found.items()
-               if not all(file_ok(directory, r) for r in shard["files"].values())]
+    # this rank's own shards were hashed as they were written (or checked when resumed)
+    damaged = [n for n, shard in found.items() if n not in done
+               and not all(file_ok(directory, r) for r in shard["files"].values())]
     if damaged:
         raise StoreError(f"shards {damaged[:10]} in {directory} fail their size or SHA-256 "
                          "check after the ranks finished (a shared file system that lost "

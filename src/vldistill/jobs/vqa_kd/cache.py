@@ -100,5 +100,6 @@ def open_cache(job: VQAWorkspace, teacher: nn.Module, recipe_hint: str = "RECIPE
             complete = True        # let the reader report the damage
     if not complete:
         build(job, teacher, spec)
+    # a cache built just now was hashed as it was written: opening it checks sizes only
     return cached_teacher(directory, spec, job.base_student_datasets(), rebuild_hint=recipe_hint,
-                          verify=job.recipe.teacher.cache.verify)
+                          verify=job.recipe.teacher.cache.verify and complete)
