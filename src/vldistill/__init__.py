@@ -7,13 +7,13 @@ distillation step and the teacher sources are the package :mod:`vldistill.kd`.
 
 from vldistill.core.versions import __version__
 
-__all__ = ["__version__", "distill"]
+__all__ = ["Augment", "__version__", "distill"]
 
 
 def __getattr__(name: str):
-    if name == "distill":
+    if name in ("distill", "Augment", "DistillResult"):
         # the API needs Lightning: loaded when it is first used, not at `import vldistill`
-        from vldistill.api import distill
+        from vldistill import api
 
-        return distill
+        return getattr(api, name)
     raise AttributeError(f"module 'vldistill' has no attribute {name!r}")

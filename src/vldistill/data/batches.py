@@ -195,13 +195,17 @@ class MixedBatchSampler(Sampler[list[int]]):
     same plan, and the plan is cut to a multiple of ``world_size`` so all ranks step together.
     The epoch advances on every ``__iter__`` (or explicitly through ``set_epoch``).
 
+    With ``views`` > 1 each set is its items' replayable views in
+    :class:`~vldistill.data.augment.ViewDataset` order (item j's view v at ``j * views + v``):
+    an epoch still walks every labelled item once, each in one seeded random view.
+
     ``state_dict()`` records the epoch and how many of its batches were handed out;
     ``load_state_dict`` makes the next pass over that epoch skip them (resume mid-epoch).
     """
 
     def __init__(self, num_labelled: int, num_transfer: int, images_per_batch: int,
                  transfer_fraction: float = 0.0, *, seed: int = 0, rank: int = 0,
-                 world_size: int = 1) -> None:
+                 world_size: int = 1, views: int = 1) -> None:
         if num_labelled < 1:
             raise ValueError("MixedBatchSampler needs at least one labelled image.")
         if not 0.0 <= transfer_fraction < 1.0:
@@ -210,7 +214,9 @@ class MixedBatchSampler(Sampler[list[int]]):
         self.transfer_per_batch = round(images_per_batch * transfer_fraction) if use_transfer else 0
         self.labelled_per_batch = max(1, images_per_batch - self.transfer_per_batch)
         self.num_labelled, self.num_transfer = num_labelled, num_transfer
-        self.seed, self.rank, self.world_size = seed, rank, world_size
+        if views < 1:
+            raise ValueError(f"views must be >= 1, got {views}")
+        self.seed, self.rank, self.world_size, self.views = seed, rank, world_size, views
         batches = math.ceil(num_labelled / self.labelled_per_batch)
         self.num_batches = max(world_size, batches - batches % world_size) // world_size
         self.epoch = 0
@@ -247,11 +253,14 @@ class MixedBatchSampler(Sampler[list[int]]):
         total = self.num_batches * self.world_size
         labelled = np.resize(rng.permutation(self.num_labelled), total * self.labelled_per_batch)
         labelled = labelled.reshape(total, self.labelled_per_batch)
-        if not self.transfer_per_batch:
-            return labelled.tolist()
-        transfer = np.resize(rng.permutation(self.num_transfer), total * self.transfer_per_batch)
-        transfer = transfer.reshape(total, self.transfer_per_batch) + self.num_labelled
-        return np.concatenate([labelled, transfer], axis=1).tolist()
+        if self.transfer_per_batch:
+            transfer = np.resize(rng.permutation(self.num_transfer),
+                                 total * self.transfer_per_batch)
+            transfer = transfer.reshape(total, self.transfer_per_batch) + self.num_labelled
+            labelled = np.concatenate([labelled, transfer], axis=1)
+        if self.views > 1:       # item j's view v is index j * views + v (ViewDataset order)
+            labelled = labelled * self.views + rng.integers(0, self.views, labelled.shape)
+        return labelled.tolist()
 
     def __iter__(self) -> Iterator[list[int]]:
         epoch = self.epoch

@@ -22,6 +22,7 @@ the shards (vldistill.kd.store).
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -86,6 +87,30 @@ class OnlineTeacher(nn.Module):
         if self._fingerprint is None:
             self._fingerprint = module_fingerprint(self.model)
         return self._fingerprint
+
+    def forward(self, *args, **kwargs):
+        raise TypeError("a teacher source answers for a whole batch: call "
+                        "teacher_outputs(batch)")
+
+
+class TimedSource(nn.Module):
+    """Any source, timed: the seconds spent in it and the examples it answered for (how much
+    teacher work an online source did, for the Python API's time split)."""
+
+    def __init__(self, source: TeacherSource) -> None:
+        super().__init__()
+        self.source, self.kind = source, source.kind
+        self.seconds, self.examples = 0.0, 0
+
+    def teacher_outputs(self, batch: Mapping[str, Any]) -> ModelOutput:
+        start = time.perf_counter()
+        output = self.source.teacher_outputs(batch)
+        self.seconds += time.perf_counter() - start
+        self.examples += int(output.logits.shape[0])
+        return output
+
+    def weights_fingerprint(self) -> str:
+        return self.source.weights_fingerprint()
 
     def forward(self, *args, **kwargs):
         raise TypeError("a teacher source answers for a whole batch: call "

@@ -7,6 +7,7 @@ distillation, and the student with distillation.
 from __future__ import annotations
 
 import logging
+import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -25,7 +26,13 @@ from vldistill.config import TrainerSettings, TrainSettings
 from vldistill.core.console import console
 from vldistill.core.runpaths import RunPaths
 from vldistill.data.batches import MixedBatchSampler, sequential_batches
-from vldistill.train.module import DistillModule, Evaluator, TrainingStep
+from vldistill.train.module import (
+    DistillModule,
+    Evaluator,
+    MakeOptimizer,
+    MakeSchedule,
+    TrainingStep,
+)
 from vldistill.train.progress import StepProgressBar
 from vldistill.train.resume import (
     AtomicCheckpointIO,
@@ -157,6 +164,32 @@ class LossHistory(Callback):
             self.losses.append(float(loss.detach()))
 
 
+class ValHistory(Callback):
+    """One record per validation: ``{"epoch", "step", "time_s", <metric>: value}``.
+    ``epoch`` counts passes over the labelled set (``steps_per_epoch`` optimiser steps each);
+    ``time_s`` is the wall time since the fit began plus ``offset_s`` (work done before it,
+    such as building the teacher cache), validation included."""
+
+    def __init__(self, steps_per_epoch: int, offset_s: float = 0.0) -> None:
+        self.steps_per_epoch, self.offset_s = max(1, steps_per_epoch), offset_s
+        self.records: list[dict[str, float]] = []
+        self._start = time.perf_counter()
+
+    def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self._start = time.perf_counter()
+
+    def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        metrics = {key.removeprefix("val/"): float(value)
+                   for key, value in trainer.callback_metrics.items()
+                   if key.startswith("val/")}
+        self.records.append({"epoch": trainer.global_step / self.steps_per_epoch,
+                             "step": trainer.global_step,
+                             "time_s": self.offset_s + time.perf_counter() - self._start,
+                             **metrics})
+
+
 def build_trainer(settings: TrainerSettings, train: TrainSettings, log_dir: Path, role: str,
                   callbacks: list[Callback], has_val: bool) -> L.Trainer:
     return L.Trainer(
@@ -220,7 +253,8 @@ def same_state_on_every_rank(model: nn.Module) -> None:
 
 def fit(step: TrainingStep, data: LoaderModule, evaluator: Evaluator | None, train: TrainSettings,
         settings: TrainerSettings, *, run_dir: Path, role: str, save: SaveFn | None = None,
-        resume: bool = False, stamp: str = "", callbacks: Sequence[Callback] = ()
+        resume: bool = False, stamp: str = "", callbacks: Sequence[Callback] = (),
+        make_optimizer: MakeOptimizer | None = None, make_schedule: MakeSchedule | None = None
         ) -> FitResult:
     """Train ``step.student`` with Lightning; returns the trained student and its wall time.
 
@@ -228,7 +262,8 @@ def fit(step: TrainingStep, data: LoaderModule, evaluator: Evaluator | None, tra
     loaded) and one that was interrupted continues from its last resume point (see
     :mod:`vldistill.train.resume`), as long as their ``stamp`` (recipe and teacher) matches;
     without, the role's earlier resume files are removed first. ``callbacks`` are extra Lightning
-    callbacks.
+    callbacks; ``make_optimizer`` / ``make_schedule`` replace the optimiser and schedule that
+    ``train.optim`` names.
     """
     quiet_lightning()
     checkpoint = resume_path(run_dir, role)
@@ -247,7 +282,8 @@ def fit(step: TrainingStep, data: LoaderModule, evaluator: Evaluator | None, tra
         # projectors of feature terms take their shapes from a first batch, before the
         # optimiser is built (otherwise they would never train)
         step.materialize(data.sample_batch())
-    module = DistillModule(step, evaluator, train.optim, train.max_steps)
+    module = DistillModule(step, evaluator, train.optim, train.max_steps, make_optimizer,
+                           make_schedule)
     if done is not None and state is not None:
         module.restore_weights(state)
         step.student.eval()

@@ -12,6 +12,7 @@ Lightning's loop (optimiser, schedule, logging, in-loop evaluation).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import lightning as L
@@ -71,14 +72,22 @@ def build_optimizer(parameters: list[torch.nn.Parameter], optim: OptimSettings):
 _TEACHER = "step.teacher."
 
 
+# a user's own optimiser and schedule (the Python API): optimizer(parameters) and
+# schedule(optimizer, total optimiser steps), the schedule stepped after every optimiser step
+MakeOptimizer = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
+MakeSchedule = Callable[[torch.optim.Optimizer, int], torch.optim.lr_scheduler.LRScheduler]
+
+
 class DistillModule(L.LightningModule):
     def __init__(self, step: TrainingStep, evaluator: Evaluator | None, optim: OptimSettings,
-                 max_steps: int) -> None:
+                 max_steps: int, make_optimizer: MakeOptimizer | None = None,
+                 make_schedule: MakeSchedule | None = None) -> None:
         super().__init__()
         self.step = step
         self.evaluator = evaluator
         self.optim = optim
         self.max_steps = max_steps
+        self.make_optimizer, self.make_schedule = make_optimizer, make_schedule
 
     def training_step(self, batch: Any, batch_index: int) -> torch.Tensor:
         losses = self.step(batch)
@@ -120,11 +129,14 @@ class DistillModule(L.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         parameters = [p for p in self.step.parameters() if p.requires_grad]
-        optimizer = build_optimizer(parameters, self.optim)
+        optimizer = (self.make_optimizer(parameters) if self.make_optimizer is not None
+                     else build_optimizer(parameters, self.optim))
         # estimated_stepping_batches is min(max_steps, max_epochs * batches per epoch), after
         # gradient accumulation: the schedule ends where training really ends.
         total = min(self.max_steps, int(self.trainer.estimated_stepping_batches))
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lr_lambda(self.optim.schedule, self.optim.warmup_steps, total))
+        scheduler = (self.make_schedule(optimizer, total) if self.make_schedule is not None
+                     else torch.optim.lr_scheduler.LambdaLR(
+                         optimizer, lr_lambda(self.optim.schedule, self.optim.warmup_steps,
+                                              total)))
         return {"optimizer": optimizer,
                 "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
