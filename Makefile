@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-slow install clean
+.PHONY: demo test test-slow install clean peer-venv peer-benchmark
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,3 +26,15 @@ test-slow: $(STAMP)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
+
+# torchdistill's own environment for benchmarks/peer (it needs torchvision, which does not
+# import beside our pinned torch): torch 2.14.1 + torchvision 0.29.1 + torchdistill 1.1.5, ~6 GB
+peer-venv: .venv-peer/.installed-stamp
+
+.venv-peer/.installed-stamp:
+	test -x .venv-peer/bin/python || $(PYTHON) -m venv .venv-peer
+	.venv-peer/bin/pip install -qq "torch==2.14.1" "torchvision==0.29.1" "torchdistill==1.1.5"
+	touch $@
+
+peer-benchmark: $(STAMP) peer-venv
+	$(BIN)/python benchmarks/peer/run.py

@@ -413,3 +413,12 @@ def test_optimizer_and_schedule_callables_are_used(tmp_path):
                       optimizer=optimizer, schedule=schedule, baseline=False, trainer=QUIET,
                       output_dir=tmp_path)
     assert calls == {"optimizer": 2, "total": 8}          # weight and bias; 2 epochs x 4 steps
+
+
+def test_the_docs_preset_table_is_the_code_s():
+    from pathlib import Path
+
+    from vldistill.kd.presets import preset_table
+
+    docs = (Path(__file__).parents[1] / "docs" / "api.md").read_text()
+    assert preset_table() in docs, "docs/api.md's preset table is stale: paste preset_table()"
