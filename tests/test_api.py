@@ -422,3 +422,45 @@ def test_the_docs_preset_table_is_the_code_s():
 
     docs = (Path(__file__).parents[1] / "docs" / "api.md").read_text()
     assert preset_table() in docs, "docs/api.md's preset table is stale: paste preset_table()"
+
+
+def test_distill_on_vqa_datasets_runs_the_teacher_online(tmp_path):
+    from vldistill.data.answers import AnswerVocab
+    from vldistill.data.batches import VQAImageDataset
+    from vldistill.data.sample import ArrayImageStore, Sample
+    from vldistill.data.tokenizer import QuestionTokenizer
+
+    rng = np.random.default_rng(0)
+    bright = rng.random(40) < 0.5
+    pixels = np.where(bright[:, None, None, None], 220, 30).astype(np.uint8) \
+        * np.ones((40, 8, 8, 3), np.uint8)
+    samples = [Sample(i, i, "Is it bright?", ("yes" if bright[i] else "no",) * 10)
+               for i in range(40)]
+    store = ArrayImageStore(list(range(40)), pixels)
+    vocab = AnswerVocab.build([s.answers for s in samples])
+    tokenizer = QuestionTokenizer.build(s.question for s in samples)
+    train = VQAImageDataset(samples[:24], store, vocab, tokenizer)
+    val = VQAImageDataset(samples[24:], store, vocab, tokenizer)
+    yes = vocab.index("yes")
+
+    class Looks(nn.Module):                     # answers from the image's brightness
+        def __init__(self, scale):
+            super().__init__()
+            self.scale = nn.Parameter(torch.tensor(scale))
+
+        def forward(self, images, question_tokens, question_lengths, image_index):
+            light = images.float().mean(dim=(1, 2, 3))[image_index] / 255.0 - 0.5
+            logits = torch.zeros(len(image_index), len(vocab))
+            logits[:, yes] = light * self.scale
+            logits[:, 1 - yes] = -light * self.scale
+            return logits
+
+    result = vldistill.distill(Looks(20.0), Looks(-1.0), train, val, max_steps=30,
+                               batch_size=8, lr=0.5, baseline=False, trainer=QUIET,
+                               output_dir=tmp_path)
+    assert result.teacher_outputs == "online" and "VQA" in result.teacher_outputs_reason
+    assert result.teacher_metrics["vqa_accuracy"] == pytest.approx(100.0)
+    assert result.metrics["vqa_accuracy"] == pytest.approx(100.0)    # it learnt the sign
+    with pytest.raises(ValueError, match="would not be exact: the API caches"):
+        vldistill.distill(Looks(20.0), Looks(-1.0), train, val, teacher_outputs="cache",
+                          max_steps=1, trainer=QUIET, output_dir=tmp_path / "forced")

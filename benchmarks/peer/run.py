@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from models import STUDENT, TEACHER, ConvNet  # noqa: E402
+from models import STUDENT, TEACHER, ConvNet
 
 ROOT = Path(__file__).resolve().parents[2]
 PRESETS = ("kd", "dkd", "loca", "kd+feature", "kd+contrastive", "kd+relational")
@@ -165,9 +165,9 @@ def table(records: list[dict], epochs: int) -> tuple[str, dict]:
     for record in records:
         by_method.setdefault(record["method"], []).append(record)
     reference = {r["seed"]: r for r in by_method["torchdistill kd"]}
-    lines = [f"| method | final val accuracy ({epochs} epochs) | per seed | wall time (s) | "
-             "time to reach torchdistill KD's final accuracy (s) | teacher forward passes |",
-             "|---|---|---|---|---|---|"]
+    head = (f"| method | final val accuracy ({epochs} epochs) | per seed | wall time (s) | "
+            "time to reach torchdistill KD's final accuracy (s) | teacher forward passes |")
+    lines = [head, "|---|---|---|---|---|---|"]
     summary = {}
     for method, runs in by_method.items():
         accuracies = [r["accuracy"] for r in runs]

@@ -30,7 +30,7 @@ from torchdistill.core.distillation import get_distillation_box
 from torchdistill.models.registry import get_model, register_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from models import STUDENT, TEACHER, ConvNet  # noqa: E402
+from models import STUDENT, TEACHER, ConvNet
 
 CLASSES: list[int] = []          # the class count, set from the data before models are built
 

@@ -71,3 +71,21 @@ def test_collator_builds_grouped_batch_with_soft_targets():
     assert batch["targets"][1, yes].item() == pytest.approx(1.0)
     assert batch["targets"][1, no].item() == pytest.approx(0.9)
     assert batch["targets"][2].sum().item() == 0.0
+
+
+def test_sampler_with_views_walks_every_item_once_in_one_seeded_view():
+    sampler = MixedBatchSampler(10, 6, 4, 0.5, seed=3, views=3)
+    plan = sampler.plan(0)
+    flat = [index for batch in plan for index in batch]
+    labelled = [index for index in flat if index < 10 * 3]
+    # item j's view v is j * 3 + v: every labelled item once, the transfer ones after 30
+    assert sorted(index // 3 for index in labelled) == list(range(10))
+    assert all(30 <= index < 48 for index in flat if index not in labelled)
+    assert {index % 3 for index in flat} == {0, 1, 2}               # every view is drawn
+    assert plan == MixedBatchSampler(10, 6, 4, 0.5, seed=3, views=3).plan(0)   # seeded
+    assert plan != sampler.plan(1)
+    # one view is the plain sampler's plan, index for index
+    plain = MixedBatchSampler(10, 6, 4, 0.5, seed=3).plan(0)
+    assert [[index // 3 for index in batch] for batch in plan] == plain
+    with pytest.raises(ValueError, match="views must be >= 1"):
+        MixedBatchSampler(10, 0, 4, views=0)
