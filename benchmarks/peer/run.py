@@ -1,7 +1,7 @@
 """vldistill against torchdistill, side by side, on one image-classification pair.
 
     make peer-venv                                   # torchdistill's own environment, once
-    .venv/bin/python benchmarks/peer/run.py [--seeds 0 1 2] [--epochs 10] [--work runs/peer]
+    .venv/bin/python benchmarks/peer/run.py [--seeds 0 1 2] [--epochs 30] [--work runs/peer]
 
 The task: ShapesWorld single objects at 32 px, one class per '<colour> <shape>' (generated
 offline). The teacher (models.TEACHER) is trained once here on every training image and saved;
@@ -217,7 +217,7 @@ def checks(summary: dict, records: list[dict]) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--train", type=int, default=2000, help="the students' labelled images")
     parser.add_argument("--teacher-images", type=int, default=8000)
     parser.add_argument("--teacher-epochs", type=int, default=6)

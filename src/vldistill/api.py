@@ -255,7 +255,10 @@ def _choose_mode(mode: str, data: _Data, objective: Objective, augment: Replayab
 def _cache_source(teacher: Tapped, pool: Dataset, augment: Replayable | None, fields: list[str],
                   data: _Data, directory: Path, batch_size: int
                   ) -> tuple[RowCache, dict[str, Any]]:
-    """Open, or build, the exact cache of the teacher's outputs on every row (every view)."""
+    """Open, or build, the exact cache of the teacher's outputs on every row (every view).
+    ``build_time_s`` counts everything the cache cost: hashing the data, checking or writing
+    the files, and the teacher's passes."""
+    start = time.perf_counter()
     identity = hashlib.sha256()
     for part in (data.labelled, data.transfer):
         identity.update((dataset_fingerprint(part) if part is not None else "-").encode())
@@ -266,8 +269,9 @@ def _cache_source(teacher: Tapped, pool: Dataset, augment: Replayable | None, fi
         augment=augment.describe() if augment is not None else None)
     status = "built"
     try:
-        return RowCache(directory, fingerprint, CACHE_COMMAND), \
-            {"dir": str(directory), "status": "reused", "rows": len(pool), "build_time_s": 0.0}
+        source = RowCache(directory, fingerprint, CACHE_COMMAND)
+        return source, {"dir": str(directory), "status": "reused", "rows": len(pool),
+                        "build_time_s": time.perf_counter() - start}
     except StoreError as error:
         manifest = read_manifest(directory)
         if manifest is not None:
@@ -280,7 +284,6 @@ def _cache_source(teacher: Tapped, pool: Dataset, augment: Replayable | None, fi
             named = [what.get(name.split(".")[0], name) for name in changed]
             console.print(f"teacher cache {directory}: built for other inputs ("
                           f"{', '.join(dict.fromkeys(named)) or error} changed); rebuilding it")
-    start = time.perf_counter()
 
     @torch.no_grad()
     def encode(first: int, last: int) -> dict[str, torch.Tensor]:
@@ -413,6 +416,7 @@ def distill(teacher: nn.Module, student: nn.Module, train: Any, val: Any = None,
     if online is not None:
         teacher_time = online.seconds
     trained = tapped_student.remove() if isinstance(tapped_student, Tapped) else tapped_student
+    tapped_teacher.remove()              # the user's teacher leaves without our hooks
     student_time = fitted.wall_time_s - (online.seconds if online is not None else 0.0)
     histories = {"student": history.records}
 
