@@ -293,17 +293,17 @@ def _cache_source(teacher: Tapped, pool: Dataset, augment: Replayable | None, fi
             part = items[begin:begin + batch_size]
             output = teacher(*collate_inputs(part)["inputs"])
             values = {"logits": output.logits, **{k: output.features[k] for k in teacher.taps}}
-            if augment is not None:
-                values["view_parameters"] = torch.from_numpy(np.stack(
-                    [pool.parameters_of(*pool.view_of(first + begin + i))
-                     for i in range(len(part))]))
             for name, value in values.items():
                 out.setdefault(name, []).append(value.float())
         return {name: torch.cat(parts) for name, parts in out.items()}
 
     teacher.eval()
+    # the parameters of every view (row j * K + v), stored beside the rows for the replay
+    views = {"views": np.stack([pool.parameters_of(*pool.view_of(row))
+                                for row in range(len(pool))])} if augment is not None else None
     source = row_cache(directory, fingerprint, len(pool), encode, command=CACHE_COMMAND,
-                       shard_rows=max(batch_size, 8192 // batch_size * batch_size))
+                       shard_rows=max(batch_size, 8192 // batch_size * batch_size),
+                       extra_files=views)
     seconds = time.perf_counter() - start
     return source, {"dir": str(directory), "status": status, "rows": len(pool),
                     "build_time_s": seconds}
@@ -382,7 +382,7 @@ def distill(teacher: nn.Module, student: nn.Module, train: Any, val: Any = None,
         console.print(f"teacher cache {directory}: {cache['status']}, {len(source)} rows "
                       f"({teacher_time:.1f} s)")
         if augment is not None:                 # replay exactly the views the teacher saw
-            stored = source.rows(torch.arange(len(pool)), "view_parameters").numpy()
+            stored = source.extra("views")                            # (rows, P)
             pool.parameters = stored.reshape(-1, augment.views, stored.shape[1]) \
                 .transpose(1, 0, 2)
     elif mode == "online":

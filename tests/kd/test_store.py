@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from vldistill.kd.sources import RowCache, row_cache, row_fingerprint, tensor_fingerprint
+from vldistill.core.hashing import tensor_fingerprint
+from vldistill.kd.sources import RowCache, row_cache, row_fingerprint
 from vldistill.kd.store import StoreError, build_store
 
 FINGERPRINT = {"teacher_weights": "t", "data": "d"}

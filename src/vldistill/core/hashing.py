@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -45,3 +47,19 @@ def nested_differences(saved: Any, current: Any, prefix: str = "") -> list[str]:
                 for d in nested_differences(saved.get(key), current.get(key),
                                             f"{prefix}{key}.")]
     return [] if saved == current else [prefix.rstrip(".")]
+
+
+def tensor_fingerprint(*parts: torch.Tensor | np.ndarray | Sequence[str]) -> str:
+    """SHA-256 over tensors' bytes (and shapes) or lists of strings, in order: what an
+    embedding teacher reads of its training rows."""
+    digest = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, (torch.Tensor, np.ndarray)):
+            array = np.ascontiguousarray(part.numpy() if isinstance(part, torch.Tensor) else part)
+            digest.update(f"{array.dtype}{array.shape}".encode())
+            digest.update(array.tobytes())
+        else:
+            for text in part:
+                digest.update(text.encode())
+                digest.update(b"\0")
+    return digest.hexdigest()

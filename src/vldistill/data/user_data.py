@@ -19,6 +19,7 @@ what was expected.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -29,6 +30,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from vldistill.core.errors import DataError
+from vldistill.core.hashing import tensor_fingerprint
 from vldistill.data.augment import ViewDataset
 from vldistill.data.classification import ClassificationDataset, image_folder
 
@@ -75,7 +77,6 @@ class UserDataset(Dataset):
     (:data:`INPUT_COLUMNS`, :data:`LABEL_COLUMNS`) when not given. ``labelled=False`` ignores
     any labels (a transfer set)."""
 
-    known_deterministic = False
 
     def __init__(self, data: Any, *, labelled: bool, what: str,
                  columns: Sequence[str] | None = None) -> None:
@@ -126,10 +127,9 @@ class UserDataset(Dataset):
                 "label": _label(label, where) if labelled else -1, "labelled": labelled}
 
 
-class TensorDataset(Dataset):
-    """``inputs`` (N, ...) and optional ``labels`` (N,): any input shape (images or not)."""
-
-    known_deterministic = True
+class TensorDataset(ClassificationDataset):
+    """``inputs`` (N, ...) and optional ``labels`` (N,): a ClassificationDataset of any input
+    shape (images or not), its labels checked to be class indices."""
 
     def __init__(self, inputs: Any, labels: Any, *, what: str) -> None:
         inputs = _tensor(inputs, what)
@@ -145,26 +145,22 @@ class TensorDataset(Dataset):
             if int(labels.min()) < 0:
                 raise DataError(f"{what}: a label is {int(labels.min())}; class indices "
                                 "start at 0.")
-            labels = labels.long()
-        self.inputs, self.labels = inputs, labels
-
-    def __len__(self) -> int:
-        return len(self.inputs)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        labelled = self.labels is not None
-        return {"image": self.inputs[index],
-                "label": int(self.labels[index]) if labelled else -1, "labelled": labelled}
+        # ClassificationDataset's own check asks for (N, C, H, W); any shape is fine here
+        self.images, self.labels = inputs, None if labels is None else labels.long()
+        self.classes = None
 
 
 def as_user_dataset(data: Any, *, labelled: bool, what: str, image_size: int = 64,
                     columns: Sequence[str] | None = None) -> Dataset:
     """One of the accepted forms (module docstring) as a dataset of items; a clear DataError
     (what was passed, what is accepted, an example) for anything else."""
-    if isinstance(data, ClassificationDataset):
-        return data if labelled or data.labels is None else \
-            ClassificationDataset(data.images, None, data.classes)
-    if isinstance(data, (TensorDataset, UserDataset)):
+    if isinstance(data, ClassificationDataset):            # TensorDataset included
+        if labelled or data.labels is None:
+            return data
+        unlabelled = copy.copy(data)
+        unlabelled.labels = None
+        return unlabelled
+    if isinstance(data, UserDataset):
         return data
     if isinstance(data, (str, Path)):
         return image_folder(data, image_size, labelled=labelled)
@@ -194,7 +190,7 @@ def is_deterministic(dataset: Dataset, probes: int = 3) -> tuple[bool, str]:
     """Whether reading an item twice gives the same input (a dataset that augments at random
     does not); (verdict, the reason in a few words). Tensors and image folders are known
     deterministic; a user's dataset is probed at ``probes`` spread-out items."""
-    if getattr(dataset, "known_deterministic", isinstance(dataset, ClassificationDataset)):
+    if isinstance(dataset, ClassificationDataset):
         return True, "in-memory tensors"
     count = len(dataset)
     for index in sorted({round(i * (count - 1) / max(1, probes - 1)) for i in range(probes)}):
@@ -208,19 +204,10 @@ def is_deterministic(dataset: Dataset, probes: int = 3) -> tuple[bool, str]:
 def dataset_fingerprint(dataset: Dataset) -> str:
     """SHA-256 over every item's input bytes, shape and label, in order (tensor-backed sets
     hash their tensors at once): what the teacher saw, for the cache's fingerprint."""
-    digest = hashlib.sha256()
-    tensors = None
     if isinstance(dataset, ClassificationDataset):
-        tensors = (dataset.images, dataset.labels)
-    elif isinstance(dataset, TensorDataset):
-        tensors = (dataset.inputs, dataset.labels)
-    if tensors is not None:
-        for tensor in tensors:
-            if tensor is not None:
-                array = np.ascontiguousarray(tensor.numpy())
-                digest.update(f"{array.dtype}{array.shape}".encode())
-                digest.update(array.tobytes())
-        return digest.hexdigest()
+        return tensor_fingerprint(*(t for t in (dataset.images, dataset.labels)
+                                    if t is not None))
+    digest = hashlib.sha256()
     for index in range(len(dataset)):
         item = dataset[index]
         array = np.ascontiguousarray(item["image"].numpy())

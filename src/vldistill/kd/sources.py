@@ -21,9 +21,8 @@ the shards (vldistill.kd.store).
 
 from __future__ import annotations
 
-import hashlib
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -125,22 +124,6 @@ def as_source(teacher: nn.Module | TeacherSource) -> TeacherSource:
 # --- the exact cache of an embedding teacher ----------------------------------------------
 
 
-def tensor_fingerprint(*parts: torch.Tensor | np.ndarray | Sequence[str]) -> str:
-    """SHA-256 over tensors' bytes (and shapes) or lists of strings, in order: what an
-    embedding teacher reads of its training rows."""
-    digest = hashlib.sha256()
-    for part in parts:
-        if isinstance(part, (torch.Tensor, np.ndarray)):
-            array = np.ascontiguousarray(part.numpy() if isinstance(part, torch.Tensor) else part)
-            digest.update(f"{array.dtype}{array.shape}".encode())
-            digest.update(array.tobytes())
-        else:
-            for text in part:
-                digest.update(text.encode())
-                digest.update(b"\0")
-    return digest.hexdigest()
-
-
 def row_fingerprint(teacher: str, data: str, field: str, **settings: Any) -> dict[str, Any]:
     return {"teacher_weights": teacher, "data": data, "field": field, "dtype": "float32",
             **settings, "vldistill_version": __version__, "format": FORMAT}
@@ -180,6 +163,11 @@ class RowCache(nn.Module):
     def all(self) -> torch.Tensor:
         return torch.from_numpy(np.array(self.fields[self.field].all()))      # a writable copy
 
+    def extra(self, name: str) -> np.ndarray:
+        """An array stored beside the rows (``row_cache(extra_files=...)``), checked on open."""
+        return np.load(self.directory / self.manifest[f"{name}_file"]["name"],
+                       allow_pickle=False)
+
     def teacher_outputs(self, batch: Mapping[str, Any]) -> ModelOutput:
         stored = {name: self.rows(batch["rows"], name) for name in self.fields}
         logits = stored.pop("logits", None)
@@ -199,11 +187,14 @@ Encoded = torch.Tensor | np.ndarray | Mapping[str, torch.Tensor | np.ndarray]
 def row_cache(directory: Path, fingerprint: Mapping[str, Any], count: int,
               encode: Callable[[int, int], Encoded], *,
               command: str, shard_rows: int = 65536,
-              progress: Callable[[int, int], None] | None = None) -> RowCache:
+              progress: Callable[[int, int], None] | None = None,
+              extra_files: Mapping[str, np.ndarray] | None = None) -> RowCache:
     """Open the row cache of ``fingerprint`` in ``directory``, building it first when it is
     missing, unfinished or stale: ``encode(first, last)`` gives the teacher's outputs for rows
     ``first..last-1``: one tensor (stored as ``fingerprint["field"]``) or a dict of them by
-    field name. In a distributed run every rank encodes its share of the shards."""
+    field name. In a distributed run every rank encodes its share of the shards.
+    ``extra_files`` are arrays stored beside the rows (read back with :meth:`RowCache.extra`),
+    not answered with every batch."""
     rank, world = rank_and_world()
     units = [{"first_row": first, "rows_in_unit": min(shard_rows, count - first)}
              for first in range(0, count, shard_rows)]
@@ -221,8 +212,8 @@ def row_cache(directory: Path, fingerprint: Mapping[str, Any], count: int,
         return RowCache(directory, fingerprint, command)
     except ValueError:
         pass                          # missing, unfinished, stale or damaged: (re)build it
-    build_store(directory, fingerprint, units, compute, header={"rows": count}, rank=rank,
-                world=world, progress=progress)
+    build_store(directory, fingerprint, units, compute, header={"rows": count},
+                extra_files=extra_files, rank=rank, world=world, progress=progress)
     # just built: every shard was hashed as it was written and rank 0 checked the others'
     # before the manifest, so opening checks sizes only
     return RowCache(directory, fingerprint, command, verify=False)

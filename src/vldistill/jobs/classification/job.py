@@ -30,7 +30,7 @@ from torch import nn
 
 from vldistill.core.console import console
 from vldistill.core.errors import DataError
-from vldistill.core.hashing import module_fingerprint
+from vldistill.core.hashing import module_fingerprint, tensor_fingerprint
 from vldistill.core.runpaths import RunPaths
 from vldistill.data.classification import (
     ClassificationDataset,
@@ -63,7 +63,6 @@ from vldistill.kd.sources import (
     TeacherSource,
     row_cache,
     row_fingerprint,
-    tensor_fingerprint,
 )
 from vldistill.kd.step import DistillationStep, WeightedTerm, build_terms
 from vldistill.models.classifier import build_classifier, load_classifier, save_classifier

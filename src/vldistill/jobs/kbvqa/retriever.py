@@ -29,12 +29,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from vldistill.config import TrainerSettings, TrainSettings
-from vldistill.core.hashing import module_fingerprint
+from vldistill.core.hashing import module_fingerprint, tensor_fingerprint
 from vldistill.core.runpaths import RunPaths
 from vldistill.data.batches import RowCollate, Rows
 from vldistill.data.facts import KnowledgeBase
 from vldistill.jobs.kbvqa.recipe import RetrieverDistillSettings
-from vldistill.kd.sources import RowCache, row_cache, row_fingerprint, tensor_fingerprint
+from vldistill.kd.sources import RowCache, row_cache, row_fingerprint
 from vldistill.models.fact_index import BM25Retriever
 from vldistill.models.sentence_encoders import SentenceEncoder, minilm_folder
 from vldistill.train.fit import FitResult, fit, mixed_loaders

@@ -12,7 +12,7 @@ from torch import nn
 
 from vldistill.config import TrainerSettings, TrainSettings
 from vldistill.core.errors import DataError
-from vldistill.core.hashing import module_fingerprint
+from vldistill.core.hashing import module_fingerprint, tensor_fingerprint
 from vldistill.core.runpaths import RunPaths
 from vldistill.data.batches import RowCollate, Rows
 from vldistill.data.image_text import ImageTextSet, read_folder, read_jsonl, shapesworld_sets
@@ -25,7 +25,6 @@ from vldistill.kd.sources import (
     TeacherSource,
     row_cache,
     row_fingerprint,
-    tensor_fingerprint,
 )
 from vldistill.models.outputs import ModelOutput
 from vldistill.models.text_towers import FrozenTextEncoder
